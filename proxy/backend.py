@@ -1,0 +1,328 @@
+"""Backend connections: dial a server, authenticate, send a command, relay its reply.
+
+Theory of operation: a BackendConnection is an asyncio.Protocol with two modes.
+- Packet mode (connecting, authenticating, commands the proxy issues itself): bytes go through a
+  PacketFramer and `read_packet()` hands out whole packets to a coroutine.
+- Relay mode (`relay(command, scanner, sink)`): each chunk the server sends is fed to a
+  ResultScanner and written to the sink as-is, so a reply costs one header walk and no copy; when the
+  scanner reports the end of the reply the sink's `reply_done` is called. A slow client pauses
+  reading from the server (backpressure), so a reply never accumulates in the proxy.
+
+It must never parse rows, buffer a whole reply, or decide routing. Failures to connect raise
+BackendError with the server and the cause; the caller turns them into a MySQL ERR for the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Protocol as TypingProtocol
+
+from .config import Server
+from .protocol import auth
+from .protocol.constants import (
+    BACKEND_REQUIRED,
+    CACHING_SHA2_FAST_AUTH_OK,
+    CACHING_SHA2_FULL_AUTH,
+    CACHING_SHA2_PASSWORD,
+    CACHING_SHA2_REQUEST_PUBLIC_KEY,
+    ERR_HEADER,
+    MIRRORED_CAPABILITIES,
+    NATIVE_PASSWORD,
+    OK_HEADER,
+    Capability,
+)
+from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
+from .protocol.packets import (
+    ERR,
+    HandshakeResponse41,
+    HandshakeV10,
+    make_handshake_response,
+    parse_auth_switch,
+    parse_err,
+    parse_handshake_v10,
+)
+from .protocol.results import ResultScanner
+
+log = logging.getLogger("rwproxy.backend")
+
+
+class BackendError(Exception):
+    """A backend could not be used. `err` is the server's own ERR when it sent one."""
+
+    def __init__(self, server: Server, cause: str, err: ERR | None = None) -> None:
+        super().__init__(f"{server.address}: {cause}")
+        self.server, self.cause, self.err = server, cause, err
+
+
+class ReplySink(TypingProtocol):
+    def relay(self, data: bytes) -> None: ...
+    def reply_done(self, scanner: ResultScanner) -> None: ...
+    def infile_requested(self) -> None: ...
+    def backend_lost(self, backend: "BackendConnection", exc: Exception | None) -> None: ...
+    def backend_write_paused(self, paused: bool) -> None: ...
+
+
+class BackendConnection(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.framer = PacketFramer()
+        self._waiter: asyncio.Future | None = None
+        self._closed_exc: Exception | None = None
+        self.closed = False
+        self.handshake: HandshakeV10 | None = None
+        self.capabilities = 0
+        self.scanner: ResultScanner | None = None
+        self.sink: ReplySink | None = None
+        self._sink_owner: ReplySink | None = None
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        scanner = self.scanner
+        if scanner is None:
+            self.framer.feed(data)
+            self._wake()
+            return
+        end = scanner.feed(data)
+        sink = self.sink
+        if end < 0:
+            sink.relay(data)
+            return
+        if end < len(data):
+            log.warning("server %s sent %d bytes after the end of a reply; dropped", self.server.address, len(data) - end)
+            data = data[:end]
+        if data:
+            sink.relay(data)
+        if scanner.local_infile:
+            sink.infile_requested()
+            return
+        self.scanner = None
+        sink.reply_done(scanner)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._closed_exc = exc or ConnectionResetError("server closed the connection")
+        self._wake()
+        owner = self._sink_owner
+        if owner is not None:
+            owner.backend_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self._sink_owner is not None:
+            self._sink_owner.backend_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self._sink_owner is not None:
+            self._sink_owner.backend_write_paused(False)
+
+    # ---- packet mode --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def read_packet(self) -> Packet:
+        while True:
+            pkt = self.framer.next_packet()
+            if pkt is not None:
+                return pkt
+            if self.closed:
+                raise ConnectionResetError(str(self._closed_exc))
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    # ---- relay mode ---------------------------------------------------------------------------
+
+    def attach(self, owner: ReplySink) -> None:
+        """The session that receives relayed replies and connection events."""
+        self._sink_owner = owner
+        self.sink = owner
+
+    def relay(self, command: bytes, scanner: ResultScanner) -> None:
+        self.scanner = scanner
+        self.transport.write(command)
+
+    def pause_reading(self, paused: bool) -> None:
+        if self.transport is None or self.closed:
+            return
+        if paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self._sink_owner = None
+        self.sink = None
+        if self.transport is not None and not self.closed:
+            try:
+                if self.scanner is None:
+                    self.transport.write(b"\x01\x00\x00\x00\x01")  # COM_QUIT: a polite goodbye
+            finally:
+                self.transport.close()
+        self.closed = True
+
+    @property
+    def thread_id(self) -> int:
+        return self.handshake.connection_id if self.handshake else 0
+
+
+async def read_server_handshake(server: Server, timeout: float) -> HandshakeV10:
+    """Read a server's greeting without logging in (to learn its version and collation)."""
+    loop = asyncio.get_running_loop()
+
+    async def go() -> HandshakeV10:
+        _, conn = await loop.create_connection(lambda: BackendConnection(server), server.hostname, server.port)
+        try:
+            return parse_handshake_v10((await conn.read_packet()).payload)
+        finally:
+            conn.transport.abort()
+
+    try:
+        return await asyncio.wait_for(go(), timeout)
+    except asyncio.TimeoutError:
+        raise BackendError(server, f"no greeting within {timeout:g}s") from None
+    except (OSError, ProtocolError) as e:
+        raise BackendError(server, _describe(e)) from None
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+async def connect(
+    server: Server,
+    username: str,
+    password: str,
+    *,
+    database: str | None,
+    client_capabilities: int,
+    collation: int,
+    attributes: dict[str, str],
+    timeout: float,
+    max_packet: int = 1 << 30,
+) -> BackendConnection:
+    """Open and authenticate a backend connection mirroring the client's relevant capabilities."""
+    loop = asyncio.get_running_loop()
+    conn: BackendConnection | None = None
+
+    async def go() -> BackendConnection:
+        nonlocal conn
+        _, conn = await loop.create_connection(lambda: BackendConnection(server), server.hostname, server.port)
+        await _authenticate(conn, username, password, database, client_capabilities, collation, attributes, max_packet)
+        return conn
+
+    try:
+        return await asyncio.wait_for(go(), timeout)
+    except BackendError:
+        if conn is not None:
+            conn.transport.abort()
+        raise
+    except asyncio.TimeoutError:
+        if conn is not None:
+            conn.transport.abort()
+        raise BackendError(server, f"connect timeout after {timeout:g}s") from None
+    except (OSError, ProtocolError, ConnectionError) as e:
+        if conn is not None and conn.transport is not None:
+            conn.transport.abort()
+        raise BackendError(server, _describe(e)) from None
+
+
+async def _authenticate(
+    conn: BackendConnection,
+    username: str,
+    password: str,
+    database: str | None,
+    client_caps: int,
+    collation: int,
+    attributes: dict[str, str],
+    max_packet: int,
+) -> None:
+    pkt = await conn.read_packet()
+    if pkt.payload and pkt.payload[0] == ERR_HEADER:
+        err = parse_err(pkt.payload)
+        raise BackendError(conn.server, f"server refused connection: {err.message}", err)
+    hs = parse_handshake_v10(pkt.payload)
+    conn.handshake = hs
+    caps = (BACKEND_REQUIRED | (client_caps & MIRRORED_CAPABILITIES)) & hs.capabilities
+    caps |= Capability.LONG_PASSWORD  # we do not use MariaDB extended capabilities
+    if database:
+        caps |= Capability.CONNECT_WITH_DB & hs.capabilities
+    conn.capabilities = caps
+    plugin = hs.auth_plugin if hs.auth_plugin in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD) else NATIVE_PASSWORD
+    scramble = hs.auth_data
+    resp = HandshakeResponse41(
+        capabilities=caps,
+        max_packet=max_packet,
+        collation=collation or hs.collation,
+        username=username,
+        auth_response=auth.scramble_for(plugin, password, scramble),
+        database=database,
+        auth_plugin=plugin,
+        attributes=attributes,
+    )
+    seq = pkt.seq + 1
+    conn.write(make_packet(make_handshake_response(resp), seq))
+    while True:
+        pkt = await conn.read_packet()
+        seq = pkt.seq + 1
+        payload = pkt.payload
+        head = payload[0] if payload else ERR_HEADER
+        if head == OK_HEADER:
+            return
+        if head == ERR_HEADER:
+            err = parse_err(payload)
+            raise BackendError(conn.server, f"login as {username!r} refused: {err.code} {err.message}", err)
+        if head == 0xFE:  # auth switch
+            sw = parse_auth_switch(payload)
+            if sw.plugin not in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD):
+                raise BackendError(conn.server, f"server asks for auth plugin {sw.plugin!r}, which rwproxy does not support")
+            plugin, scramble = sw.plugin, sw.auth_data
+            conn.write(make_packet(auth.scramble_for(plugin, password, scramble), seq))
+            continue
+        if head == 0x01:  # AuthMoreData (caching_sha2_password)
+            status = payload[1] if len(payload) > 1 else 0
+            if status == CACHING_SHA2_FAST_AUTH_OK:
+                continue  # the OK follows
+            if status == CACHING_SHA2_FULL_AUTH:
+                # Full authentication over plain TCP: ask for the server's RSA key, send the
+                # password encrypted with it (XOR'd with the scramble, OAEP padding).
+                conn.write(make_packet(bytes((CACHING_SHA2_REQUEST_PUBLIC_KEY,)), seq))
+                key_pkt = await conn.read_packet()
+                seq = key_pkt.seq + 1
+                conn.write(make_packet(_rsa_encrypt_password(conn.server, password, scramble, bytes(key_pkt.payload[1:])), seq))
+                continue
+            raise BackendError(conn.server, f"unexpected auth data from server (status {status})")
+        raise BackendError(conn.server, f"unexpected packet 0x{head:02x} during authentication")
+
+
+def _rsa_encrypt_password(server: Server, password: str, scramble: bytes, pem: bytes) -> bytes:
+    try:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+    except ImportError:
+        raise BackendError(server, "caching_sha2_password full authentication needs the 'cryptography' package (or TLS)") from None
+    pw = password.encode() + b"\0"
+    xored = bytes(b ^ scramble[i % len(scramble)] for i, b in enumerate(pw))
+    key = serialization.load_pem_public_key(pem)
+    return key.encrypt(xored, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))

@@ -1,0 +1,253 @@
+"""Configuration file: TOML -> validated, frozen dataclasses.
+
+Theory of operation: `load_config(path)` reads the file with tomllib, resolves secrets
+(`password` / `password_env` / `password_file`), and checks every key it knows and rejects every key it
+does not, so a typo is an error rather than a silently ignored setting. Any problem raises
+ConfigError naming the file, the key (dotted, with list indexes) and the reason; the entry point
+prints that one line and exits with status 2. Nothing here starts I/O beyond reading files.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .protocol.constants import SUPPORTED_AUTH_PLUGINS
+
+SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
+        self.file, self.key, self.reason = file, key, reason
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    password: str = field(repr=False)
+    auth_plugin: str
+    default_hostgroup: int
+    backend_username: str
+    backend_password: str = field(repr=False)
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    hostgroup_id: int
+    hostname: str
+    port: int
+    status: str = "ONLINE"
+    weight: int = 1
+    max_connections: int = 1000
+    comment: str = ""
+
+    @property
+    def address(self) -> str:
+        return f"{self.hostname}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    log_level: str
+    handshake_timeout: float
+    connect_timeout: float
+    max_allowed_packet: int
+    listeners: dict[str, Listener]
+    users: dict[str, User]
+    servers: tuple[Server, ...]
+
+    def hostgroup(self, hostgroup_id: int) -> tuple[Server, ...]:
+        return tuple(s for s in self.servers if s.hostgroup_id == hostgroup_id)
+
+
+class _Section:
+    """Typed access to one TOML table that remembers its dotted key for error messages."""
+
+    def __init__(self, file: str, key: str, table: Any) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(file, key, f"expected a table, got {type(table).__name__}")
+        self.file, self.key, self.table = file, key, table
+        self.used: set[str] = set()
+
+    def _k(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ..., check=None, hint: str = "") -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if default is ...:
+                raise ConfigError(self.file, self._k(name), "required key is missing" + (f" ({hint})" if hint else ""))
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ConfigError(self.file, self._k(name), f"expected {names}, got {type(value).__name__} {value!r}")
+        if check is not None:
+            reason = check(value)
+            if reason:
+                raise ConfigError(self.file, self._k(name), reason)
+        return value
+
+    def secret(self, prefix: str, default: str | None = None) -> str:
+        """`prefix`, `prefix_env` or `prefix_file`: exactly one (or none when a default exists)."""
+        given = [k for k in (prefix, f"{prefix}_env", f"{prefix}_file") if k in self.table]
+        self.used.update((prefix, f"{prefix}_env", f"{prefix}_file"))
+        if len(given) > 1:
+            raise ConfigError(self.file, self._k(given[1]), f"give only one of {', '.join(given)}")
+        if not given:
+            if default is not None:
+                return default
+            raise ConfigError(self.file, self._k(prefix), f"required: one of {prefix}, {prefix}_env, {prefix}_file")
+        key = given[0]
+        value = self.table[key]
+        if not isinstance(value, str):
+            raise ConfigError(self.file, self._k(key), f"expected string, got {type(value).__name__}")
+        if key == prefix:
+            return value
+        if key.endswith("_env"):
+            if value not in os.environ:
+                raise ConfigError(self.file, self._k(key), f"environment variable {value} is not set")
+            return os.environ[value]
+        path = Path(value)
+        if not path.is_absolute():
+            path = Path(self.file).parent / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(self.file, self._k(key), f"cannot read {path}: {e.strerror}") from None
+        return text[:-1] if text.endswith("\n") else text
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(self.file, self._k(unknown[0]), "unknown key (check the spelling against config/rwproxy.example.toml)")
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be between 0 and 65535"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _address(v: str) -> str | None:
+    if v in ("localhost", "*", ""):
+        return None
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        return f"{v!r} is not an IP address"
+    return None
+
+
+def _list_of_tables(file: str, root: _Section, name: str) -> list[_Section]:
+    items = root.get(name, list, default=[])
+    return [_Section(file, f"{name}[{i}]", t) for i, t in enumerate(items)]
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    file = str(path)
+    try:
+        with open(file, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except OSError as e:
+        raise ConfigError(file, "", f"cannot read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(file, "", f"not valid TOML: {e}") from None
+    return parse_config(raw, file)
+
+
+def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
+    root = _Section(file, "", raw)
+
+    proxy = _Section(file, "proxy", root.get("proxy", dict, default={}))
+    log_level = proxy.get("log_level", str, "info", lambda v: None if v in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}")
+    handshake_timeout = proxy.get("handshake_timeout", float, 10.0, _positive)
+    connect_timeout = proxy.get("connect_timeout", float, 3.0, _positive)
+    max_packet = proxy.get("max_allowed_packet", int, 64 << 20, lambda v: None if 1024 <= v <= 1 << 30 else "must be between 1024 and 1073741824")
+    proxy.finish()
+
+    listeners: dict[str, Listener] = {}
+    ls = _Section(file, "listeners", root.get("listeners", dict, hint="at least [listeners.data]"))
+    for name in ls.table:
+        sec = _Section(file, f"listeners.{name}", ls.get(name, dict))
+        if name != "data":
+            raise ConfigError(file, f"listeners.{name}", "unknown listener (this version has: data)")
+        listeners[name] = Listener(name, sec.get("address", str, "127.0.0.1", _address), sec.get("port", int, check=_port))
+        sec.finish()
+    if "data" not in listeners:
+        raise ConfigError(file, "listeners.data", "required: the port clients connect to")
+    ls.finish()
+
+    servers = []
+    for sec in _list_of_tables(file, root, "servers"):
+        servers.append(
+            Server(
+                hostgroup_id=sec.get("hostgroup_id", int, check=lambda v: None if v >= 0 else "must be >= 0"),
+                hostname=sec.get("hostname", str, check=lambda v: None if v else "must not be empty"),
+                port=sec.get("port", int, 3306, _port),
+                status=sec.get("status", str, "ONLINE", lambda v: None if v in SERVER_STATUSES else f"must be one of {', '.join(SERVER_STATUSES)}"),
+                weight=sec.get("weight", int, 1, lambda v: None if v >= 0 else "must be >= 0"),
+                max_connections=sec.get("max_connections", int, 1000, _positive),
+                comment=sec.get("comment", str, ""),
+            )
+        )
+        sec.finish()
+    if not servers:
+        raise ConfigError(file, "servers", "at least one [[servers]] entry is required")
+    seen = set()
+    for i, s in enumerate(servers):
+        if (s.hostgroup_id, s.hostname, s.port) in seen:
+            raise ConfigError(file, f"servers[{i}]", f"duplicate server {s.address} in hostgroup {s.hostgroup_id}")
+        seen.add((s.hostgroup_id, s.hostname, s.port))
+    hostgroups = {s.hostgroup_id for s in servers}
+
+    users: dict[str, User] = {}
+    for sec in _list_of_tables(file, root, "users"):
+        username = sec.get("username", str, check=lambda v: None if v else "must not be empty")
+        if username in users:
+            raise ConfigError(file, f"{sec.key}.username", f"duplicate user {username!r}")
+        password = sec.secret("password")
+        hg = sec.get("default_hostgroup", int, 0)
+        if hg not in hostgroups:
+            raise ConfigError(file, f"{sec.key}.default_hostgroup", f"hostgroup {hg} has no server in [[servers]]")
+        users[username] = User(
+            username=username,
+            password=password,
+            auth_plugin=sec.get("auth_plugin", str, "mysql_native_password", lambda v: None if v in SUPPORTED_AUTH_PLUGINS else f"must be one of {', '.join(SUPPORTED_AUTH_PLUGINS)}"),
+            default_hostgroup=hg,
+            backend_username=sec.get("backend_username", str, username),
+            backend_password=sec.secret("backend_password", default=password),
+            max_connections=sec.get("max_connections", int, 10000, _positive),
+        )
+        sec.finish()
+    if not users:
+        raise ConfigError(file, "users", "at least one [[users]] entry is required")
+    root.finish()
+    return Config(file, log_level, handshake_timeout, connect_timeout, max_packet, listeners, users, tuple(servers))

@@ -1,0 +1,439 @@
+"""Typed packets: parse_* turns a payload into a dataclass, make_* turns values into a payload.
+
+Theory of operation: payloads only (framing is framing.py's job). Every parse_* either returns a
+dataclass or raises ProtocolError — never IndexError or UnicodeDecodeError — so a hostile peer can
+only ever cause a protocol error. Layouts follow
+https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_connection_phase_packets.html and
+https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_response_packets.html;
+MariaDB differences are named where they matter.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .constants import (
+    AUTH_SWITCH_HEADER,
+    EOF_HEADER,
+    ERR_HEADER,
+    OK_HEADER,
+    SQLSTATE,
+    Capability,
+    ServerStatus,
+)
+from .framing import ProtocolError
+
+# --------------------------------------------------------------------------------------------
+# Primitive readers and writers
+
+
+class Reader:
+    """Cursor over a payload; every read checks bounds and raises ProtocolError on overrun."""
+
+    __slots__ = ("buf", "pos", "what")
+
+    def __init__(self, buf: bytes | memoryview, what: str = "packet") -> None:
+        self.buf = bytes(buf)
+        self.pos = 0
+        self.what = what
+
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.buf):
+            raise ProtocolError(f"malformed {self.what}: truncated at byte {self.pos}")
+
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+    def u8(self) -> int:
+        self._need(1)
+        v = self.buf[self.pos]
+        self.pos += 1
+        return v
+
+    def u16(self) -> int:
+        self._need(2)
+        v = int.from_bytes(self.buf[self.pos : self.pos + 2], "little")
+        self.pos += 2
+        return v
+
+    def u24(self) -> int:
+        self._need(3)
+        v = int.from_bytes(self.buf[self.pos : self.pos + 3], "little")
+        self.pos += 3
+        return v
+
+    def u32(self) -> int:
+        self._need(4)
+        v = int.from_bytes(self.buf[self.pos : self.pos + 4], "little")
+        self.pos += 4
+        return v
+
+    def fixed(self, n: int) -> bytes:
+        self._need(n)
+        v = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return v
+
+    def lenenc_int(self) -> int:
+        first = self.u8()
+        if first < 0xFB:
+            return first
+        if first == 0xFC:
+            return self.u16()
+        if first == 0xFD:
+            return self.u24()
+        if first == 0xFE:
+            self._need(8)
+            v = int.from_bytes(self.buf[self.pos : self.pos + 8], "little")
+            self.pos += 8
+            return v
+        raise ProtocolError(f"malformed {self.what}: invalid length-encoded integer 0x{first:02x}")
+
+    def lenenc_bytes(self) -> bytes:
+        return self.fixed(self.lenenc_int())
+
+    def null_terminated(self) -> bytes:
+        end = self.buf.find(b"\0", self.pos)
+        if end < 0:
+            raise ProtocolError(f"malformed {self.what}: missing NUL terminator")
+        v = self.buf[self.pos : end]
+        self.pos = end + 1
+        return v
+
+    def null_terminated_or_rest(self) -> bytes:
+        end = self.buf.find(b"\0", self.pos)
+        if end < 0:
+            end = len(self.buf)
+            v = self.buf[self.pos :]
+            self.pos = end
+            return v
+        v = self.buf[self.pos : end]
+        self.pos = end + 1
+        return v
+
+    def rest(self) -> bytes:
+        v = self.buf[self.pos :]
+        self.pos = len(self.buf)
+        return v
+
+
+def lenenc_int(n: int) -> bytes:
+    if n < 0xFB:
+        return bytes((n,))
+    if n < 1 << 16:
+        return b"\xfc" + n.to_bytes(2, "little")
+    if n < 1 << 24:
+        return b"\xfd" + n.to_bytes(3, "little")
+    return b"\xfe" + n.to_bytes(8, "little")
+
+
+def lenenc_bytes(b: bytes) -> bytes:
+    return lenenc_int(len(b)) + b
+
+
+def _text(b: bytes, what: str) -> str:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(f"malformed {what}: not valid UTF-8") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Connection phase
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeV10:
+    server_version: str
+    connection_id: int
+    auth_data: bytes  # the scramble (20 bytes for native / caching_sha2)
+    capabilities: int  # lower 32 bits
+    collation: int
+    status: int
+    auth_plugin: str
+    mariadb_capabilities: int = 0  # MariaDB extended capabilities (upper 32 bits); 0 for MySQL
+
+
+def parse_handshake_v10(payload: bytes | memoryview) -> HandshakeV10:
+    r = Reader(payload, "initial handshake")
+    proto = r.u8()
+    if proto == ERR_HEADER:
+        err = parse_err(payload)
+        raise ProtocolError(f"server refused connection: {err.code} {err.message}", code=err.code)
+    if proto != 10:
+        raise ProtocolError(f"unsupported handshake protocol version {proto}")
+    version = _text(r.null_terminated(), "initial handshake")
+    conn_id = r.u32()
+    auth1 = r.fixed(8)
+    r.u8()  # filler
+    caps = r.u16()
+    collation = status = 0
+    auth2 = b""
+    plugin = ""
+    mariadb_caps = 0
+    if r.remaining():
+        collation = r.u8()
+        status = r.u16()
+        caps |= r.u16() << 16
+        auth_len = r.u8()
+        r.fixed(6)  # reserved
+        ext = r.u32()  # MariaDB: extended capabilities; MySQL: reserved zeros
+        if not caps & Capability.LONG_PASSWORD:
+            mariadb_caps = ext
+        if caps & Capability.SECURE_CONNECTION:
+            n = max(13, auth_len - 8)
+            auth2 = r.fixed(min(n, r.remaining()))
+            if auth2.endswith(b"\0"):
+                auth2 = auth2[:-1]
+        if caps & Capability.PLUGIN_AUTH:
+            plugin = _text(r.null_terminated_or_rest(), "initial handshake")
+    return HandshakeV10(version, conn_id, auth1 + auth2, caps, collation, status, plugin, mariadb_caps)
+
+
+def make_handshake_v10(h: HandshakeV10) -> bytes:
+    caps = h.capabilities
+    scramble = h.auth_data
+    return b"".join(
+        (
+            b"\x0a",
+            h.server_version.encode() + b"\0",
+            struct.pack("<I", h.connection_id),
+            scramble[:8],
+            b"\0",
+            struct.pack("<H", caps & 0xFFFF),
+            bytes((h.collation,)),
+            struct.pack("<H", h.status),
+            struct.pack("<H", (caps >> 16) & 0xFFFF),
+            bytes((len(scramble) + 1,)),
+            b"\0" * 6,
+            struct.pack("<I", h.mariadb_capabilities),
+            scramble[8:] + b"\0",
+            h.auth_plugin.encode() + b"\0",
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeResponse41:
+    capabilities: int
+    max_packet: int
+    collation: int
+    username: str
+    auth_response: bytes
+    database: str | None
+    auth_plugin: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    mariadb_capabilities: int = 0
+
+
+def parse_handshake_response(payload: bytes | memoryview) -> HandshakeResponse41:
+    r = Reader(payload, "handshake response")
+    if r.remaining() < 32:
+        raise ProtocolError("malformed handshake response: too short", code=1043)
+    caps = r.u32()
+    if not caps & Capability.PROTOCOL_41:
+        raise ProtocolError("client does not speak protocol 4.1 (CLIENT_PROTOCOL_41 not set)", code=1043)
+    if caps & Capability.SSL:
+        raise ProtocolError("SSL was requested but the proxy did not offer it", code=1043)
+    max_packet = r.u32()
+    collation = r.u8()
+    r.fixed(19)
+    ext = r.u32()  # MariaDB extended capabilities in the last 4 filler bytes
+    mariadb_caps = 0 if caps & Capability.LONG_PASSWORD else ext
+    username = _text(r.null_terminated(), "handshake response")
+    if caps & Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA:
+        auth = r.lenenc_bytes()
+    elif caps & Capability.SECURE_CONNECTION:
+        auth = r.fixed(r.u8())
+    else:
+        auth = r.null_terminated()
+    database = None
+    if caps & Capability.CONNECT_WITH_DB and r.remaining():
+        database = _text(r.null_terminated_or_rest(), "handshake response") or None
+    plugin = ""
+    if caps & Capability.PLUGIN_AUTH and r.remaining():
+        plugin = _text(r.null_terminated_or_rest(), "handshake response")
+    attrs: dict[str, str] = {}
+    if caps & Capability.CONNECT_ATTRS and r.remaining():
+        attrs = _parse_attrs(r)
+    return HandshakeResponse41(caps, max_packet, collation, username, auth, database, plugin, attrs, mariadb_caps)
+
+
+def _parse_attrs(r: Reader) -> dict[str, str]:
+    total = r.lenenc_int()
+    block = Reader(r.fixed(min(total, r.remaining())), "connection attributes")
+    attrs = {}
+    while block.remaining():
+        k = block.lenenc_bytes().decode("utf-8", "replace")
+        v = block.lenenc_bytes().decode("utf-8", "replace")
+        attrs[k] = v
+    return attrs
+
+
+def make_handshake_response(resp: HandshakeResponse41) -> bytes:
+    caps = resp.capabilities
+    parts = [
+        struct.pack("<IIB", caps, resp.max_packet, resp.collation),
+        b"\0" * 19,
+        struct.pack("<I", resp.mariadb_capabilities if not caps & Capability.LONG_PASSWORD else 0),
+        resp.username.encode() + b"\0",
+    ]
+    if caps & Capability.PLUGIN_AUTH_LENENC_CLIENT_DATA:
+        parts.append(lenenc_bytes(resp.auth_response))
+    else:
+        parts.append(bytes((len(resp.auth_response),)) + resp.auth_response)
+    if caps & Capability.CONNECT_WITH_DB:
+        parts.append((resp.database or "").encode() + b"\0")
+    if caps & Capability.PLUGIN_AUTH:
+        parts.append(resp.auth_plugin.encode() + b"\0")
+    if caps & Capability.CONNECT_ATTRS:
+        block = b"".join(lenenc_bytes(k.encode()) + lenenc_bytes(v.encode()) for k, v in resp.attributes.items())
+        parts.append(lenenc_bytes(block))
+    return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSwitchRequest:
+    plugin: str
+    auth_data: bytes
+
+
+def parse_auth_switch(payload: bytes | memoryview) -> AuthSwitchRequest:
+    r = Reader(payload, "auth switch request")
+    if r.u8() != AUTH_SWITCH_HEADER:
+        raise ProtocolError("malformed auth switch request")
+    plugin = _text(r.null_terminated_or_rest(), "auth switch request")
+    data = r.rest()
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return AuthSwitchRequest(plugin, data)
+
+
+def make_auth_switch(req: AuthSwitchRequest) -> bytes:
+    return b"\xfe" + req.plugin.encode() + b"\0" + req.auth_data + b"\0"
+
+
+@dataclass(frozen=True, slots=True)
+class ComChangeUser:
+    username: str
+    auth_response: bytes
+    database: str | None
+    collation: int | None
+    auth_plugin: str
+    attributes: dict[str, str]
+
+
+def parse_change_user(payload: bytes | memoryview, caps: int) -> ComChangeUser:
+    r = Reader(payload, "COM_CHANGE_USER")
+    r.u8()
+    username = _text(r.null_terminated(), "COM_CHANGE_USER")
+    if caps & Capability.SECURE_CONNECTION:
+        auth = r.fixed(r.u8())
+    else:
+        auth = r.null_terminated()
+    database = _text(r.null_terminated_or_rest(), "COM_CHANGE_USER") or None
+    collation = None
+    plugin = ""
+    attrs: dict[str, str] = {}
+    if r.remaining() >= 2:
+        collation = r.u16() & 0xFF
+    if caps & Capability.PLUGIN_AUTH and r.remaining():
+        plugin = _text(r.null_terminated_or_rest(), "COM_CHANGE_USER")
+    if caps & Capability.CONNECT_ATTRS and r.remaining():
+        attrs = _parse_attrs(r)
+    return ComChangeUser(username, auth, database, collation, plugin, attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# Generic responses
+
+
+@dataclass(frozen=True, slots=True)
+class OK:
+    affected_rows: int = 0
+    last_insert_id: int = 0
+    status: int = ServerStatus.AUTOCOMMIT
+    warnings: int = 0
+    info: bytes = b""
+    session_state: bytes = b""
+
+
+def parse_ok(payload: bytes | memoryview, caps: int = Capability.PROTOCOL_41 | Capability.SESSION_TRACK) -> OK:
+    r = Reader(payload, "OK packet")
+    header = r.u8()
+    if header not in (OK_HEADER, EOF_HEADER):
+        raise ProtocolError(f"malformed OK packet: header 0x{header:02x}")
+    affected = r.lenenc_int()
+    insert_id = r.lenenc_int()
+    status = r.u16()
+    warnings = r.u16()
+    info = b""
+    state = b""
+    if r.remaining():
+        if caps & Capability.SESSION_TRACK:
+            info = r.lenenc_bytes()
+            if status & ServerStatus.SESSION_STATE_CHANGED and r.remaining():
+                state = r.lenenc_bytes()
+        else:
+            info = r.rest()
+    return OK(affected, insert_id, status, warnings, info, state)
+
+
+def make_ok(ok: OK, caps: int) -> bytes:
+    out = b"\x00" + lenenc_int(ok.affected_rows) + lenenc_int(ok.last_insert_id)
+    out += struct.pack("<HH", ok.status, ok.warnings)
+    if caps & Capability.SESSION_TRACK:
+        if ok.info or ok.session_state:
+            out += lenenc_bytes(ok.info)
+            if ok.session_state:
+                out += lenenc_bytes(ok.session_state)
+    else:
+        out += ok.info
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ERR:
+    code: int
+    sqlstate: str
+    message: str
+
+
+def parse_err(payload: bytes | memoryview) -> ERR:
+    r = Reader(payload, "ERR packet")
+    if r.u8() != ERR_HEADER:
+        raise ProtocolError("malformed ERR packet")
+    code = r.u16()
+    sqlstate = "HY000"
+    if r.remaining() and r.buf[r.pos] == 0x23:  # '#'
+        r.u8()
+        sqlstate = r.fixed(5).decode("ascii", "replace")
+    return ERR(code, sqlstate, r.rest().decode("utf-8", "replace"))
+
+
+def make_err(code: int, message: str, sqlstate: str | None = None) -> bytes:
+    state = sqlstate or SQLSTATE.get(code, "HY000")
+    return b"\xff" + struct.pack("<H", code) + b"#" + state.encode("ascii") + message.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class EOF:
+    warnings: int
+    status: int
+
+
+def parse_eof(payload: bytes | memoryview) -> EOF:
+    r = Reader(payload, "EOF packet")
+    if r.u8() != EOF_HEADER:
+        raise ProtocolError("malformed EOF packet")
+    return EOF(r.u16(), r.u16())
+
+
+def make_eof(status: int, warnings: int = 0) -> bytes:
+    return b"\xfe" + struct.pack("<HH", warnings, status)
+
+
+def is_eof_or_ok_terminator(payload: bytes | memoryview) -> bool:
+    """0xFE header and shorter than 16 MiB - 1: EOF (old style) or OK-with-0xFE (DEPRECATE_EOF)."""
+    return len(payload) > 0 and payload[0] == EOF_HEADER and len(payload) < 0xFFFFFF

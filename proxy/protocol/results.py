@@ -1,0 +1,274 @@
+"""Result-stream scanner: where a server's reply to one command ends (sans-IO).
+
+Theory of operation: the proxy relays a server's reply to the client chunk by chunk, unparsed. To
+know when the reply is over — and what the server's status flags say at its end — it walks the
+packet headers of each chunk as it passes: 4 bytes per packet plus the first payload byte, and the
+whole payload only of the few packets that end a result (OK/EOF/ERR), which are small. Rows are
+skipped by length without being looked at, so the per-row cost is one header read and no copy.
+
+Reply shapes (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_query_response.html,
+page_protocol_com_stmt_prepare.html, page_protocol_com_stmt_execute.html, page_protocol_com_stmt_fetch.html):
+
+  RESULT   OK | ERR | LOCAL INFILE request | column-count, column defs, [EOF], rows..., EOF/OK | ERR
+           and again while SERVER_MORE_RESULTS_EXISTS is set (multi-statements, CALL)
+  PREPARE  ERR | PREPARE_OK(num_columns, num_params), params + [EOF], columns + [EOF]
+  FETCH    rows..., EOF/OK | ERR
+  FIELDS   column defs..., EOF/OK | ERR         (COM_FIELD_LIST)
+  SIMPLE   one OK | ERR | EOF packet            (PING, INIT_DB, RESET_CONNECTION, SET_OPTION, ...)
+  ANY_ONE  one packet of any kind               (COM_STATISTICS answers a bare string)
+  NONE     no reply at all                      (STMT_CLOSE, STMT_SEND_LONG_DATA)
+
+[EOF] is present unless CLIENT_DEPRECATE_EOF was negotiated. A row whose first byte is 0xFE is a
+terminator only when the packet is shorter than 0xFFFFFF: a row starting with a 0xFE length prefix
+announces >= 16 MiB, so it always arrives in a maximal (split) packet. Pieces following a maximal
+packet continue it and are never interpreted.
+
+`ResultScanner.feed(chunk)` returns -1 while the reply continues, or the offset just past its end.
+A LOCAL INFILE request ends the server's turn: `local_infile` is set and the caller streams the
+client's file, then calls `expect_infile_reply()` and keeps feeding.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .constants import MAX_PAYLOAD, ServerStatus
+
+
+class Reply(enum.IntEnum):
+    RESULT = 1
+    PREPARE = 2
+    FETCH = 3
+    FIELDS = 4
+    SIMPLE = 5
+    ANY_ONE = 6
+    NONE = 7
+
+
+# scanner states
+_FIRST = 0  # first packet of a result: OK / ERR / 0xFB / column count
+_COLUMNS = 1  # skipping column definitions (self._left of them)
+_COLUMNS_EOF = 2  # the EOF after column definitions (old style only)
+_ROWS = 3  # rows until a terminator
+_PREP_FIRST = 4
+_PREP_SKIP = 5  # skipping param/column definitions and their EOFs (self._left packets)
+_ONE = 6  # one OK / ERR / EOF packet ends it
+_ANY = 7  # one packet of any content ends it
+_DONE = 8
+
+
+def _read_lenenc(buf, pos: int) -> tuple[int, int]:
+    first = buf[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    if first == 0xFC:
+        return buf[pos + 1] | buf[pos + 2] << 8, pos + 3
+    if first == 0xFD:
+        return buf[pos + 1] | buf[pos + 2] << 8 | buf[pos + 3] << 16, pos + 4
+    return int.from_bytes(buf[pos + 1 : pos + 9], "little"), pos + 9
+
+
+class ResultScanner:
+    __slots__ = (
+        "deprecate_eof",
+        "_state",
+        "_left",
+        "_skip",
+        "_carry",
+        "_continued",
+        "status",
+        "error",
+        "local_infile",
+        "last_ok",
+        "stmt_id",
+        "affected_rows",
+        "last_insert_id",
+        "results",
+    )
+
+    def __init__(self, reply: Reply, deprecate_eof: bool) -> None:
+        self.deprecate_eof = deprecate_eof
+        self._skip = 0  # payload bytes of the current packet still to pass
+        self._carry = b""  # an incomplete packet whose contents matter
+        self._continued = False  # the next packet continues a maximal one
+        self._left = 0
+        self.status = 0  # server status flags from the last OK/EOF seen
+        self.error: bytes | None = None  # payload of an ERR that ended the reply
+        self.local_infile = False
+        self.stmt_id = 0
+        self.affected_rows = 0
+        self.last_insert_id = 0
+        self.results = 0  # number of result sets / OKs seen
+        self.last_ok: bytes | None = None
+        if reply is Reply.RESULT:
+            self._state = _FIRST
+        elif reply is Reply.PREPARE:
+            self._state = _PREP_FIRST
+        elif reply is Reply.FETCH or reply is Reply.FIELDS:
+            self._state = _ROWS
+        elif reply is Reply.SIMPLE:
+            self._state = _ONE
+        elif reply is Reply.ANY_ONE:
+            self._state = _ANY
+        else:
+            self._state = _DONE
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def expect_infile_reply(self) -> None:
+        """After the client's file has been sent: the server answers with OK or ERR (and maybe more)."""
+        self.local_infile = False
+        self._state = _FIRST
+
+    def feed(self, data: bytes | bytearray | memoryview) -> int:
+        """Consume a chunk; return -1 if the reply goes on, else the offset just past its end."""
+        n = len(data)
+        pos = self._skip
+        if pos:
+            if pos >= n:
+                self._skip = pos - n
+                return -1
+            self._skip = 0
+        base = 0
+        if self._carry:
+            # Rare: a header or a small packet that matters straddled two reads. Rejoin it.
+            base = len(self._carry)
+            data = self._carry + bytes(data)
+            self._carry = b""
+            n = len(data)
+        state = self._state
+        while state != _DONE:
+            if pos + 4 > n:
+                break
+            length = data[pos] | data[pos + 1] << 8 | data[pos + 2] << 16
+            start = pos + 4
+            end = start + length
+            if self._continued:
+                self._continued = length == MAX_PAYLOAD
+            elif state == _ROWS:
+                if length == MAX_PAYLOAD:
+                    self._continued = True  # a big row; it cannot be a terminator
+                elif length:
+                    if start >= n:
+                        break  # need the first byte
+                    if data[start] >= 0xFE:
+                        if end > n:
+                            break
+                        state = self._terminator(data, start, end)
+            elif state == _COLUMNS:
+                self._continued = length == MAX_PAYLOAD
+                self._left -= 1
+                if not self._left:
+                    state = _ROWS if self.deprecate_eof else _COLUMNS_EOF
+            elif state == _PREP_SKIP:
+                self._left -= 1
+                if not self._left:
+                    state = _DONE
+            else:
+                if end > n:
+                    break  # a packet whose contents decide what comes next: need it whole
+                if state == _FIRST:
+                    state = self._first(data, start, end)
+                    if self.local_infile:
+                        self._state = state
+                        return end - base
+                elif state == _COLUMNS_EOF:
+                    state = self._columns_eof(data, start, end)
+                elif state == _PREP_FIRST:
+                    state = self._prepare_first(data, start, end)
+                elif state == _ONE:
+                    if length and data[start] == 0xFF:
+                        self.error = bytes(data[start:end])
+                    elif length and length < 0xFFFFFF and data[start] in (0x00, 0xFE):
+                        self._status_from(data, start, end)
+                    state = _DONE
+                else:  # _ANY
+                    state = _DONE
+            if end >= n:
+                self._skip = end - n
+                self._state = state
+                return n - base if state == _DONE and end == n else -1
+            pos = end
+        self._state = state
+        if state == _DONE:
+            return pos - base
+        self._carry = bytes(data[pos:])
+        return -1
+
+    # ---- packets that matter ------------------------------------------------------------------
+
+    def _first(self, data, start: int, end: int) -> int:
+        if end - start == 0:
+            return _DONE  # malformed; end the reply rather than hang
+        h = data[start]
+        if h == 0x00:
+            self._ok(data, start, end)
+            return _FIRST if self.status & ServerStatus.MORE_RESULTS_EXISTS else _DONE
+        if h == 0xFF:
+            self.error = bytes(data[start:end])
+            return _DONE
+        if h == 0xFB:
+            self.local_infile = True
+            return _FIRST
+        count, _ = _read_lenenc(data, start)
+        self._left = count
+        self.results += 1
+        return _COLUMNS if count else (_ROWS if self.deprecate_eof else _COLUMNS_EOF)
+
+    def _columns_eof(self, data, start: int, end: int) -> int:
+        h = data[start] if end > start else 0
+        if h == 0xFF:
+            self.error = bytes(data[start:end])
+            return _DONE
+        # EOF: warnings(2) status(2). A cursor opened by COM_STMT_EXECUTE ends the reply here.
+        if end - start >= 5:
+            self.status = data[start + 3] | data[start + 4] << 8
+        if self.status & ServerStatus.CURSOR_EXISTS:
+            return _DONE
+        return _ROWS
+
+    def _terminator(self, data, start: int, end: int) -> int:
+        h = data[start] if end > start else 0
+        if h == 0xFF:
+            self.error = bytes(data[start:end])
+            return _DONE
+        if h == 0xFE and end - start < MAX_PAYLOAD:
+            if self.deprecate_eof:
+                self._ok(data, start, end)
+            elif end - start >= 5:
+                self.status = data[start + 3] | data[start + 4] << 8
+            return _FIRST if self.status & ServerStatus.MORE_RESULTS_EXISTS else _DONE
+        return _ROWS  # a row
+
+    def _prepare_first(self, data, start: int, end: int) -> int:
+        h = data[start] if end > start else 0xFF
+        if h == 0xFF:
+            self.error = bytes(data[start:end])
+            return _DONE
+        if end - start < 9:
+            return _DONE
+        self.stmt_id = int.from_bytes(data[start + 1 : start + 5], "little")
+        columns = data[start + 5] | data[start + 6] << 8
+        params = data[start + 7] | data[start + 8] << 8
+        eofs = 0 if self.deprecate_eof else (params > 0) + (columns > 0)
+        self._left = columns + params + eofs
+        return _PREP_SKIP if self._left else _DONE
+
+    def _ok(self, data, start: int, end: int) -> None:
+        self.results += 1
+        self.last_ok = bytes(data[start:end])
+        try:
+            self.affected_rows, p = _read_lenenc(data, start + 1)
+            self.last_insert_id, p = _read_lenenc(data, p)
+        except IndexError:  # a malformed OK from the server: keep relaying, report nothing
+            return
+        if p + 2 <= end:
+            self.status = data[p] | data[p + 1] << 8
+
+    def _status_from(self, data, start: int, end: int) -> None:
+        if data[start] == 0x00 or self.deprecate_eof:
+            self._ok(data, start, end)
+        elif end - start >= 5:
+            self.status = data[start + 3] | data[start + 4] << 8
