@@ -204,6 +204,7 @@ class ResultScanner:
             return _DONE  # malformed; end the reply rather than hang
         h = data[start]
         if h == 0x00:
+            self.results += 1
             self._ok(data, start, end)
             return _FIRST if self.status & ServerStatus.MORE_RESULTS_EXISTS else _DONE
         if h == 0xFF:
@@ -257,7 +258,6 @@ class ResultScanner:
         return _PREP_SKIP if self._left else _DONE
 
     def _ok(self, data, start: int, end: int) -> None:
-        self.results += 1
         self.last_ok = bytes(data[start:end])
         try:
             self.affected_rows, p = _read_lenenc(data, start + 1)
