@@ -129,7 +129,7 @@ class ResultScanner:
         if pos:
             if pos >= n:
                 self._skip = pos - n
-                return -1
+                return n if pos == n and self._state == _DONE else -1
             self._skip = 0
         base = 0
         if self._carry:

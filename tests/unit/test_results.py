@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.protocol.constants import ServerStatus
@@ -100,6 +100,11 @@ def replies(draw):
 
 @settings(max_examples=400, deadline=None)
 @given(replies(), st.lists(st.integers(0, 4000), max_size=12), st.binary(max_size=20))
+@example(  # regression: the last packet of a reply ends exactly where a chunk ends, after a skip
+    (Reply.PREPARE, True, b"\x0c\x00\x00\x01\x00\x07\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00\x1c\x00\x00\x02\x03def\x02db\x01t\x01t\x01?\x01?\x0c!\x00\xff\x00\x00\x00\xfd\x00\x00\x00\x00\x00", None),
+    [20],
+    b"",
+)
 def test_end_found_under_any_chunking(reply_case, cuts, trailing):
     reply, deprecate, data, status = reply_case
     sc = ResultScanner(reply, deprecate)
