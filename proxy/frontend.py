@@ -35,7 +35,6 @@ from .protocol.constants import (
     CACHING_SHA2_PASSWORD,
     NATIVE_PASSWORD,
     PROXY_CAPABILITIES,
-    SUPPORTED_AUTH_PLUGINS,
     Capability,
     Command,
     ErrorCode,
@@ -278,8 +277,9 @@ class ClientSession(asyncio.Protocol):
     async def _authenticate(self, username: str, plugin: str, token: bytes, seq: int, timeout: float) -> tuple[User | None, int]:
         """Verify the client; on failure send ERR 1045. Returns (user or None, next sequence id)."""
         user = self.app.config.users.get(username)
-        if user is not None and plugin not in SUPPORTED_AUTH_PLUGINS:
-            # The client used a plugin we cannot verify: ask for the user's own plugin.
+        if user is not None and plugin != user.auth_plugin:
+            # As MySQL does, the account's plugin decides: a client that tried another one is
+            # asked to switch (AuthSwitchRequest with a fresh scramble).
             plugin = user.auth_plugin
             self.scramble = auth.new_scramble()
             self._send(make_auth_switch(AuthSwitchRequest(plugin, self.scramble)), seq)
