@@ -57,6 +57,11 @@ _ANY = 7  # one packet of any content ends it
 _DONE = 8
 
 
+# Plain ints on the hot path: enum.Flag arithmetic allocates.
+_MORE_RESULTS = int(ServerStatus.MORE_RESULTS_EXISTS)
+_CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
+
+
 def _read_lenenc(buf, pos: int) -> tuple[int, int]:
     first = buf[pos]
     if first < 0xFB:
@@ -206,7 +211,7 @@ class ResultScanner:
         if h == 0x00:
             self.results += 1
             self._ok(data, start, end)
-            return _FIRST if self.status & ServerStatus.MORE_RESULTS_EXISTS else _DONE
+            return _FIRST if self.status & _MORE_RESULTS else _DONE
         if h == 0xFF:
             self.error = bytes(data[start:end])
             return _DONE
@@ -226,7 +231,7 @@ class ResultScanner:
         # EOF: warnings(2) status(2). A cursor opened by COM_STMT_EXECUTE ends the reply here.
         if end - start >= 5:
             self.status = data[start + 3] | data[start + 4] << 8
-        if self.status & ServerStatus.CURSOR_EXISTS:
+        if self.status & _CURSOR_EXISTS:
             return _DONE
         return _ROWS
 
@@ -240,7 +245,7 @@ class ResultScanner:
                 self._ok(data, start, end)
             elif end - start >= 5:
                 self.status = data[start + 3] | data[start + 4] << 8
-            return _FIRST if self.status & ServerStatus.MORE_RESULTS_EXISTS else _DONE
+            return _FIRST if self.status & _MORE_RESULTS else _DONE
         return _ROWS  # a row
 
     def _prepare_first(self, data, start: int, end: int) -> int:
