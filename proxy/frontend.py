@@ -144,9 +144,11 @@ class ClientSession(asyncio.Protocol):
         self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed:
-            if self.backend is not None and self.backend.scanner is not None:
-                self._log(logging.INFO, "client went away during a reply; backend connection closed")
+        if not self.closed and not self.busy or self.infile:
+            if self.framer.buffered or self.infile:
+                self._log(logging.WARNING, "client closed the connection in the middle of a packet (%d bytes of it received)", self.framer.buffered)
+        elif not self.closed and self.backend is not None and self.backend.scanner is not None:
+            self._log(logging.INFO, "client went away during a reply; backend connection closed")
         self._teardown()
 
     def pause_writing(self) -> None:
@@ -460,7 +462,9 @@ class ClientSession(asyncio.Protocol):
             plugin = cu.auth_plugin or NATIVE_PASSWORD
             user, seq = await self._authenticate(cu.username, plugin, cu.auth_response, 1, self.app.config.handshake_timeout)
             if user is None:
-                self.close()
+                # As MariaDB does: the ERR has been sent and the session carries on as the old user.
+                self.busy = False
+                self._process()
                 return
             old = self.backend
             self.backend = None
