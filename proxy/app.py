@@ -16,6 +16,7 @@ import signal
 from .backend import BackendConnection, BackendError, read_server_handshake
 from .config import Config
 from .frontend import ClientSession
+from .router import Router
 
 log = logging.getLogger("rwproxy")
 
@@ -26,6 +27,7 @@ DEFAULT_COLLATION = 45  # utf8mb4_general_ci
 class ProxyApp:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.router = Router(config)
         self.sessions: dict[int, ClientSession] = {}
         self.server_version = DEFAULT_VERSION
         self.collation = DEFAULT_COLLATION
@@ -63,6 +65,12 @@ class ProxyApp:
         self._servers.append(server)
         log.info("listening on %s:%d (data)", lst.address, lst.port)
 
+    def log_sessions(self) -> None:
+        """SIGUSR1: one line per client session with its state (for operators and debugging)."""
+        log.warning("%d client session(s)", len(self.sessions))
+        for sess in list(self.sessions.values()):
+            log.warning("%s", sess.describe())
+
     async def stop(self) -> None:
         for s in self._servers:
             s.close()
@@ -79,6 +87,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, app.log_sessions)
     await stop.wait()
     log.info("shutting down")
     await app.stop()

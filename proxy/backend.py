@@ -77,6 +77,9 @@ class BackendConnection(asyncio.Protocol):
         self.scanner: ResultScanner | None = None
         self.sink: ReplySink | None = None
         self._sink_owner: ReplySink | None = None
+        self.hostgroup = server.hostgroup_id  # the hostgroup it serves (a writer may serve a reader hostgroup)
+        self.cstate = None  # proxy.session.ConnState: what this connection's session state is
+        self.reading_paused = False
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -150,6 +153,19 @@ class BackendConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    async def replay(self, payloads: list[bytes]) -> ERR | None:
+        """Send commands that each answer one OK/ERR (COM_INIT_DB, SET), pipelined: one round trip.
+
+        Returns the first ERR, or None when all succeeded.
+        """
+        self.transport.write(b"".join(make_packet(p, 0) for p in payloads))
+        first_err = None
+        for _ in payloads:
+            pkt = await self.read_packet()
+            if pkt.payload and pkt.payload[0] == ERR_HEADER and first_err is None:
+                first_err = parse_err(pkt.payload)
+        return first_err
+
     # ---- relay mode ---------------------------------------------------------------------------
 
     def attach(self, owner: ReplySink) -> None:
@@ -164,6 +180,7 @@ class BackendConnection(asyncio.Protocol):
     def pause_reading(self, paused: bool) -> None:
         if self.transport is None or self.closed:
             return
+        self.reading_paused = paused
         if paused:
             self.transport.pause_reading()
         else:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rules.model import RuleSet, validate_replication_hostgroups, validate_rules
+
 from .protocol.constants import SUPPORTED_AUTH_PLUGINS
 
 SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
@@ -44,6 +46,7 @@ class User:
     backend_username: str
     backend_password: str = field(repr=False)
     max_connections: int = 10000
+    transaction_persistent: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,7 @@ class Server:
     status: str = "ONLINE"
     weight: int = 1
     max_connections: int = 1000
+    max_replication_lag: int = 0
     comment: str = ""
 
     @property
@@ -71,6 +75,7 @@ class Config:
     listeners: dict[str, Listener]
     users: dict[str, User]
     servers: tuple[Server, ...]
+    ruleset: RuleSet = field(default_factory=RuleSet)
 
     def hostgroup(self, hostgroup_id: int) -> tuple[Server, ...]:
         return tuple(s for s in self.servers if s.hostgroup_id == hostgroup_id)
@@ -191,6 +196,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     handshake_timeout = proxy.get("handshake_timeout", float, 10.0, _positive)
     connect_timeout = proxy.get("connect_timeout", float, 3.0, _positive)
     max_packet = proxy.get("max_allowed_packet", int, 64 << 20, lambda v: None if 1024 <= v <= 1 << 30 else "must be between 1024 and 1073741824")
+    reader_fallback = proxy.get("reader_fallback_to_writer", bool, True)
     proxy.finish()
 
     listeners: dict[str, Listener] = {}
@@ -215,6 +221,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
                 status=sec.get("status", str, "ONLINE", lambda v: None if v in SERVER_STATUSES else f"must be one of {', '.join(SERVER_STATUSES)}"),
                 weight=sec.get("weight", int, 1, lambda v: None if v >= 0 else "must be >= 0"),
                 max_connections=sec.get("max_connections", int, 1000, _positive),
+                max_replication_lag=sec.get("max_replication_lag", int, 0, lambda v: None if v >= 0 else "must be >= 0"),
                 comment=sec.get("comment", str, ""),
             )
         )
@@ -245,9 +252,34 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
             backend_username=sec.get("backend_username", str, username),
             backend_password=sec.secret("backend_password", default=password),
             max_connections=sec.get("max_connections", int, 10000, _positive),
+            transaction_persistent=sec.get("transaction_persistent", bool, True),
         )
         sec.finish()
     if not users:
         raise ConfigError(file, "users", "at least one [[users]] entry is required")
+
+    pair_rows = root.get("replication_hostgroups", list, default=[])
+    pairs, pair_errors = validate_replication_hostgroups(pair_rows)
+    if pair_errors:
+        e = pair_errors[0]
+        i = next((i for i, r in enumerate(pair_rows) if isinstance(r, dict) and r.get("writer_hostgroup") == e.writer_hostgroup), 0)
+        raise ConfigError(file, f"replication_hostgroups[{i}]" + (f".{e.column}" if e.column else ""), e.reason)
+    for i, pair in enumerate(pairs):
+        for side in ("writer_hostgroup", "reader_hostgroup"):
+            hg = getattr(pair, side)
+            if hg not in hostgroups and not (side == "reader_hostgroup" and pair.writer_is_also_reader):
+                raise ConfigError(file, f"replication_hostgroups[{i}].{side}", f"hostgroup {hg} has no server in [[servers]]")
+
+    rule_rows = root.get("query_rules", list, default=[])
+    rules, rule_errors = validate_rules(rule_rows)
+    if rule_errors:
+        e = rule_errors[0]
+        i = next((i for i, r in enumerate(rule_rows) if isinstance(r, dict) and r.get("rule_id") == e.rule_id), 0)
+        more = f" (and {len(rule_errors) - 1} more error(s))" if len(rule_errors) > 1 else ""
+        raise ConfigError(file, f"query_rules[{i}]" + (f".{e.column}" if e.column else ""), f"rule {e.rule_id}: {e.reason}{more}")
+    for i, r in enumerate(rules):
+        if r.destination_hostgroup is not None and r.destination_hostgroup not in hostgroups and r.destination_hostgroup not in {p.reader_hostgroup for p in pairs}:
+            raise ConfigError(file, f"query_rules[{i}].destination_hostgroup", f"rule {r.rule_id}: hostgroup {r.destination_hostgroup} has no server in [[servers]]")
+    ruleset = RuleSet(rules=tuple(rules), replication_hostgroups=tuple(pairs), reader_fallback_to_writer=reader_fallback)
     root.finish()
-    return Config(file, log_level, handshake_timeout, connect_timeout, max_packet, listeners, users, tuple(servers))
+    return Config(file, log_level, handshake_timeout, connect_timeout, max_packet, listeners, users, tuple(servers), ruleset)

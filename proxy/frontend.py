@@ -1,20 +1,30 @@
-"""Client sessions: accept, handshake, authenticate, then relay commands.
+"""Client sessions: accept, handshake, authenticate, then route and relay commands.
 
 Theory of operation: one ClientSession (an asyncio.Protocol) per client connection.
 - Setup runs as a coroutine: send HandshakeV10 (advertising the writer's real version and collation),
   read HandshakeResponse41 within the handshake timeout, authenticate the user against the config
-  (mysql_native_password or caching_sha2_password, switching plugin when the client offered one we
-  cannot verify), open the session's backend connection, and only then say OK.
-- The command phase is callback-driven, because it is the hot path: a whole command packet arrives,
-  is dispatched, its bytes are written to the backend unchanged, the reply is relayed chunk by chunk
-  (BackendConnection + ResultScanner) and `reply_done` picks up the next command. No coroutine, task
-  or future is involved per statement.
+  (the account's plugin decides, as in MySQL: mysql_native_password or caching_sha2_password), open
+  the session's writer connection (so a bad schema or backend login fails at connect time, as it
+  would against the server), and only then say OK.
+- The command phase is callback-driven, because it is the hot path. A whole command packet arrives;
+  a COM_QUERY is routed (proxy.router: cached classification, then rules.engine.decide); if the
+  chosen hostgroup's connection is open and already carries the session's state, the packet is
+  written to it unchanged and the reply relayed chunk by chunk (BackendConnection + ResultScanner);
+  `reply_done` picks up the next command. No coroutine, task or future per statement.
+- The slow path (a task) runs only when a connection must be opened (readers are opened lazily) or
+  brought up to the session's state (proxy.session: a pipelined diff); a reader that cannot be used
+  sends the read to the writer (when `reader_fallback_to_writer`).
+- Transaction state comes from the server's status flags in the last OK/EOF of every reply: the
+  hostgroup whose connection reports IN_TRANS (or autocommit off) holds the transaction, and the
+  engine keeps the session there. Server-side prepared statements and every command other than
+  COM_QUERY run on the writer.
 - Commands the proxy must handle itself (COM_QUIT, COM_CHANGE_USER, unknown or unsupported commands)
   are answered here.
 
 Two error families: the client misbehaved (ERR with the protocol's code, log once, close) and a
-backend failed (ERR naming the hostgroup and the cause; the rest of the proxy carries on).
-Passwords are never logged.
+backend failed (ERR naming the hostgroup and the cause; the rest of the proxy carries on). State the
+proxy cannot rebuild (a transaction, temporary tables, user variables) is never silently dropped:
+if the connection holding it is lost, the client is told and disconnected. Passwords are never logged.
 """
 
 from __future__ import annotations
@@ -22,8 +32,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import socket
 from typing import TYPE_CHECKING
+
+from rules.classify import Classification, Kind
+from rules.engine import SessionView
+from rules.model import Decision, Deny, RouteTo
 
 from . import backend as backend_mod
 from .backend import BackendConnection, BackendError
@@ -42,6 +57,7 @@ from .protocol.constants import (
 )
 from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
 from .protocol.packets import (
+    ERR,
     OK,
     AuthSwitchRequest,
     HandshakeV10,
@@ -53,6 +69,7 @@ from .protocol.packets import (
     parse_handshake_response,
 )
 from .protocol.results import Reply, ResultScanner
+from .session import ConnState, SessionState
 
 if TYPE_CHECKING:
     from .app import ProxyApp
@@ -85,30 +102,60 @@ _session_ids = itertools.count(1)
 # Pause reading from a client that pipelines more than this many bytes of commands.
 _PIPELINE_LIMIT = 1 << 20
 
+_IN_TRANS = int(ServerStatus.IN_TRANS)
+_AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
+_USE = Kind.USE
+_USE_TARGET = re.compile(r"\s*(?:(?:/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))\s*)*USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
+
+
+class HostgroupError(Exception):
+    """No usable connection to a hostgroup. `err` is the server's own ERR when it gave one."""
+
+    def __init__(self, hostgroup: int, message: str, err: ERR | None = None) -> None:
+        super().__init__(message)
+        self.hostgroup, self.err = hostgroup, err
+
+    def client_err(self) -> tuple[int, str, str | None]:
+        if self.err is not None:
+            return self.err.code, self.err.message, self.err.sqlstate
+        return ErrorCode.CONN_HOST_ERROR, str(self), None
+
 
 class ClientSession(asyncio.Protocol):
     def __init__(self, app: "ProxyApp") -> None:
         self.app = app
+        self.router = app.router
         self.id = next(_session_ids)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.client_ip: str | None = None
+        self.local: tuple[str, int] = ("", 0)
         self.user: User | None = None
         self.username = "-"
         self.framer = PacketFramer(app.config.max_allowed_packet)
-        self.backend: BackendConnection | None = None
+        self.conns: dict[int, BackendConnection] = {}  # hostgroup -> this session's connection there
+        self.current: BackendConnection | None = None  # running the command in flight
+        self.writer_hg = 0
+        self.state = SessionState(None)
+        self.pinned_writer = False
+        self.txn_hg: int | None = None  # hostgroup whose connection holds an open transaction
+        self._lost: str | None = None  # why this session's unrebuildable state is gone
+        self._post: tuple | None = None  # what to record when the reply in flight ends well
+        self._view: SessionView | None = None
         self.capabilities = 0
-        self.database: str | None = None
         self.collation = 0
         self.attributes: dict[str, str] = {}
         self.scramble = auth.new_scramble()
-        self.status = ServerStatus.AUTOCOMMIT
+        self.status = int(ServerStatus.AUTOCOMMIT)
         self.closed = False
         self.busy = True  # not accepting commands until logged in
         self.infile = False
         self._deprecate_eof = False
         self._reading_paused = False
+        self._write_paused = False  # the client's socket buffer is full
+        self._paused_backend: BackendConnection | None = None
         self._waiter: asyncio.Future | None = None
-        self._setup_task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None
 
     # ---- logging ------------------------------------------------------------------------------
 
@@ -116,7 +163,16 @@ class ClientSession(asyncio.Protocol):
         return f"session={self.id} client={self.peer} user={self.username}"
 
     def _log(self, level: int, msg: str, *args: object) -> None:
-        log.log(level, "%s " + msg, self._ctx(), *args)
+        if log.isEnabledFor(level):
+            log.log(level, "%s " + msg, self._ctx(), *args)
+
+    def describe(self) -> str:
+        conns = ",".join(f"hg{hg}:{c.server.address}#{c.thread_id}{'(relaying)' if c.scanner else ''}{'(paused)' if c.reading_paused else ''}" for hg, c in self.conns.items())
+        return (
+            f"{self._ctx()} busy={self.busy} infile={self.infile} client_reading_paused={self._reading_paused} "
+            f"buffered={self.framer.buffered} current={getattr(self.current, 'hostgroup', None)} txn_hg={self.txn_hg} "
+            f"pinned_writer={self.pinned_writer} schema={self.state.schema} conns=[{conns}]"
+        )
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -125,6 +181,10 @@ class ClientSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.client_ip = peer[0]
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            self.local = (sockname[0], sockname[1])
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -132,7 +192,7 @@ class ClientSession(asyncio.Protocol):
             except OSError:
                 pass
         self.app.sessions[self.id] = self
-        self._setup_task = asyncio.get_running_loop().create_task(self._setup())
+        self._task = asyncio.get_running_loop().create_task(self._setup())
 
     def data_received(self, data: bytes) -> None:
         self.framer.feed(data)
@@ -147,18 +207,39 @@ class ClientSession(asyncio.Protocol):
         if not self.closed and not self.busy or self.infile:
             if self.framer.buffered or self.infile:
                 self._log(logging.WARNING, "client closed the connection in the middle of a packet (%d bytes of it received)", self.framer.buffered)
-        elif not self.closed and self.backend is not None and self.backend.scanner is not None:
+        elif not self.closed and self.current is not None and self.current.scanner is not None:
             self._log(logging.INFO, "client went away during a reply; backend connection closed")
         self._teardown()
 
     def pause_writing(self) -> None:
-        # The client reads slower than the server sends: stop reading from the server.
-        if self.backend is not None:
-            self.backend.pause_reading(True)
+        # The client reads slower than the server sends: stop reading from the server. The paused
+        # connection is remembered, not looked up on resume: the reply may end (and `current` be
+        # cleared) in the very chunk that filled the client's buffer.
+        self._write_paused = True
+        if self.current is not None:
+            self._pause_backend(self.current)
 
     def resume_writing(self) -> None:
-        if self.backend is not None:
-            self.backend.pause_reading(False)
+        self._write_paused = False
+        conn = self._paused_backend
+        if conn is not None:
+            self._paused_backend = None
+            conn.pause_reading(False)
+
+    def _pause_backend(self, conn: BackendConnection) -> None:
+        old = self._paused_backend
+        if old is not conn:
+            if old is not None:
+                old.pause_reading(False)  # idle by now: its reply is over
+            self._paused_backend = conn
+            conn.pause_reading(True)
+
+    def _start(self, conn: BackendConnection, raw: bytes, reply: Reply) -> None:
+        """Send a command on `conn` and relay its reply to the client."""
+        self.current = conn
+        if self._write_paused:
+            self._pause_backend(conn)  # the client has not drained the previous reply yet
+        conn.relay(raw, ResultScanner(reply, self._deprecate_eof))
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -210,9 +291,13 @@ class ClientSession(asyncio.Protocol):
         self.closed = True
         self._wake()
         self.app.sessions.pop(self.id, None)
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
+        self._close_conns()
+
+    def _close_conns(self, keep: BackendConnection | None = None) -> None:
+        for hg, conn in list(self.conns.items()):
+            if conn is not keep:
+                del self.conns[hg]
+                conn.close()
 
     def _protocol_error(self, seq: int, e: ProtocolError) -> None:
         self._log(logging.WARNING, "protocol error from client: %s", e)
@@ -266,13 +351,11 @@ class ClientSession(asyncio.Protocol):
         if user is None:
             self.close()
             return
-        if not await self._open_backend(user, resp.database, seq):
+        if not await self._login_backend(user, resp.database, seq):
             self.close()
             return
-        self.user = user
-        self.database = resp.database
         self._send(make_ok(OK(status=self.status), self.capabilities), seq)
-        self._log(logging.DEBUG, "logged in (backend %s thread %d)", self.backend.server.address, self.backend.thread_id)
+        self._log(logging.DEBUG, "logged in (writer %s thread %d)", self.conns[self.writer_hg].server.address, self.conns[self.writer_hg].thread_id)
         self.busy = False
         self._process()
 
@@ -298,15 +381,29 @@ class ClientSession(asyncio.Protocol):
             seq += 1
         return user, seq
 
-    async def _open_backend(self, user: User, database: str | None, seq: int) -> bool:
-        """Connect the session's backend. On failure tell the client why (ERR) and return False."""
-        app = self.app
-        hostgroup = user.default_hostgroup
-        servers = candidates(app.config.hostgroup(hostgroup))
-        if not servers:
-            self._send_err(seq, ErrorCode.CONN_HOST_ERROR, f"rwproxy: hostgroup {hostgroup} has no ONLINE server; check [[servers]] in the proxy config")
-            self._log(logging.WARNING, "hostgroup %d has no ONLINE server", hostgroup)
+    async def _login_backend(self, user: User, database: str | None, seq: int) -> bool:
+        """Become `user` with a fresh state and writer connection; on failure send ERR, return False."""
+        self._close_conns()
+        self.user, self.username, self.writer_hg = user, user.username, user.default_hostgroup
+        self.state = SessionState(database)
+        self.pinned_writer, self.txn_hg, self._lost, self._view = False, None, None, None
+        self.status = int(ServerStatus.AUTOCOMMIT)
+        try:
+            conn = await self._connect(self.writer_hg)
+        except HostgroupError as e:
+            code, message, sqlstate = e.client_err()
+            self._send_err(seq, code, message, sqlstate)
             return False
+        self.state.mark_synced(conn.cstate)
+        return not self.closed
+
+    async def _connect(self, hostgroup: int) -> BackendConnection:
+        """Open this session's connection to `hostgroup` (tries its ONLINE servers in weighted order)."""
+        app, user = self.app, self.user
+        servers = candidates(self.router.hostgroups.servers(hostgroup))
+        if not servers:
+            self._log(logging.WARNING, "hostgroup %d has no ONLINE server", hostgroup)
+            raise HostgroupError(hostgroup, f"rwproxy: hostgroup {hostgroup} has no ONLINE server; check [[servers]] in the proxy config")
         last: BackendError | None = None
         for server in servers:
             try:
@@ -314,7 +411,7 @@ class ClientSession(asyncio.Protocol):
                     server,
                     user.backend_username,
                     user.backend_password,
-                    database=database,
+                    database=self.state.schema,
                     client_capabilities=self.capabilities,
                     collation=self.collation,
                     attributes=self.attributes,
@@ -326,25 +423,24 @@ class ClientSession(asyncio.Protocol):
                     # The server answered and said no (unknown database, access denied for the
                     # backend user): that is the client's answer, exactly as the server gave it.
                     self._log(logging.WARNING, "backend %s (hostgroup %d) refused login: %d %s", server.address, hostgroup, e.err.code, e.err.message)
-                    self._send_err(seq, e.err.code, e.err.message, e.err.sqlstate)
-                    return False
+                    raise HostgroupError(hostgroup, e.err.message, e.err) from None
                 self._log(logging.WARNING, "backend %s (hostgroup %d) unavailable: %s", server.address, hostgroup, e.cause)
                 last = e
                 continue
             if self.closed:
                 conn.close()
-                return False
+                raise HostgroupError(hostgroup, "client went away")
             app.learn_server(conn)
+            conn.hostgroup = hostgroup
+            conn.cstate = ConnState(schema=self.state.schema)
             conn.attach(self)
-            self.backend = conn
-            return True
+            self.conns[hostgroup] = conn
+            return conn
         assert last is not None
-        self._send_err(
-            seq,
-            ErrorCode.CONN_HOST_ERROR,
+        raise HostgroupError(
+            hostgroup,
             f"rwproxy: cannot reach hostgroup {hostgroup}: {last}. Check that the server is running and reachable from the proxy",
         )
-        return False
 
     # ---- command phase (hot path) -------------------------------------------------------------
 
@@ -378,14 +474,23 @@ class ClientSession(asyncio.Protocol):
             self._protocol_error(1, ProtocolError("Malformed communication packet (empty command)"))
             return
         cmd = payload[0]
+        if self._lost is not None and cmd != Command.QUIT:
+            self._send_err(1, ErrorCode.LOST_CONNECTION, self._lost)
+            self.close()
+            return
+        if cmd == Command.QUERY:
+            self._query(pkt)
+            return
         reply = REPLY_FOR.get(cmd)
-        backend = self.backend
-        if reply is not None and backend is not None:
+        if reply is not None:
             if reply is Reply.NONE:
-                backend.write(pkt.raw)
+                # COM_STMT_CLOSE / SEND_LONG_DATA: no reply; the statement lives on the writer.
+                conn = self.conns.get(self.writer_hg)
+                if conn is not None:
+                    conn.write(pkt.raw)
                 return
-            self.busy = True
-            backend.relay(pkt.raw, ResultScanner(reply, self._deprecate_eof))
+            post = (cmd, pkt.payload) if cmd in (Command.INIT_DB, Command.RESET_CONNECTION) else None
+            self._run(self.writer_hg, pkt.raw, reply, post)
             return
         if cmd == Command.QUIT:
             self._log(logging.DEBUG, "COM_QUIT")
@@ -393,15 +498,99 @@ class ClientSession(asyncio.Protocol):
             return
         if cmd == Command.CHANGE_USER:
             self.busy = True
-            self._setup_task = asyncio.get_running_loop().create_task(self._change_user(pkt))
-            return
-        if backend is None:
-            self._send_err(1, ErrorCode.LOST_CONNECTION, "rwproxy: this session has no backend connection; reconnect")
-            self.close()
+            self._task = asyncio.get_running_loop().create_task(self._change_user(pkt))
             return
         name = Command(cmd).name if cmd in Command._value2member_map_ else f"0x{cmd:02x}"
         self._log(logging.WARNING, "unsupported command %s", name)
         self._send_err(1, ErrorCode.UNKNOWN_COM_ERROR, f"Unknown command: rwproxy does not relay command {name}")
+
+    def _session_view(self) -> SessionView:
+        view = self._view
+        if view is None:
+            view = self._view = SessionView(
+                default_hostgroup=self.writer_hg,
+                username=self.username,
+                schemaname=self.state.schema,
+                client_addr=self.client_ip,
+                proxy_addr=self.local[0],
+                proxy_port=self.local[1],
+                transaction_persistent=self.user.transaction_persistent,
+                in_transaction=self.txn_hg is not None,
+                txn_hostgroup=self.txn_hg,
+                pinned_writer=self.pinned_writer,
+            )
+        return view
+
+    def _query(self, pkt: Packet) -> None:
+        sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
+        cls, decision = self.router.route(sql, self._session_view())
+        action = decision.action
+        if type(action) is RouteTo:
+            raw = pkt.raw
+            if decision.sql is not None:
+                raw = make_packet(b"\x03" + decision.sql.encode("utf-8", "surrogateescape"), 0)
+            self._run(action.hostgroup, raw, Reply.RESULT, (cls, decision, sql))
+        elif type(action) is Deny:
+            self._log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
+            self._send_err(1, action.errno, action.error_msg, action.sqlstate)
+        else:
+            self._send(make_ok(OK(status=self.status, info=action.ok_msg.encode()), self.capabilities), 1)
+
+    def _run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None) -> None:
+        """Send a command to the session's connection in `hostgroup` and relay its reply."""
+        self.busy = True
+        self._post = post
+        conn = self.conns.get(hostgroup)
+        if conn is not None and conn.cstate.gen == self.state.gen:
+            self._start(conn, raw, reply)
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run_slow(hostgroup, raw, reply))
+
+    async def _run_slow(self, hostgroup: int, raw: bytes, reply: Reply) -> None:
+        try:
+            conn = await self._ready(hostgroup)
+        except HostgroupError as e:
+            code, message, sqlstate = e.client_err()
+            self._send_err(1, code, message, sqlstate)
+            self._post = None
+            self.busy = False
+            self._process()
+            return
+        except Exception:
+            log.exception("%s unexpected error preparing a backend connection", self._ctx())
+            self.close()
+            return
+        if self.closed:
+            return
+        self._start(conn, raw, reply)
+
+    async def _ready(self, hostgroup: int) -> BackendConnection:
+        """The session's connection to `hostgroup`, opened and carrying the session's state."""
+        conn = self.conns.get(hostgroup)
+        try:
+            if conn is None:
+                conn = await self._connect(hostgroup)
+            cmds = self.state.replay_for(conn.cstate)
+            if cmds:
+                try:
+                    err = await asyncio.wait_for(conn.replay(cmds), self.app.config.connect_timeout)
+                except (asyncio.TimeoutError, ConnectionError) as e:
+                    conn.close()
+                    self.conns.pop(hostgroup, None)
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while restoring session state: {e or 'timeout'}") from None
+                if err is not None:
+                    self._log(logging.WARNING, "restoring session state on %s (hostgroup %d) failed: %d %s", conn.server.address, hostgroup, err.code, err.message)
+                    conn.close()
+                    self.conns.pop(hostgroup, None)
+                    raise HostgroupError(hostgroup, f"rwproxy: could not restore this session's state on {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
+            self.state.mark_synced(conn.cstate)
+            return conn
+        except HostgroupError as e:
+            if hostgroup != self.writer_hg and self.router.ruleset.reader_fallback_to_writer and self.txn_hg is None:
+                # Only reads are ever sent to a reader hostgroup: the writer can run them too.
+                self._log(logging.WARNING, "reader hostgroup %d unusable (%s); running the read on the writer", hostgroup, e)
+                return await self._ready(self.writer_hg)
+            raise
 
     # ReplySink ---------------------------------------------------------------------------------
 
@@ -410,10 +599,68 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(data)
 
     def reply_done(self, scanner: ResultScanner) -> None:
-        self.status = scanner.status or self.status
+        conn = self.current
+        self.current = None
+        status = scanner.status
+        if status >= 0:
+            self.status = status
+            hg = conn.hostgroup
+            if status & _IN_TRANS or not status & _AUTOCOMMIT:
+                if self.txn_hg != hg:
+                    self.txn_hg, self._view = hg, None
+            elif self.txn_hg == hg:
+                self.txn_hg, self._view = None, None
+        post = self._post
+        if post is not None:
+            self._post = None
+            self._record(post, scanner, conn)
         self.busy = False
         if self.framer.buffered or self._reading_paused:
             self._process()
+
+    def _record(self, post: tuple, scanner: ResultScanner, conn: BackendConnection) -> None:
+        """After a reply: take note of what the command changed in the session's state."""
+        state = self.state
+        before = state.gen
+        ok = scanner.error is None
+        first = post[0]
+        if type(first) is int:  # a command other than COM_QUERY
+            if not ok:
+                return
+            if first == Command.INIT_DB:
+                state.set_schema(bytes(post[1][1:]).decode("utf-8", "surrogateescape"))
+            elif first == Command.RESET_CONNECTION:
+                # Variables, temporary tables, locks and user variables are gone on the writer; the
+                # other connections are dropped rather than reset one by one.
+                self._close_conns(keep=conn)
+                state.reset()
+                conn.cstate.values = {}
+                self.pinned_writer = False
+            self._view = None
+        else:
+            cls: Classification = first
+            decision: Decision = post[1]
+            if decision.pin_writer or cls.multi_statement:
+                # Multi-statements can change anything; what they changed is not known here.
+                self._pin_writer("multi-statement" if cls.multi_statement and not decision.pin_writer else "statement")
+            if ok:
+                if cls.set_targets and not state.apply(cls.set_targets):
+                    self._pin_writer("untrackable SET")
+                if cls.kind is _USE:
+                    m = _USE_TARGET.match(post[2])
+                    if m is None:
+                        self._pin_writer("USE of a schema name the proxy cannot read")
+                    else:
+                        name = m.group(1)
+                        state.set_schema(name[1:-1].replace("``", "`") if name.startswith("`") else name)
+                        self._view = None
+        if state.gen != before and conn.cstate.gen == before:
+            state.mark_synced(conn.cstate)  # the change ran on this connection: it already has it
+
+    def _pin_writer(self, why: str) -> None:
+        if not self.pinned_writer:
+            self.pinned_writer, self._view = True, None
+            self._log(logging.DEBUG, "session pinned to the writer: %s", why)
 
     def infile_requested(self) -> None:
         # The server asked for the client's file (LOAD DATA LOCAL INFILE): relay the client's
@@ -429,25 +676,32 @@ class ClientSession(asyncio.Protocol):
             return False
         if pkt is None:
             return False
-        self.backend.write(pkt.raw)
+        self.current.write(pkt.raw)
         if not pkt.payload:
             self.infile = False
-            self.backend.scanner.expect_infile_reply()
+            self.current.scanner.expect_infile_reply()
         return True
 
-    def backend_lost(self, backend: BackendConnection, exc: Exception | None) -> None:
-        if backend is not self.backend or self.closed:
+    def backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
+        if self.closed:
             return
-        self.backend = None
-        if backend.scanner is not None:
-            self._log(logging.WARNING, "backend %s lost during a reply: %s", backend.server.address, exc or "closed by server")
+        hg = conn.hostgroup
+        if self.conns.get(hg) is conn:
+            del self.conns[hg]
+        why = exc or "closed by server"
+        if conn is self.current and conn.scanner is not None:
+            # Mid-reply the client cannot be given a coherent ERR: the session is over, as it would
+            # be if the client had been connected to the server directly.
+            self._log(logging.WARNING, "backend %s (hostgroup %d) lost during a reply: %s", conn.server.address, hg, why)
+            self.close()
+        elif hg == self.txn_hg or (hg == self.writer_hg and self.pinned_writer):
+            self._log(logging.WARNING, "backend %s (hostgroup %d) lost with session state on it: %s", conn.server.address, hg, why)
+            self._lost = (
+                f"Lost connection to backend server {conn.server.address} (hostgroup {hg}); this session's "
+                "transaction or session state (temporary tables, user variables, locks) is gone: reconnect"
+            )
         else:
-            self._log(logging.WARNING, "backend %s closed the connection: %s", backend.server.address, exc or "closed by server")
-        # Mid-reply the client cannot be given a coherent ERR; either way the session is over,
-        # as it would be if the client had been connected to the server directly.
-        if backend.scanner is None and not self.busy:
-            self._send_err(0, ErrorCode.LOST_CONNECTION, f"Lost connection to backend server {backend.server.address} (hostgroup {backend.server.hostgroup_id}); reconnect")
-        self.close()
+            self._log(logging.INFO, "backend %s (hostgroup %d) closed an idle connection (%s); reopened on demand", conn.server.address, hg, why)
 
     def backend_write_paused(self, paused: bool) -> None:
         # The server is not reading what the client sends (big LOAD DATA, huge query): stop reading
@@ -466,19 +720,11 @@ class ClientSession(asyncio.Protocol):
                 self.busy = False
                 self._process()
                 return
-            old = self.backend
-            self.backend = None
             if cu.collation:
                 self.collation = cu.collation
-            if not await self._open_backend(user, cu.database, seq):
-                if old is not None:
-                    old.close()
+            if not await self._login_backend(user, cu.database, seq):
                 self.close()
                 return
-            if old is not None:
-                old.close()
-            self.user, self.username, self.database = user, user.username, cu.database
-            self.status = ServerStatus.AUTOCOMMIT
             self._send(make_ok(OK(status=self.status), self.capabilities), seq)
             self._log(logging.INFO, "changed user")
             self.busy = False

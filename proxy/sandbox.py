@@ -563,6 +563,13 @@ def default_servers(cluster: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def default_replication_hostgroups(cluster: Any) -> list[dict[str, Any]]:
+    """Reads of hostgroup 0 go to hostgroup 1 (the replicas only: writer_is_also_reader off)."""
+    if not cluster.replicas:
+        return []
+    return [{"writer_hostgroup": 0, "reader_hostgroup": 1, "writer_is_also_reader": False, "comment": "sandbox"}]
+
+
 def render_proxy_config(
     cluster: Any,
     listen_port: int,
@@ -570,12 +577,14 @@ def render_proxy_config(
     listen_host: str = "127.0.0.1",
     users: list[dict[str, Any]] | None = None,
     servers: list[dict[str, Any]] | None = None,
+    replication_hostgroups: list[dict[str, Any]] | None = None,
     proxy_settings: dict[str, Any] | None = None,
     extra_toml: str = "",
 ) -> str:
     """rwproxy TOML (see config/rwproxy.example.toml) for `cluster` (anything with primary/replicas).
 
     `users`/`servers` replace the defaults (app user; primary hg 0, replicas hg 1);
+    `replication_hostgroups` defaults to the 0 -> 1 pair with the default servers, none with custom ones;
     `proxy_settings` are merged into [proxy]; `extra_toml` is appended verbatim (new tables only).
     """
     proxy = {"log_level": "info", **(proxy_settings or {})}
@@ -586,6 +595,9 @@ def render_proxy_config(
     ]
     parts += [_toml_table("[[users]]", u) for u in (users if users is not None else default_users(cluster))]
     parts += [_toml_table("[[servers]]", s) for s in (servers if servers is not None else default_servers(cluster))]
+    if replication_hostgroups is None:
+        replication_hostgroups = default_replication_hostgroups(cluster) if servers is None else []
+    parts += [_toml_table("[[replication_hostgroups]]", p) for p in replication_hostgroups]
     if extra_toml:
         parts.append(extra_toml.rstrip("\n") + "\n")
     text = "\n".join(parts)

@@ -19,8 +19,9 @@ On top of the cluster:
   hostgroup 0, replicas in hostgroup 1, user app/app_pw, listener on a free port; output goes to
   ``proxy.log_path``, whose tail is attached to the report of a failing test.
 * ``start_proxy`` (function) — factory for proxies with a custom config:
-  ``start_proxy(extra_toml="", users=None, servers=None, proxy_settings=None)``; ``users`` and
-  ``servers`` replace the default [[users]]/[[servers]] rows (lists of dicts), ``proxy_settings``
+  ``start_proxy(extra_toml="", users=None, servers=None, replication_hostgroups=None,
+  proxy_settings=None)``; ``users``, ``servers`` and ``replication_hostgroups`` replace the default
+  rows (lists of dicts; the default pair 0 -> 1 only comes with the default servers), ``proxy_settings``
   merges into [proxy], ``extra_toml`` is appended (new tables only). Stopped after the test.
 * ``direct`` (function) — a PyMySQL connection (autocommit) to the primary as the app user.
 """
@@ -70,7 +71,8 @@ class ProxyHandle(ProxyProcess):
 
     def connect(self, **kw: Any) -> pymysql.connections.Connection:
         """A PyMySQL connection through the proxy (keyword arguments override the defaults)."""
-        args = {"host": self.host, "port": self.port, "user": self.user, "password": self.password, "connect_timeout": 10}
+        # read_timeout: a proxy that stops relaying fails the test instead of hanging the suite.
+        args = {"host": self.host, "port": self.port, "user": self.user, "password": self.password, "connect_timeout": 10, "read_timeout": 60}
         return pymysql.connect(**(args | kw))
 
 
@@ -82,13 +84,20 @@ def _launch_proxy(
     extra_toml: str = "",
     users: list[dict[str, Any]] | None = None,
     servers: list[dict[str, Any]] | None = None,
+    replication_hostgroups: list[dict[str, Any]] | None = None,
     proxy_settings: dict[str, Any] | None = None,
 ) -> ProxyHandle:
     port = free_port()
     config_path = workdir / f"{name}.toml"
     config_path.write_text(
         render_proxy_config(
-            cluster, port, users=users, servers=servers, proxy_settings=proxy_settings, extra_toml=extra_toml
+            cluster,
+            port,
+            users=users,
+            servers=servers,
+            replication_hostgroups=replication_hostgroups,
+            proxy_settings=proxy_settings,
+            extra_toml=extra_toml,
         )
     )
     first = (users or [{}])[0]
@@ -121,6 +130,7 @@ def start_proxy(cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ProxyHan
         extra_toml: str = "",
         users: list[dict[str, Any]] | None = None,
         servers: list[dict[str, Any]] | None = None,
+        replication_hostgroups: list[dict[str, Any]] | None = None,
         proxy_settings: dict[str, Any] | None = None,
     ) -> ProxyHandle:
         handle = _launch_proxy(
@@ -130,6 +140,7 @@ def start_proxy(cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ProxyHan
             extra_toml=extra_toml,
             users=users,
             servers=servers,
+            replication_hostgroups=replication_hostgroups,
             proxy_settings=proxy_settings,
         )
         started.append(handle)

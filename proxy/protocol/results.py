@@ -97,7 +97,7 @@ class ResultScanner:
         self._carry = b""  # an incomplete packet whose contents matter
         self._continued = False  # the next packet continues a maximal one
         self._left = 0
-        self.status = 0  # server status flags from the last OK/EOF seen
+        self.status = -1  # server status flags from the last OK/EOF seen; -1 = none seen (e.g. ERR)
         self.error: bytes | None = None  # payload of an ERR that ended the reply
         self.local_infile = False
         self.stmt_id = 0
@@ -268,6 +268,7 @@ class ResultScanner:
             self.affected_rows, p = _read_lenenc(data, start + 1)
             self.last_insert_id, p = _read_lenenc(data, p)
         except IndexError:  # a malformed OK from the server: keep relaying, report nothing
+            self.status = 0
             return
         if p + 2 <= end:
             self.status = data[p] | data[p + 1] << 8

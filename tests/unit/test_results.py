@@ -45,7 +45,7 @@ def replies(draw):
         w.add(ok(status, affected=draw(st.integers(0, 1 << 40)), insert_id=draw(st.integers(0, 1 << 20))))
     elif kind == "err":
         w.add(err())
-        status = 0
+        status = -1  # no status flags in an ERR
     elif kind in ("result", "empty_rows", "row_fe"):
         nrows = 0 if kind == "empty_rows" else draw(st.integers(1, 20))
         rows = [[draw(st.binary(max_size=300)), None] for _ in range(nrows)]

@@ -1,0 +1,35 @@
+"""Per-statement routing glue: classify (cached) -> decide -> hostgroup. No I/O.
+
+Theory of operation: one Router per process holds the routing snapshot (rule set, hostgroup
+membership, which hostgroups have an ONLINE server). The session asks it where a COM_QUERY goes;
+everything else about the statement (connecting, replaying session state, relaying) is the session's
+job. Statements longer than `MAX_CLASSIFIED` are classified from their first `MAX_CLASSIFIED`
+characters (as ProxySQL digests only a prefix): that prefix does not parse as a whole statement, so
+the classification fails safe to "write", while query rules still see the digest of the prefix and
+match_pattern rules the whole text — a blocking rule cannot be dodged by padding a statement.
+"""
+
+from __future__ import annotations
+
+from rules.classify import Classification, classify
+from rules.engine import SessionView, decide
+from rules.model import Decision, RuleSet
+
+from .config import Config
+from .hostgroups import Hostgroups
+
+MAX_CLASSIFIED = 65536
+
+
+class Router:
+    __slots__ = ("ruleset", "hostgroups", "online")
+
+    def __init__(self, config: Config) -> None:
+        self.ruleset: RuleSet = config.ruleset
+        self.hostgroups = Hostgroups(config.servers, self.ruleset.replication_hostgroups)
+        self.online = self.hostgroups.online
+
+    def route(self, sql: str, view: SessionView) -> tuple[Classification, Decision]:
+        cls = classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED])
+        ruleset = self.ruleset
+        return cls, decide(cls, view, ruleset, self.online, sql=sql if ruleset.needs_sql else None)
