@@ -479,7 +479,10 @@ class ClientSession(asyncio.Protocol):
             self.close()
             return
         if cmd == Command.QUERY:
-            self._query(pkt)
+            if self.router.passthrough:
+                self._run(self.writer_hg, pkt.raw, Reply.RESULT, None)
+            else:
+                self._query(pkt)
             return
         reply = REPLY_FOR.get(cmd)
         if reply is not None:
@@ -694,7 +697,8 @@ class ClientSession(asyncio.Protocol):
             # be if the client had been connected to the server directly.
             self._log(logging.WARNING, "backend %s (hostgroup %d) lost during a reply: %s", conn.server.address, hg, why)
             self.close()
-        elif hg == self.txn_hg or (hg == self.writer_hg and self.pinned_writer):
+        elif hg == self.txn_hg or (hg == self.writer_hg and (self.pinned_writer or self.router.passthrough)):
+            # (In passthrough mode nothing is classified, so what the writer held is unknown.)
             self._log(logging.WARNING, "backend %s (hostgroup %d) lost with session state on it: %s", conn.server.address, hg, why)
             self._lost = (
                 f"Lost connection to backend server {conn.server.address} (hostgroup {hg}); this session's "

@@ -3,7 +3,8 @@
 Theory of operation: one Router per process holds the routing snapshot (rule set, hostgroup
 membership, which hostgroups have an ONLINE server). The session asks it where a COM_QUERY goes;
 everything else about the statement (connecting, replaying session state, relaying) is the session's
-job. Statements longer than `MAX_CLASSIFIED` are classified from their first `MAX_CLASSIFIED`
+job. With a single hostgroup and nothing to decide the router is in passthrough mode and the
+session skips classification entirely. Statements longer than `MAX_CLASSIFIED` are classified from their first `MAX_CLASSIFIED`
 characters (as ProxySQL digests only a prefix): that prefix does not parse as a whole statement, so
 the classification fails safe to "write", while query rules still see the digest of the prefix and
 match_pattern rules the whole text — a blocking rule cannot be dodged by padding a statement.
@@ -22,12 +23,16 @@ MAX_CLASSIFIED = 65536
 
 
 class Router:
-    __slots__ = ("ruleset", "hostgroups", "online")
+    __slots__ = ("ruleset", "hostgroups", "online", "passthrough")
 
     def __init__(self, config: Config) -> None:
         self.ruleset: RuleSet = config.ruleset
         self.hostgroups = Hostgroups(config.servers, self.ruleset.replication_hostgroups)
         self.online = self.hostgroups.online
+        # Nothing to decide: one hostgroup, no rules, no replication pair. Every statement goes to
+        # the user's default hostgroup and is not classified at all (no session state to track
+        # either: there is only ever one connection).
+        self.passthrough = not self.ruleset.rules and not self.ruleset.replication_hostgroups and len(self.hostgroups.members) == 1
 
     def route(self, sql: str, view: SessionView) -> tuple[Classification, Decision]:
         cls = classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED])
