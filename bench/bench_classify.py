@@ -10,6 +10,12 @@ are measured, matching the targets in rules/classify.py's brief:
     digest hit     classify() of a new text whose literals differ from a cached one: fingerprint +
                    digest-LRU lookup + raw-LRU insert (target <= 8 us for sysbench-like statements)
     cold           classify() with empty caches: fingerprint + sqlglot parse + analysis (report only)
+    route (warm)   classify() + rules.engine.decide() as the proxy calls them per statement, with the
+                   default split (pair 0 -> 1, no rules) and a warm cache: the raw-text hit (a text
+                   seen before) and the digest hit (new literals). Target: <= 15 us per statement.
+
+`--out docs/benchmarks.md` replaces the section between `<!-- BEGIN classification -->` and
+`<!-- END classification -->` with the table and the command.
 
 It also prints sqlglot's version and whether its compiled (mypyc) modules are in use, because the
 pure-Python build is several times slower.
@@ -36,6 +42,16 @@ import sqlglot.parser
 
 import rules.classify as rc
 from rules.digest import fingerprint
+from rules.engine import SessionView, decide
+from rules.model import ReplicationHostgroup, RuleSet
+
+RULESET = RuleSet(replication_hostgroups=(ReplicationHostgroup(0, 1, writer_is_also_reader=False),))
+VIEW = SessionView(default_hostgroup=0, username="app", schemaname="sbtest", client_addr="127.0.0.1", proxy_port=6033)
+ONLINE = frozenset({0, 1})
+
+
+def route(sql: str) -> object:
+    return decide(rc.classify(sql), VIEW, RULESET, ONLINE)
 
 SYSBENCH = {
     "point select": "SELECT c FROM sbtest1 WHERE id={i}",
@@ -106,6 +122,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--number", type=int, default=20_000, help="calls per round for hit paths")
     ap.add_argument("--cold", type=int, default=30, help="cold classifications per round")
+    ap.add_argument("--out", help="write the table into this markdown file (its classification section)")
     args = ap.parse_args()
     rounds, number = args.rounds, args.number
 
@@ -116,7 +133,8 @@ def main() -> int:
     statements = {name: sysbench_text(name, 5000) for name in SYSBENCH} | OTHER
     width = max(len(n) for n in statements) + 2
 
-    print(f"{'statement':{width}} {'chars':>6} {'fingerprint':>12} {'raw hit':>9} {'digest hit':>11} {'cold':>9}")
+    head = f"{'statement':{width}} {'chars':>6} {'fingerprint':>12} {'raw hit':>9} {'digest hit':>11} {'cold':>9} {'route raw':>10} {'route dig':>10}"
+    print(head)
     results = []
     for name, sql in statements.items():
         fp_us = measure(lambda sql=sql: fingerprint(sql), number, rounds)
@@ -150,9 +168,13 @@ def main() -> int:
             rc.classify(s)
 
         cold_us = measure_each(cold_items, cold_one, rounds, lambda: None)
-        results.append((name, len(sql), fp_us, raw_us, dig_us, cold_us))
+        warm_digest_only(sql)
+        route_raw = measure(lambda sql=sql: route(sql), number, rounds)
+        route_dig = measure_each(variants, route, rounds, warm_digest_only) if variants else float("nan")
+        results.append((name, len(sql), fp_us, raw_us, dig_us, cold_us, route_raw, route_dig))
         dig = f"{'-':>11}" if math.isnan(dig_us) else f"{dig_us:11.2f}"
-        print(f"{name:{width}} {len(sql):6d} {fp_us:12.2f} {raw_us:9.2f} {dig} {cold_us:9.1f}")
+        rdig = f"{'-':>10}" if math.isnan(route_dig) else f"{route_dig:10.2f}"
+        print(f"{name:{width}} {len(sql):6d} {fp_us:12.2f} {raw_us:9.2f} {dig} {cold_us:9.1f} {route_raw:10.2f} {rdig}")
 
     sys_rows = [r for r in results if r[0] in SYSBENCH]
     print()
@@ -161,8 +183,47 @@ def main() -> int:
     print(f"  worst sysbench digest  {max(r[4] for r in sys_rows):6.2f} us")
     sixty = [r for r in results if 45 <= r[1] <= 75]
     print(f"  fingerprint 45-75 chars: {', '.join(f'{r[0]} {r[2]:.2f}' for r in sixty)} us")
+    worst_route = max(max(r[6], 0 if math.isnan(r[7]) else r[7]) for r in sys_rows)
+    print(f"  classify + decide, warm, sysbench statements: worst {worst_route:.2f} us (target <= 15 us)")
     rc.cache_clear()
+    if args.out:
+        write_section(Path(args.out), results, load, rounds, number, worst_route)
     return 0
+
+
+def _fmt(v: float, spec: str) -> str:
+    return "-" if math.isnan(v) else format(v, spec)
+
+
+def write_section(path: Path, results: list[tuple], load: float, rounds: int, number: int, worst_route: float) -> None:
+    lines = [
+        "<!-- BEGIN classification -->",
+        "## Classification and routing cost (issue 3)",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; python {sys.version.split()[0]}, sqlglot {sqlglot.__version__} "
+        f"(compiled: {compiled()}); {os.cpu_count()} CPUs, load average {load:.2f} at start.",
+        "",
+        "Command: `.venv/bin/python bench/bench_classify.py --out docs/benchmarks.md` "
+        f"(best of {rounds} rounds of {number} calls; microseconds per statement).",
+        "",
+        "*route raw* / *route dig* = `classify()` + `decide()` as the proxy calls them per COM_QUERY, default split",
+        "(replication pair 0 -> 1, no rules), warm cache: a text seen before / a new text whose literals differ",
+        "from a cached one. *cold* = empty caches: fingerprint + sqlglot parse + analysis.",
+        "",
+        "| statement | chars | fingerprint | raw hit | digest hit | cold | route raw | route dig |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, n, fp, raw, dig, cold, rr, rd in results:
+        lines.append(f"| {name} | {n} | {fp:.2f} | {raw:.2f} | {_fmt(dig, '.2f')} | {cold:.1f} | {rr:.2f} | {_fmt(rd, '.2f')} |")
+    lines += ["", f"Worst classify + decide with a warm cache over the sysbench statements: **{worst_route:.2f} µs** (criterion ≤ 15 µs).", "<!-- END classification -->"]
+    section = "\n".join(lines)
+    text = path.read_text() if path.exists() else ""
+    begin, end = "<!-- BEGIN classification -->", "<!-- END classification -->"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
 
 
 if __name__ == "__main__":
