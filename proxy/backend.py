@@ -48,6 +48,16 @@ from .protocol.results import ResultScanner
 log = logging.getLogger("rwproxy.backend")
 
 
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Small packets go out at once: a request/response protocol must not wait for Nagle."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class BackendError(Exception):
     """A backend could not be used. `err` is the server's own ERR when it sent one."""
 
@@ -85,12 +95,7 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         scanner = self.scanner

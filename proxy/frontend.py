@@ -33,7 +33,6 @@ import asyncio
 import itertools
 import logging
 import re
-import socket
 from typing import TYPE_CHECKING
 
 from rules.classify import Classification, Kind
@@ -41,7 +40,7 @@ from rules.engine import SessionView
 from rules.model import Decision, Deny, RouteTo
 
 from . import backend as backend_mod
-from .backend import BackendConnection, BackendError
+from .backend import BackendConnection, BackendError, set_nodelay
 from .config import User
 from .hostgroups import candidates
 from .protocol import auth
@@ -185,12 +184,7 @@ class ClientSession(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         if sockname:
             self.local = (sockname[0], sockname[1])
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         self.app.sessions[self.id] = self
         self._task = asyncio.get_running_loop().create_task(self._setup())
 

@@ -155,6 +155,20 @@ def start_proxy(cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ProxyHan
 
 
 @pytest.fixture
+def schema(direct: pymysql.connections.Connection, cluster: Any) -> Iterator[str]:
+    """A fresh, uniquely named schema (replicated to every server), dropped afterwards."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with direct.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    cluster.wait_replicated()
+    yield name
+    with direct.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
 def direct(cluster: Any) -> Iterator[pymysql.connections.Connection]:
     p = cluster.primary
     conn = pymysql.connect(

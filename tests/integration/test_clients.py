@@ -42,18 +42,6 @@ def _uid() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def schema(direct: pymysql.connections.Connection, cluster: Any) -> Any:
-    """A fresh schema on the primary, dropped afterwards."""
-    name = f"tc_{_uid()}"
-    with direct.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-    cluster.wait_replicated()
-    yield name
-    with direct.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-
 def _pconnect(host: str, port: int, **kw: Any) -> pymysql.connections.Connection:
     args = {"host": host, "port": port, "user": "app", "password": "app_pw", "autocommit": True, "connect_timeout": 10}
     return pymysql.connect(**(args | kw))

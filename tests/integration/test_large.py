@@ -11,7 +11,6 @@ import hashlib
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,17 +55,6 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss(self.pid))
-
-
-@pytest.fixture
-def schema(direct: pymysql.connections.Connection, cluster: Any) -> Any:
-    name = f"tl_{uuid.uuid4().hex[:10]}"
-    with direct.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-    cluster.wait_replicated()
-    yield name
-    with direct.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
 
 
 def test_20mb_blob_round_trip(proxy, cluster, schema, direct):
