@@ -1,0 +1,175 @@
+"""proxy.pool against a real server: reuse, limits, waiting, storm rate, reset, idle and lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from proxy import backend
+from proxy.config import Server
+from proxy.pool import Pool, PoolSettings, PoolTimeout, ServerBudget
+from proxy.protocol.constants import Capability
+from proxy.protocol.framing import make_packet
+from proxy.session import ConnState
+
+
+def make_pool(cluster, max_connections=10, **settings) -> Pool:
+    p = cluster.primary
+    server = Server(0, p.host, p.port, max_connections=max_connections)
+
+    async def connector():
+        conn = await backend.connect(server, cluster.app_user, cluster.app_password, database=None,
+                                     client_capabilities=int(Capability.MULTI_RESULTS), collation=45, attributes={}, timeout=5)
+        conn.cstate = ConnState()
+        return conn
+
+    budget = ServerBudget(server.address, max_connections, PoolSettings(**settings))
+    return Pool(budget, connector, "test")
+
+
+async def query_value(conn, sql: str) -> bytes:
+    """Run a one-row, one-column text query on `conn` in packet mode and return the value's bytes."""
+    conn.write(make_packet(b"\x03" + sql.encode(), 0))
+    packets = []
+    while True:
+        pkt = await conn.read_packet()
+        packets.append(bytes(pkt.payload))
+        if pkt.payload[0] == 0xFF:
+            raise AssertionError(packets[-1])
+        if pkt.payload[0] == 0xFE and len(pkt.payload) < 9 and len(packets) > 3:
+            break
+    row = packets[3]
+    if row[0] == 0xFB:
+        return None
+    return row[1 : 1 + row[0]]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_release_then_acquire_reuses_the_connection(cluster):
+    async def main():
+        pool = make_pool(cluster)
+        a = await pool.acquire()
+        tid = a.thread_id
+        pool.release(a)
+        b = pool.try_acquire()
+        assert b is a and b.thread_id == tid
+        assert (pool.budget.created, pool.budget.reused) == (1, 1)
+        pool.release(b)
+        pool.close()
+
+    run(main())
+
+
+def test_max_connections_then_waiters_get_released_connections(cluster):
+    async def main():
+        pool = make_pool(cluster, max_connections=2, acquire_timeout=0.3)
+        a, b = await pool.acquire(), await pool.acquire()
+        with pytest.raises(PoolTimeout) as e:
+            await pool.acquire()
+        assert "max_connections=2" in str(e.value)
+        waiter = asyncio.create_task(pool.acquire(timeout=5))
+        await asyncio.sleep(0.05)
+        pool.release(a)
+        c = await waiter
+        assert c is a and pool.budget.open == 2
+        pool.release(b)
+        pool.release(c)
+        pool.close()
+
+    run(main())
+
+
+def test_connection_storm_respects_the_rate_and_concurrency(cluster):
+    async def main():
+        rate = 10
+        pool = make_pool(cluster, max_connections=50, connect_rate=rate, connect_concurrency=3, acquire_timeout=10)
+        opened_at = []
+        inner = pool.connector
+        peak = 0
+
+        async def counting():
+            nonlocal peak
+            peak = max(peak, pool.budget.connecting)
+            conn = await inner()
+            opened_at.append(time.monotonic())
+            return conn
+
+        pool.connector = counting
+        start = time.monotonic()
+        conns = await asyncio.gather(*(pool.acquire() for _ in range(25)))
+        assert len({c.thread_id for c in conns}) == 25
+        assert peak <= 3
+        # a bucket of `rate` tokens, then `rate` per second: 25 connections need >= 1.5 s
+        assert opened_at[-1] - start >= (25 - rate) / rate - 0.1
+        for c in conns:
+            pool.release(c)
+        pool.close()
+
+    run(main())
+
+
+def test_reset_on_release_clears_session_state(cluster):
+    async def main():
+        pool = make_pool(cluster, max_connections=1)
+        a = await pool.acquire()
+        assert await query_value(a, "SELECT @marker := 7") == b"7"
+        pool.release(a, reset=True)
+        b = await pool.acquire()  # waits for the reset to finish
+        assert b is a
+        assert await query_value(b, "SELECT @marker") is None
+        pool.release(b)
+        pool.close()
+
+    run(main())
+
+
+def test_idle_connections_are_closed_down_to_min_idle(cluster):
+    async def main():
+        pool = make_pool(cluster, idle_timeout=0.1, min_idle=1)
+        conns = [await pool.acquire() for _ in range(3)]
+        ids = {c.thread_id for c in conns}
+        for c in conns:
+            pool.release(c)
+        await asyncio.sleep(0.2)
+        pool.maintain()
+        assert len(pool.idle) == 1 and pool.budget.open == 1
+        await asyncio.sleep(0.2)
+        alive = {int(x) for x in cluster.primary.sql("SELECT ID FROM information_schema.PROCESSLIST").split()}
+        assert len(ids & alive) == 1
+        pool.close()
+
+    run(main())
+
+
+def test_a_connection_killed_while_idle_is_replaced(cluster):
+    async def main():
+        pool = make_pool(cluster, validate_after=0.0)
+        a = await pool.acquire()
+        dead = a.thread_id
+        pool.release(a)
+        cluster.primary.sql(f"KILL {dead}")
+        await asyncio.sleep(0.2)
+        b = await pool.acquire()
+        assert b.thread_id != dead
+        assert await query_value(b, "SELECT 1") == b"1"
+        pool.release(b)
+        pool.close()
+
+    run(main())
+
+
+def test_old_connections_are_retired_on_release(cluster):
+    async def main():
+        pool = make_pool(cluster, max_lifetime=0.1)
+        a = await pool.acquire()
+        await asyncio.sleep(0.2)
+        pool.release(a)
+        assert a.closed and not pool.idle and pool.budget.open == 0
+        pool.close()
+
+    run(main())
