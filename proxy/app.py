@@ -5,13 +5,28 @@ learned about the writer) so several processes can later each own one. Startup l
 server version string and default collation from its greeting, because drivers switch behaviour on
 them; if no writer answers yet, a MariaDB-looking default is used and replaced by the first real
 greeting a backend connection sees.
+
+Client-side limits live here too, as plain per-process state:
+- `admitted` counts client connections against [proxy] max_connections from accept to close
+  (logged in or not, as MySQL counts them); `user_sessions` counts logged-in sessions per frontend
+  user against [[users]] max_connections. Sessions report in and out through `admit`,
+  `login_user`/`logout_user` and `forget`, which `ClientSession._teardown` calls exactly once.
+- Idle clients: sessions stamp `last_activity` when bytes arrive and when a reply ends; one sweeper
+  task (`_sweep_idle`) looks at every session every min(client_idle_timeout / 4, 1 s) and closes the
+  ones that are logged in, not busy and idle past the limit. Nothing is armed per statement.
+- Shutdown (`stop`): the listener closes at once; sessions that are idle outside a transaction
+  (no SERVER_STATUS_IN_TRANS in their last reply) are closed at once; the rest are marked
+  `draining` and close themselves as soon as they are free outside a transaction
+  (ClientSession.reply_done); whatever is left at shutdown_timeout is cut.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import time
 
 from .backend import BackendConnection, BackendError, read_server_handshake
 from .config import Config
@@ -28,11 +43,17 @@ class ProxyApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.router = Router(config)
-        self.sessions: dict[int, ClientSession] = {}
+        self.sessions: dict[int, ClientSession] = {}  # every client connection, logged in or not
+        self.admitted = 0  # of those, how many count against [proxy] max_connections
+        self.user_sessions: dict[str, int] = {}  # logged-in sessions per frontend user
         self.server_version = DEFAULT_VERSION
         self.collation = DEFAULT_COLLATION
+        self.clock = time.monotonic  # replaced by the running loop's clock in start()
+        self.draining = False  # set by stop(): no new clients, sessions close as soon as they are free
         self._version_learned = False
         self._servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.Task | None = None
+        self._drained: asyncio.Event | None = None  # set when the last session is gone (or on a 2nd signal)
 
     def writer_hostgroup(self) -> int:
         return min(u.default_hostgroup for u in self.config.users.values())
@@ -60,10 +81,91 @@ class ProxyApp:
     async def start(self) -> None:
         await self.learn_writer()
         loop = asyncio.get_running_loop()
+        self.clock = loop.time
+        self._raise_fd_limit()
         lst = self.config.listeners["data"]
         server = await loop.create_server(lambda: ClientSession(self), lst.address, lst.port, reuse_address=True, backlog=4096)
         self._servers.append(server)
         log.info("listening on %s:%d (data)", lst.address, lst.port)
+        if self.config.client_idle_timeout > 0:
+            self._sweeper = loop.create_task(self._sweep_idle())
+
+    def _raise_fd_limit(self) -> None:
+        """Like mysqld with open_files_limit: make room for max_connections clients and their backends."""
+        hostgroups = len({s.hostgroup_id for s in self.config.servers})
+        needed = self.config.max_connections * (1 + hostgroups) + 64
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft != resource.RLIM_INFINITY and soft < needed:
+                target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+                if target > soft:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                    soft = target
+        except (ValueError, OSError) as e:
+            log.warning("cannot read or raise the open files limit: %s", e)
+            return
+        if soft < needed:
+            log.warning(
+                "open files limit is %d but max_connections = %d (with one backend connection per hostgroup) may need %d; "
+                "raise `ulimit -n` or lower [proxy] max_connections",
+                soft, self.config.max_connections, needed,
+            )  # fmt: skip
+
+    # ---- client accounting (called by ClientSession) ------------------------------------------
+
+    def admit(self, session: ClientSession) -> bool:
+        """A new client connection: register it; False when it is over [proxy] max_connections."""
+        self.sessions[session.id] = session
+        if self.admitted >= self.config.max_connections:
+            return False
+        self.admitted += 1
+        return True
+
+    def login_user(self, username: str, limit: int) -> bool:
+        """Count one more logged-in session for `username`; False (nothing counted) when at `limit`."""
+        n = self.user_sessions.get(username, 0)
+        if n >= limit:
+            return False
+        self.user_sessions[username] = n + 1
+        return True
+
+    def logout_user(self, username: str) -> None:
+        n = self.user_sessions.get(username, 0) - 1
+        if n > 0:
+            self.user_sessions[username] = n
+        else:
+            self.user_sessions.pop(username, None)
+
+    def forget(self, session: ClientSession) -> None:
+        """A client connection is gone: release everything it was counted against."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        if session.admitted:
+            self.admitted -= 1
+        if session.counted_user is not None:
+            self.logout_user(session.counted_user)
+            session.counted_user = None
+        if self.draining and not self.sessions and self._drained is not None:
+            self._drained.set()
+
+    # ---- idle clients ---------------------------------------------------------------------------
+
+    async def _sweep_idle(self) -> None:
+        timeout = self.config.client_idle_timeout
+        interval = min(timeout / 4, 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.sweep_idle(self.clock() - timeout)
+            except Exception:  # a bug here must not stop the sweeping
+                log.exception("idle sweep failed")
+
+    def sweep_idle(self, cutoff: float) -> int:
+        """Close every logged-in, free session whose last activity is older than `cutoff`."""
+        expired = [s for s in self.sessions.values() if not s.busy and s.last_activity < cutoff and s.logged_in and not s.closed]
+        for sess in expired:
+            sess.close_idle()
+        return len(expired)
 
     def log_sessions(self) -> None:
         """SIGUSR1: one line per client session with its state (for operators and debugging)."""
@@ -72,12 +174,50 @@ class ProxyApp:
             log.warning("%s", sess.describe())
 
     async def stop(self) -> None:
+        """Graceful shutdown: refuse new clients, let busy and in-transaction sessions finish
+        within [proxy] shutdown_timeout, close everything else at once."""
+        timeout = self.config.shutdown_timeout
+        self.draining = True
+        self._drained = asyncio.Event()
         for s in self._servers:
-            s.close()
+            s.close()  # the listening socket goes now: new connections are refused
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        closed_now = waiting = 0
         for sess in list(self.sessions.values()):
-            sess.close()
+            if sess.logged_in and (sess.busy or sess.in_transaction):
+                sess.draining = True  # it closes itself once free outside a transaction
+                waiting += 1
+            else:  # idle, or not logged in yet
+                sess.close_for_shutdown()
+                closed_now += 1
+        if closed_now or waiting:
+            log.info(
+                "shutting down: listener closed; %d session(s) closed at once (idle, or not logged in yet); %d session(s) "
+                "in a transaction or running a statement get up to %gs to finish",
+                closed_now, waiting, timeout,
+            )  # fmt: skip
+        else:
+            log.info("shutting down: listener closed; no client sessions")
+        if self.sessions and timeout > 0:
+            try:
+                await asyncio.wait_for(self._drained.wait(), timeout)
+            except TimeoutError:
+                pass
+        left = list(self.sessions.values())
+        for sess in left:
+            sess.close_for_shutdown(cut=True)
+        if waiting or left:
+            log.info("shutdown: %d session(s) finished in time, %d cut", waiting - len(left), len(left))
         for s in self._servers:
             await s.wait_closed()
+        await asyncio.sleep(0)  # let the closing transports flush their last packets
+
+    def cut_now(self) -> None:
+        """A second SIGTERM/SIGINT while draining: stop waiting for sessions to finish."""
+        if self._drained is not None and not self._drained.is_set():
+            log.warning("second signal: closing the remaining %d session(s) now", len(self.sessions))
+            self._drained.set()
 
 
 async def serve(config: Config) -> None:
@@ -85,9 +225,17 @@ async def serve(config: Config) -> None:
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            app.cut_now()
+        else:
+            log.info("%s received", sig.name)
+            stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGUSR1, app.log_sessions)
     await stop.wait()
-    log.info("shutting down")
     await app.stop()
+    log.info("stopped")

@@ -76,6 +76,10 @@ class Config:
     users: dict[str, User]
     servers: tuple[Server, ...]
     ruleset: RuleSet = field(default_factory=RuleSet)
+    # Client-side limits (proxy.app owns the counting, the idle sweeper and the drain).
+    max_connections: int = 2048  # client connections at once, logged in or not; more get ERR 1040
+    client_idle_timeout: float = 28800.0  # seconds without a command before a client is closed; 0 = never
+    shutdown_timeout: float = 30.0  # seconds a SIGTERM leaves busy / in-transaction sessions to finish
 
     def hostgroup(self, hostgroup_id: int) -> tuple[Server, ...]:
         return tuple(s for s in self.servers if s.hostgroup_id == hostgroup_id)
@@ -159,6 +163,14 @@ def _positive(v: float) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
+def _between(low: int, high: int, note: str = ""):
+    def check(v: float) -> str | None:
+        # (NaN fails both comparisons, so it is refused too.)
+        return None if low <= v <= high else f"must be between {low} and {high}{note}"
+
+    return check
+
+
 def _address(v: str) -> str | None:
     if v in ("localhost", "*", ""):
         return None
@@ -197,6 +209,10 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     connect_timeout = proxy.get("connect_timeout", float, 3.0, _positive)
     max_packet = proxy.get("max_allowed_packet", int, 64 << 20, lambda v: None if 1024 <= v <= 1 << 30 else "must be between 1024 and 1073741824")
     reader_fallback = proxy.get("reader_fallback_to_writer", bool, True)
+    max_connections = proxy.get("max_connections", int, 2048, _between(1, 1_000_000))
+    # 31536000 (365 days) is MySQL's own ceiling for wait_timeout.
+    idle_timeout = proxy.get("client_idle_timeout", float, 28800.0, _between(0, 31_536_000, " (0 = never)"))
+    shutdown_timeout = proxy.get("shutdown_timeout", float, 30.0, _between(0, 86_400))
     proxy.finish()
 
     listeners: dict[str, Listener] = {}
@@ -282,4 +298,17 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
             raise ConfigError(file, f"query_rules[{i}].destination_hostgroup", f"rule {r.rule_id}: hostgroup {r.destination_hostgroup} has no server in [[servers]]")
     ruleset = RuleSet(rules=tuple(rules), replication_hostgroups=tuple(pairs), reader_fallback_to_writer=reader_fallback)
     root.finish()
-    return Config(file, log_level, handshake_timeout, connect_timeout, max_packet, listeners, users, tuple(servers), ruleset)
+    return Config(
+        file,
+        log_level,
+        handshake_timeout,
+        connect_timeout,
+        max_packet,
+        listeners,
+        users,
+        tuple(servers),
+        ruleset,
+        max_connections=max_connections,
+        client_idle_timeout=idle_timeout,
+        shutdown_timeout=shutdown_timeout,
+    )

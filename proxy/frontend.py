@@ -20,6 +20,12 @@ Theory of operation: one ClientSession (an asyncio.Protocol) per client connecti
   COM_QUERY run on the writer.
 - Commands the proxy must handle itself (COM_QUIT, COM_CHANGE_USER, unknown or unsupported commands)
   are answered here.
+- Client limits (the counting itself is ProxyApp's): a connection over [proxy] max_connections is
+  told ERR 1040 right after the greeting exchange, in place of the authentication result; a user
+  over its [[users]] max_connections gets ERR 1203 once authenticated. `last_activity` is stamped
+  when client bytes arrive and when a reply ends (one store each: the app's sweeper, not a timer per
+  statement, closes idle sessions). While the app drains for shutdown, a session closes itself as
+  soon as it is free outside a transaction.
 
 Two error families: the client misbehaved (ERR with the protocol's code, log once, close) and a
 backend failed (ERR naming the hostgroup and the cause; the rest of the proxy carries on). State the
@@ -155,6 +161,13 @@ class ClientSession(asyncio.Protocol):
         self._paused_backend: BackendConnection | None = None
         self._waiter: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        # Limits (see ProxyApp): counted against [proxy] max_connections? against which user?
+        self.admitted = False
+        self.counted_user: str | None = None
+        self.logged_in = False
+        self.draining = False  # the app is shutting down: close once free outside a transaction
+        self._clock = app.clock
+        self.last_activity = 0.0  # app clock; when the client last sent bytes or a reply ended
 
     # ---- logging ------------------------------------------------------------------------------
 
@@ -167,8 +180,9 @@ class ClientSession(asyncio.Protocol):
 
     def describe(self) -> str:
         conns = ",".join(f"hg{hg}:{c.server.address}#{c.thread_id}{'(relaying)' if c.scanner else ''}{'(paused)' if c.reading_paused else ''}" for hg, c in self.conns.items())
+        idle = f"{self._clock() - self.last_activity:.1f}s" if self.logged_in and not self.busy else "-"
         return (
-            f"{self._ctx()} busy={self.busy} infile={self.infile} client_reading_paused={self._reading_paused} "
+            f"{self._ctx()} busy={self.busy} idle={idle} infile={self.infile} client_reading_paused={self._reading_paused} "
             f"buffered={self.framer.buffered} current={getattr(self.current, 'hostgroup', None)} txn_hg={self.txn_hg} "
             f"pinned_writer={self.pinned_writer} schema={self.state.schema} conns=[{conns}]"
         )
@@ -185,10 +199,14 @@ class ClientSession(asyncio.Protocol):
         if sockname:
             self.local = (sockname[0], sockname[1])
         set_nodelay(transport)
-        self.app.sessions[self.id] = self
+        self.admitted = self.app.admit(self)
+        if self.app.draining:  # accepted just before the listener closed
+            self.close()
+            return
         self._task = asyncio.get_running_loop().create_task(self._setup())
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = self._clock()
         self.framer.feed(data)
         if self.busy and not self.infile:
             self._wake()
@@ -284,7 +302,7 @@ class ClientSession(asyncio.Protocol):
             return
         self.closed = True
         self._wake()
-        self.app.sessions.pop(self.id, None)
+        self.app.forget(self)
         self._close_conns()
 
     def _close_conns(self, keep: BackendConnection | None = None) -> None:
@@ -296,6 +314,63 @@ class ClientSession(asyncio.Protocol):
     def _protocol_error(self, seq: int, e: ProtocolError) -> None:
         self._log(logging.WARNING, "protocol error from client: %s", e)
         self._send_err(seq, e.code, str(e))
+        self.close()
+
+    @property
+    def in_transaction(self) -> bool:
+        """A transaction is open on the server (SERVER_STATUS_IN_TRANS in the last reply). Unlike
+        `txn_hg`, which also pins an autocommit=0 session that has nothing open yet, this is what
+        a shutdown would lose."""
+        return self.txn_hg is not None and bool(self.status & _IN_TRANS)
+
+    def _free(self) -> None:
+        """Take commands again (after login, COM_CHANGE_USER, or a command answered off the hot path)."""
+        self.busy = False
+        self.last_activity = self._clock()
+        if self.draining and not self.in_transaction:
+            self.close_for_shutdown()
+            return
+        self._process()
+
+    # ---- limits -------------------------------------------------------------------------------
+
+    def _count_user(self, user: User, seq: int) -> bool:
+        """Count this session against `user`'s max_connections (moving it off the user it was
+        counted for); at the limit send ERR 1203, as MySQL does for max_user_connections."""
+        if self.counted_user == user.username:
+            return True
+        if self.closed or not self.app.login_user(user.username, user.max_connections):
+            if not self.closed:
+                self._log(logging.WARNING, "user %s is at its max_connections (%d): refused", user.username, user.max_connections)
+                self._send_err(seq, ErrorCode.TOO_MANY_USER_CONNECTIONS, f"User {user.username} already has more than 'max_user_connections' active connections")
+            return False
+        if self.counted_user is not None:
+            self.app.logout_user(self.counted_user)
+        self.counted_user = user.username
+        return True
+
+    def close_idle(self) -> None:
+        """[proxy] client_idle_timeout passed without a command: tell the client as MySQL 8.0.24+
+        does for wait_timeout (ER_CLIENT_INTERACTION_TIMEOUT, sequence id 0), then close."""
+        timeout = self.app.config.client_idle_timeout
+        self._log(logging.INFO, "closed: no command for %.1fs (client_idle_timeout = %gs)", self._clock() - self.last_activity, timeout)
+        self._send_err(
+            0,
+            ErrorCode.CLIENT_INTERACTION_TIMEOUT,
+            "The client was disconnected by the server because of inactivity. "
+            f"See client_idle_timeout ({timeout:g}s) in the rwproxy configuration for configuring this behavior.",
+        )
+        self.close()
+
+    def close_for_shutdown(self, cut: bool = False) -> None:
+        """The proxy is stopping. A free session is told ER_SERVER_SHUTDOWN (sequence id 0, as
+        MariaDB does); mid-command nothing can be said without corrupting the reply."""
+        if self.closed:
+            return
+        if cut:
+            self._log(logging.WARNING, "cut at shutdown: %s", "statement still running" if self.busy else f"transaction still open on hostgroup {self.txn_hg}")
+        if self.logged_in and not self.busy:
+            self._send_err(0, ErrorCode.SERVER_SHUTDOWN, "Server shutdown in progress")
         self.close()
 
     # ---- setup --------------------------------------------------------------------------------
@@ -332,6 +407,15 @@ class ClientSession(asyncio.Protocol):
         self._send(make_handshake_v10(hs), 0)
         timeout = app.config.handshake_timeout
         pkt = await self._read_packet(timeout)
+        if not self.admitted:
+            # MySQL sends this ERR in place of the greeting; here it comes where the client awaits
+            # its authentication result, which every client reports faithfully (MariaDB's
+            # Connector/C, which wants TLS by default, reports an ERR before the greeting as
+            # CR_CONNECTION_ERROR 2002 "Received error packet before completion of TLS handshake").
+            self._log(logging.WARNING, "too many connections (max_connections = %d): refused", app.config.max_connections)
+            self._send_err(2, ErrorCode.CON_COUNT_ERROR, "Too many connections")
+            self.close()
+            return
         if pkt.seq != 1:
             raise ProtocolError(f"Got packets out of order (expected sequence id 1, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
         resp = parse_handshake_response(pkt.payload)
@@ -342,7 +426,7 @@ class ClientSession(asyncio.Protocol):
         self.attributes = resp.attributes
         seq = pkt.seq + 1
         user, seq = await self._authenticate(resp.username, resp.auth_plugin, resp.auth_response, seq, timeout)
-        if user is None:
+        if user is None or not self._count_user(user, seq):
             self.close()
             return
         if not await self._login_backend(user, resp.database, seq):
@@ -350,8 +434,8 @@ class ClientSession(asyncio.Protocol):
             return
         self._send(make_ok(OK(status=self.status), self.capabilities), seq)
         self._log(logging.DEBUG, "logged in (writer %s thread %d)", self.conns[self.writer_hg].server.address, self.conns[self.writer_hg].thread_id)
-        self.busy = False
-        self._process()
+        self.logged_in = True
+        self._free()
 
     async def _authenticate(self, username: str, plugin: str, token: bytes, seq: int, timeout: float) -> tuple[User | None, int]:
         """Verify the client; on failure send ERR 1045. Returns (user or None, next sequence id)."""
@@ -550,8 +634,7 @@ class ClientSession(asyncio.Protocol):
             code, message, sqlstate = e.client_err()
             self._send_err(1, code, message, sqlstate)
             self._post = None
-            self.busy = False
-            self._process()
+            self._free()
             return
         except Exception:
             log.exception("%s unexpected error preparing a backend connection", self._ctx())
@@ -612,6 +695,10 @@ class ClientSession(asyncio.Protocol):
             self._post = None
             self._record(post, scanner, conn)
         self.busy = False
+        self.last_activity = self._clock()
+        if self.draining and not self.in_transaction:
+            self.close_for_shutdown()
+            return
         if self.framer.buffered or self._reading_paused:
             self._process()
 
@@ -713,10 +800,9 @@ class ClientSession(asyncio.Protocol):
             cu = parse_change_user(pkt.payload, self.capabilities)
             plugin = cu.auth_plugin or NATIVE_PASSWORD
             user, seq = await self._authenticate(cu.username, plugin, cu.auth_response, 1, self.app.config.handshake_timeout)
-            if user is None:
+            if user is None or not self._count_user(user, seq):
                 # As MariaDB does: the ERR has been sent and the session carries on as the old user.
-                self.busy = False
-                self._process()
+                self._free()
                 return
             if cu.collation:
                 self.collation = cu.collation
@@ -725,8 +811,7 @@ class ClientSession(asyncio.Protocol):
                 return
             self._send(make_ok(OK(status=self.status), self.capabilities), seq)
             self._log(logging.INFO, "changed user")
-            self.busy = False
-            self._process()
+            self._free()
         except ProtocolError as e:
             self._protocol_error(2, e)
         except (asyncio.TimeoutError, ConnectionError):

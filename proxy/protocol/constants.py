@@ -173,6 +173,7 @@ class ErrorCode(enum.IntEnum):
     ACCESS_DENIED = 1045
     UNKNOWN_COM_ERROR = 1047
     BAD_DB_ERROR = 1049
+    SERVER_SHUTDOWN = 1053
     NET_PACKET_TOO_LARGE = 1153
     NET_READ_ERROR = 1158
     NET_READ_INTERRUPTED = 1159
@@ -181,6 +182,7 @@ class ErrorCode(enum.IntEnum):
     NOT_SUPPORTED_AUTH_MODE = 1251
     UNKNOWN_STMT_HANDLER = 1243
     MALFORMED_PACKET = 1835
+    CLIENT_INTERACTION_TIMEOUT = 4031  # MySQL 8.0.24+: sent before closing an idle client
     # Client-library error numbers, which drivers print as "Can't connect to ... server"; the
     # proxy uses it for "backend unreachable" because that is what the user would have seen.
     CONN_HOST_ERROR = 2003
@@ -193,6 +195,7 @@ SQLSTATE: dict[int, str] = {
     ErrorCode.ACCESS_DENIED: "28000",
     ErrorCode.UNKNOWN_COM_ERROR: "08S01",
     ErrorCode.BAD_DB_ERROR: "42000",
+    ErrorCode.SERVER_SHUTDOWN: "08S01",
     ErrorCode.NET_PACKET_TOO_LARGE: "08S01",
     ErrorCode.NET_READ_ERROR: "08S01",
     ErrorCode.NET_READ_INTERRUPTED: "08S01",
@@ -201,6 +204,7 @@ SQLSTATE: dict[int, str] = {
     ErrorCode.NOT_SUPPORTED_AUTH_MODE: "08004",
     ErrorCode.UNKNOWN_STMT_HANDLER: "HY000",
     ErrorCode.MALFORMED_PACKET: "HY000",
+    ErrorCode.CLIENT_INTERACTION_TIMEOUT: "HY000",
     ErrorCode.CONN_HOST_ERROR: "HY000",
     ErrorCode.LOST_CONNECTION: "HY000",
 }

@@ -1,0 +1,69 @@
+"""ProxyApp's client accounting and idle sweep, with stand-in sessions (no sockets, no servers)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from proxy.app import ProxyApp
+from proxy.config import parse_config
+
+
+def _app(**proxy) -> ProxyApp:
+    return ProxyApp(
+        parse_config(
+            {
+                "proxy": proxy,
+                "listeners": {"data": {"port": 6033}},
+                "users": [{"username": "app", "password": "pw"}],
+                "servers": [{"hostgroup_id": 0, "hostname": "127.0.0.1"}],
+            }
+        )
+    )
+
+
+def _session(i: int, **kw) -> SimpleNamespace:
+    s = SimpleNamespace(id=i, admitted=False, counted_user=None, busy=False, logged_in=True, closed=False, last_activity=0.0, idle_closed=False)
+    s.close_idle = lambda: setattr(s, "idle_closed", True)
+    s.__dict__.update(kw)
+    return s
+
+
+def test_admit_counts_up_to_max_connections_and_forget_releases():
+    app = _app(max_connections=2)
+    a, b, c = _session(1), _session(2), _session(3)
+    assert [app.admit(s) for s in (a, b, c)] == [True, True, False]
+    for s, ok in zip((a, b, c), (True, True, False), strict=True):
+        s.admitted = ok
+    assert app.admitted == 2 and len(app.sessions) == 3  # the refused one is tracked, not counted
+    app.forget(c)
+    assert app.admitted == 2
+    app.forget(a)
+    app.forget(a)  # a second teardown changes nothing
+    assert app.admitted == 1
+    d = _session(4)
+    assert app.admit(d)
+
+
+def test_user_counts_move_and_release():
+    app = _app()
+    assert app.login_user("app", 2) and app.login_user("app", 2)
+    assert not app.login_user("app", 2)
+    assert app.user_sessions == {"app": 2}
+    s = _session(1, counted_user="app", admitted=True)
+    app.admit(s)
+    app.forget(s)
+    assert app.user_sessions == {"app": 1} and s.counted_user is None
+    app.logout_user("app")
+    assert app.user_sessions == {}
+
+
+def test_sweep_closes_only_logged_in_free_sessions_idle_past_the_cutoff():
+    app = _app(client_idle_timeout=1)
+    idle = _session(1, last_activity=10.0)
+    busy = _session(2, last_activity=10.0, busy=True)  # a statement in flight is not idleness
+    handshaking = _session(3, last_activity=0.0, logged_in=False, busy=True)
+    recent = _session(4, last_activity=20.0)
+    for s in (idle, busy, handshaking, recent):
+        app.admit(s)
+    assert app.sweep_idle(cutoff=15.0) == 1
+    assert [s.idle_closed for s in (idle, busy, handshaking, recent)] == [True, False, False, False]
