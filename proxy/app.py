@@ -23,6 +23,7 @@ Client-side limits live here too, as plain per-process state:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import resource
 import signal
@@ -30,7 +31,11 @@ import time
 
 from .backend import BackendConnection, BackendError, read_server_handshake
 from .config import Config
+from .backend import connect as backend_connect
+from .config import Server
 from .frontend import ClientSession
+from .pool import Pool, ServerBudget
+from .session import ConnState, PinReason, charset_entry
 from .router import Router
 
 log = logging.getLogger("rwproxy")
@@ -54,6 +59,46 @@ class ProxyApp:
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.Task | None = None
         self._drained: asyncio.Event | None = None  # set when the last session is gone (or on a 2nd signal)
+        # Backend pools: one budget per server, one pool per (server, backend user, wire settings).
+        self.budgets: dict[str, ServerBudget] = {}
+        self.pools: dict[tuple, Pool] = {}
+        self._maintainer: asyncio.Task | None = None
+        self.pins: collections.Counter[PinReason] = collections.Counter()  # sessions pinned, by reason
+
+    def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
+        """The pool of `server` connections for this backend user and wire settings."""
+        key = (server.address, username, capabilities, collation)
+        pool = self.pools.get(key)
+        if pool is None:
+            budget = self.budgets.get(server.address)
+            if budget is None:
+                budget = self.budgets[server.address] = ServerBudget(server.address, server.max_connections, self.config.pool)
+            config = self.config
+
+            async def connector() -> BackendConnection:
+                conn = await backend_connect(
+                    server, username, password, database=None, client_capabilities=capabilities, collation=collation,
+                    attributes={"_client_name": "rwproxy", "program_name": "rwproxy"},
+                    timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
+                )  # fmt: skip
+                self.learn_server(conn)
+                conn.cstate = ConnState(login_charset=charset_entry(collation))
+                return conn
+
+            pool = self.pools[key] = Pool(budget, connector, f"{username}@{server.address}")
+        return pool
+
+    async def _maintain_pools(self) -> None:
+        interval = max(0.05, min(1.0, self.config.pool.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            for pool in list(self.pools.values()):
+                try:
+                    pool.maintain()
+                    if pool.settings.min_idle:
+                        await pool.fill()
+                except Exception:  # a bug here must not stop the maintenance
+                    log.exception("pool maintenance failed for %s", pool.label)
 
     def writer_hostgroup(self) -> int:
         return min(u.default_hostgroup for u in self.config.users.values())
@@ -89,6 +134,8 @@ class ProxyApp:
         log.info("listening on %s:%d (data)", lst.address, lst.port)
         if self.config.client_idle_timeout > 0:
             self._sweeper = loop.create_task(self._sweep_idle())
+        if self.config.multiplexing:
+            self._maintainer = loop.create_task(self._maintain_pools())
 
     def _raise_fd_limit(self) -> None:
         """Like mysqld with open_files_limit: make room for max_connections clients and their backends."""
@@ -209,6 +256,10 @@ class ProxyApp:
             sess.close_for_shutdown(cut=True)
         if waiting or left:
             log.info("shutdown: %d session(s) finished in time, %d cut", waiting - len(left), len(left))
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+        for pool in self.pools.values():
+            pool.close()
         for s in self._servers:
             await s.wait_closed()
         await asyncio.sleep(0)  # let the closing transports flush their last packets

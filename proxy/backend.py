@@ -178,6 +178,43 @@ class BackendConnection(asyncio.Protocol):
         self._sink_owner = owner
         self.sink = owner
 
+    async def change_user(self, username: str, password: str, database: str | None, collation: int) -> ERR | None:
+        """COM_CHANGE_USER as the same (or another) backend user: a full reset that, unlike
+        COM_RESET_CONNECTION, also leaves no default schema when `database` is None.
+
+        Returns the server's ERR, or None on success."""
+        hs = self.handshake
+        plugin = hs.auth_plugin if hs.auth_plugin in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD) else NATIVE_PASSWORD
+        token = auth.scramble_for(plugin, password, hs.auth_data)
+        payload = b"".join((
+            b"\x11", username.encode() + b"\0", bytes((len(token),)) + token, (database or "").encode() + b"\0",
+            (collation or hs.collation).to_bytes(2, "little"), plugin.encode() + b"\0",
+        ))  # fmt: skip
+        if self.capabilities & Capability.CONNECT_ATTRS:
+            payload += b"\0"  # no connection attributes
+        self.transport.write(make_packet(payload, 0))
+        while True:
+            pkt = await self.read_packet()
+            head = pkt.payload[0] if pkt.payload else ERR_HEADER
+            if head == OK_HEADER:
+                return None
+            if head == ERR_HEADER:
+                return parse_err(pkt.payload)
+            if head == 0xFE:  # auth switch
+                sw = parse_auth_switch(pkt.payload)
+                if sw.plugin not in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD):
+                    return ERR(1251, "08004", f"server asks for auth plugin {sw.plugin!r} on COM_CHANGE_USER")
+                self.transport.write(make_packet(auth.scramble_for(sw.plugin, password, sw.auth_data), pkt.seq + 1))
+                continue
+            if head == 0x01 and len(pkt.payload) > 1 and pkt.payload[1] == CACHING_SHA2_FAST_AUTH_OK:
+                continue
+            return ERR(2027, "HY000", f"unexpected packet 0x{head:02x} answering COM_CHANGE_USER")
+
+    def detach(self) -> None:
+        """Back to a pool: no session hears about this connection any more."""
+        self._sink_owner = None
+        self.sink = None
+
     def relay(self, command: bytes, scanner: ResultScanner) -> None:
         self.scanner = scanner
         self.transport.write(command)

@@ -18,6 +18,8 @@ from typing import Any
 
 from rules.model import RuleSet, validate_replication_hostgroups, validate_rules
 
+from .pool import PoolSettings
+
 from .protocol.constants import SUPPORTED_AUTH_PLUGINS
 
 SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
@@ -80,6 +82,10 @@ class Config:
     max_connections: int = 2048  # client connections at once, logged in or not; more get ERR 1040
     client_idle_timeout: float = 28800.0  # seconds without a command before a client is closed; 0 = never
     shutdown_timeout: float = 30.0  # seconds a SIGTERM leaves busy / in-transaction sessions to finish
+    # Backend connections: pooled and lent per statement or transaction (multiplexing), or one set
+    # per client session (multiplexing = false).
+    multiplexing: bool = True
+    pool: PoolSettings = field(default_factory=PoolSettings)
 
     def hostgroup(self, hostgroup_id: int) -> tuple[Server, ...]:
         return tuple(s for s in self.servers if s.hostgroup_id == hostgroup_id)
@@ -215,6 +221,19 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     shutdown_timeout = proxy.get("shutdown_timeout", float, 30.0, _between(0, 86_400))
     proxy.finish()
 
+    pool_sec = _Section(file, "pool", root.get("pool", dict, default={}))
+    multiplexing = pool_sec.get("multiplexing", bool, True)
+    pool = PoolSettings(
+        min_idle=pool_sec.get("min_idle", int, 0, _between(0, 100_000)),
+        idle_timeout=pool_sec.get("idle_timeout", float, 60.0, _between(0, 31_536_000)),
+        max_lifetime=pool_sec.get("max_lifetime", float, 3600.0, _between(0, 31_536_000, " (0 = never)")),
+        connect_concurrency=pool_sec.get("connect_concurrency", int, 8, _between(1, 10_000)),
+        connect_rate=pool_sec.get("connect_rate", float, 200.0, _between(0, 1_000_000, " (0 = unlimited)")),
+        acquire_timeout=pool_sec.get("acquire_timeout", float, 10.0, _between(0.001, 86_400)),
+        validate_after=pool_sec.get("validate_after", float, 30.0, _between(0, 86_400)),
+    )
+    pool_sec.finish()
+
     listeners: dict[str, Listener] = {}
     ls = _Section(file, "listeners", root.get("listeners", dict, hint="at least [listeners.data]"))
     for name in ls.table:
@@ -311,4 +330,6 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         max_connections=max_connections,
         client_idle_timeout=idle_timeout,
         shutdown_timeout=shutdown_timeout,
+        multiplexing=multiplexing,
+        pool=pool,
     )

@@ -45,14 +45,15 @@ from rules.classify import Classification, Kind
 from rules.engine import SessionView
 from rules.model import Decision, Deny, RouteTo
 
-from . import backend as backend_mod
 from .backend import BackendConnection, BackendError, set_nodelay
-from .config import User
+from .config import Server, User
 from .hostgroups import candidates
+from .pool import Pool, PoolTimeout
 from .protocol import auth
 from .protocol.constants import (
     CACHING_SHA2_FAST_AUTH_OK,
     CACHING_SHA2_PASSWORD,
+    MIRRORED_CAPABILITIES,
     NATIVE_PASSWORD,
     PROXY_CAPABILITIES,
     Capability,
@@ -74,7 +75,7 @@ from .protocol.packets import (
     parse_handshake_response,
 )
 from .protocol.results import Reply, ResultScanner
-from .session import ConnState, SessionState
+from .session import ConnState, PinReason, SessionState, charset_entry, pin_reasons_of
 
 if TYPE_CHECKING:
     from .app import ProxyApp
@@ -109,7 +110,9 @@ _PIPELINE_LIMIT = 1 << 20
 
 _IN_TRANS = int(ServerStatus.IN_TRANS)
 _AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
+_CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _USE = Kind.USE
+_SET = Kind.SET
 _USE_TARGET = re.compile(r"\s*(?:(?:/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))\s*)*USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
 
 
@@ -143,6 +146,13 @@ class ClientSession(asyncio.Protocol):
         self.writer_hg = 0
         self.state = SessionState(None)
         self.pinned_writer = False
+        self.pin_reasons: set[PinReason] = set()
+        self._hold_writer = False  # keep the writer connection for LAST_INSERT_ID()
+        # Connections go back to their pool after each statement unless pinned (transaction-level
+        # multiplexing); without classification (passthrough) nothing says when that is safe.
+        self.multiplexing = app.config.multiplexing and not app.router.passthrough
+        self._wire: tuple[int, int] = (0, 0)  # mirrored capabilities and collation: part of the pool key
+        self._pools: dict[str, Pool] = {}
         self.txn_hg: int | None = None  # hostgroup whose connection holds an open transaction
         self._lost: str | None = None  # why this session's unrebuildable state is gone
         self._post: tuple | None = None  # what to record when the reply in flight ends well
@@ -184,7 +194,7 @@ class ClientSession(asyncio.Protocol):
         return (
             f"{self._ctx()} busy={self.busy} idle={idle} infile={self.infile} client_reading_paused={self._reading_paused} "
             f"buffered={self.framer.buffered} current={getattr(self.current, 'hostgroup', None)} txn_hg={self.txn_hg} "
-            f"pinned_writer={self.pinned_writer} schema={self.state.schema} conns=[{conns}]"
+            f"pinned_writer={self.pinned_writer} pins=[{','.join(sorted(r.value for r in self.pin_reasons))}] schema={self.state.schema} conns=[{conns}]"
         )
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
@@ -303,13 +313,7 @@ class ClientSession(asyncio.Protocol):
         self.closed = True
         self._wake()
         self.app.forget(self)
-        self._close_conns()
-
-    def _close_conns(self, keep: BackendConnection | None = None) -> None:
-        for hg, conn in list(self.conns.items()):
-            if conn is not keep:
-                del self.conns[hg]
-                conn.close()
+        self._release_all()
 
     def _protocol_error(self, seq: int, e: ProtocolError) -> None:
         self._log(logging.WARNING, "protocol error from client: %s", e)
@@ -433,7 +437,7 @@ class ClientSession(asyncio.Protocol):
             self.close()
             return
         self._send(make_ok(OK(status=self.status), self.capabilities), seq)
-        self._log(logging.DEBUG, "logged in (writer %s thread %d)", self.conns[self.writer_hg].server.address, self.conns[self.writer_hg].thread_id)
+        self._log(logging.DEBUG, "logged in")
         self.logged_in = True
         self._free()
 
@@ -460,65 +464,123 @@ class ClientSession(asyncio.Protocol):
         return user, seq
 
     async def _login_backend(self, user: User, database: str | None, seq: int) -> bool:
-        """Become `user` with a fresh state and writer connection; on failure send ERR, return False."""
-        self._close_conns()
+        """Become `user` with a fresh state; check the writer takes it (schema included).
+
+        On failure send ERR and return False."""
+        self._release_all()
         self.user, self.username, self.writer_hg = user, user.username, user.default_hostgroup
-        self.state = SessionState(database)
-        self.pinned_writer, self.txn_hg, self._lost, self._view = False, None, None, None
+        self.state = SessionState(database, charset_entry(self.collation))
+        self.pinned_writer, self.pin_reasons, self.txn_hg, self._lost, self._view = False, set(), None, None, None
+        self._hold_writer = False
         self.status = int(ServerStatus.AUTOCOMMIT)
+        self._wire = (self.capabilities & MIRRORED_CAPABILITIES, self.collation)
+        self._pools = {}
         try:
-            conn = await self._connect(self.writer_hg)
+            conn = await self._ready(self.writer_hg, fallback=False)
         except HostgroupError as e:
             code, message, sqlstate = e.client_err()
+            if e.err is not None and e.err.code == ErrorCode.BAD_DB_ERROR:
+                message = f"Unknown database '{database}'"
             self._send_err(seq, code, message, sqlstate)
             return False
-        self.state.mark_synced(conn.cstate)
+        if self.multiplexing:
+            self._release(conn)
         return not self.closed
 
-    async def _connect(self, hostgroup: int) -> BackendConnection:
-        """Open this session's connection to `hostgroup` (tries its ONLINE servers in weighted order)."""
-        app, user = self.app, self.user
+    def _pool(self, server: Server) -> Pool:
+        pool = self._pools.get(server.address)
+        if pool is None:
+            user = self.user
+            pool = self._pools[server.address] = self.app.pool_for(server, user.backend_username, user.backend_password, *self._wire)
+        return pool
+
+    def _take(self, conn: BackendConnection, hostgroup: int) -> BackendConnection:
+        conn.hostgroup = hostgroup
+        conn.attach(self)
+        self.conns[hostgroup] = conn
+        return conn
+
+    def _try_acquire(self, hostgroup: int) -> BackendConnection | None:
+        """Hot path: an idle pooled connection of a server of `hostgroup`, synchronously, or None."""
+        servers = self.router.hostgroups.servers(hostgroup)
+        if len(servers) == 1:
+            server = servers[0]
+            if server.status != "ONLINE":
+                return None
+        else:
+            picks = candidates(servers)
+            if not picks:
+                return None
+            server = picks[0]
+        conn = self._pool(server).try_acquire()
+        return None if conn is None else self._take(conn, hostgroup)
+
+    async def _acquire(self, hostgroup: int) -> BackendConnection:
+        """A connection to a server of `hostgroup` (its ONLINE servers tried in weighted order)."""
         servers = candidates(self.router.hostgroups.servers(hostgroup))
         if not servers:
             self._log(logging.WARNING, "hostgroup %d has no ONLINE server", hostgroup)
             raise HostgroupError(hostgroup, f"rwproxy: hostgroup {hostgroup} has no ONLINE server; check [[servers]] in the proxy config")
-        last: BackendError | None = None
+        last: Exception | None = None
         for server in servers:
             try:
-                conn = await backend_mod.connect(
-                    server,
-                    user.backend_username,
-                    user.backend_password,
-                    database=self.state.schema,
-                    client_capabilities=self.capabilities,
-                    collation=self.collation,
-                    attributes=self.attributes,
-                    timeout=app.config.connect_timeout,
-                    max_packet=app.config.max_allowed_packet,
-                )
+                conn = await self._pool(server).acquire()
             except BackendError as e:
                 if e.err is not None and e.err.code != ErrorCode.CON_COUNT_ERROR and "refused connection" not in e.cause:
-                    # The server answered and said no (unknown database, access denied for the
-                    # backend user): that is the client's answer, exactly as the server gave it.
+                    # The server answered and said no (access denied for the backend user): that is
+                    # the client's answer, exactly as the server gave it.
                     self._log(logging.WARNING, "backend %s (hostgroup %d) refused login: %d %s", server.address, hostgroup, e.err.code, e.err.message)
                     raise HostgroupError(hostgroup, e.err.message, e.err) from None
                 self._log(logging.WARNING, "backend %s (hostgroup %d) unavailable: %s", server.address, hostgroup, e.cause)
                 last = e
                 continue
+            except PoolTimeout as e:
+                self._log(logging.WARNING, "hostgroup %d: %s", hostgroup, e)
+                raise HostgroupError(
+                    hostgroup,
+                    f"rwproxy: hostgroup {hostgroup}: waited {e.waited:g}s for a backend connection ({e.why}); "
+                    "the server's max_connections or [pool] limits are too low for this load",
+                ) from None
             if self.closed:
-                conn.close()
+                conn.pool.release(conn)
                 raise HostgroupError(hostgroup, "client went away")
-            app.learn_server(conn)
-            conn.hostgroup = hostgroup
-            conn.cstate = ConnState(schema=self.state.schema)
-            conn.attach(self)
-            self.conns[hostgroup] = conn
-            return conn
+            return self._take(conn, hostgroup)
         assert last is not None
         raise HostgroupError(
             hostgroup,
             f"rwproxy: cannot reach hostgroup {hostgroup}: {last}. Check that the server is running and reachable from the proxy",
         )
+
+    def _holds(self, conn: BackendConnection, status: int) -> bool:
+        """Must this session keep `conn` after its reply? (Otherwise it goes back to its pool.)"""
+        hg = conn.hostgroup
+        if hg == self.txn_hg or status & _CURSOR_EXISTS or self.infile:
+            return True
+        if hg == self.writer_hg and (self.pinned_writer or self._hold_writer):
+            return True
+        return False
+
+    def _release(self, conn: BackendConnection, reset: bool = False) -> None:
+        if self.conns.get(conn.hostgroup) is conn:
+            del self.conns[conn.hostgroup]
+        conn.detach()
+        if self._paused_backend is conn:
+            self._paused_backend = None
+            conn.pause_reading(False)
+        if conn.scanner is not None:
+            conn.close()  # mid-reply: nobody can use the rest of it
+        pool = getattr(conn, "pool", None)
+        if pool is not None:
+            pool.release(conn, reset=reset)
+        else:
+            conn.close()
+
+    def _release_all(self, keep: BackendConnection | None = None) -> None:
+        """Give back every held connection; those with state nobody can replay are reset first."""
+        dirty = self.pinned_writer or self._lost is not None or not self.multiplexing
+        for conn in list(self.conns.values()):
+            if conn is not keep:
+                self._release(conn, reset=dirty or conn.hostgroup == self.txn_hg)
 
     # ---- command phase (hot path) -------------------------------------------------------------
 
@@ -570,6 +632,9 @@ class ClientSession(asyncio.Protocol):
                 if conn is not None:
                     conn.write(pkt.raw)
                 return
+            if cmd == Command.STMT_PREPARE:
+                # Server-side statements live on one connection (their ids are that connection's).
+                self._pin(PinReason.PREPARED_STATEMENT)
             post = (cmd, pkt.payload) if cmd in (Command.INIT_DB, Command.RESET_CONNECTION) else None
             self._run(self.writer_hg, pkt.raw, reply, post)
             return
@@ -622,7 +687,11 @@ class ClientSession(asyncio.Protocol):
         self.busy = True
         self._post = post
         conn = self.conns.get(hostgroup)
-        if conn is not None and conn.cstate.gen == self.state.gen:
+        if conn is None and self.multiplexing:
+            conn = self._try_acquire(hostgroup)
+        if conn is not None and self.state.matches(conn.cstate):
+            cs = conn.cstate
+            cs.owner, cs.gen = self.state, self.state.gen
             self._start(conn, raw, reply)
             return
         self._task = asyncio.get_running_loop().create_task(self._run_slow(hostgroup, raw, reply))
@@ -644,32 +713,43 @@ class ClientSession(asyncio.Protocol):
             return
         self._start(conn, raw, reply)
 
-    async def _ready(self, hostgroup: int) -> BackendConnection:
-        """The session's connection to `hostgroup`, opened and carrying the session's state."""
+    async def _ready(self, hostgroup: int, fallback: bool = True) -> BackendConnection:
+        """The session's connection to `hostgroup`, carrying the session's state."""
         conn = self.conns.get(hostgroup)
         try:
             if conn is None:
-                conn = await self._connect(hostgroup)
-            cmds = self.state.replay_for(conn.cstate)
+                conn = await self._acquire(hostgroup)
+            state = self.state
+            cs = conn.cstate
+            if state.schema is None and cs.schema is not None:
+                # Only COM_CHANGE_USER leaves a connection with no default schema.
+                user = self.user
+                err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, self.collation), self.app.config.connect_timeout)
+                if err is not None:
+                    self._release(conn, reset=True)
+                    raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
+                cs = conn.cstate = ConnState(login_charset=state.login_charset)
+            cmds = state.replay_for(cs)
+            if state.needs_reset(cs):
+                cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema))
             if cmds:
                 try:
                     err = await asyncio.wait_for(conn.replay(cmds), self.app.config.connect_timeout)
                 except (asyncio.TimeoutError, ConnectionError) as e:
+                    self._release(conn)
                     conn.close()
-                    self.conns.pop(hostgroup, None)
                     raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while restoring session state: {e or 'timeout'}") from None
                 if err is not None:
                     self._log(logging.WARNING, "restoring session state on %s (hostgroup %d) failed: %d %s", conn.server.address, hostgroup, err.code, err.message)
-                    conn.close()
-                    self.conns.pop(hostgroup, None)
+                    self._release(conn, reset=True)  # its state is now unknown
                     raise HostgroupError(hostgroup, f"rwproxy: could not restore this session's state on {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
-            self.state.mark_synced(conn.cstate)
+            state.mark_synced(conn.cstate)
             return conn
         except HostgroupError as e:
-            if hostgroup != self.writer_hg and self.router.ruleset.reader_fallback_to_writer and self.txn_hg is None:
+            if fallback and hostgroup != self.writer_hg and self.router.ruleset.reader_fallback_to_writer and self.txn_hg is None:
                 # Only reads are ever sent to a reader hostgroup: the writer can run them too.
                 self._log(logging.WARNING, "reader hostgroup %d unusable (%s); running the read on the writer", hostgroup, e)
-                return await self._ready(self.writer_hg)
+                return await self._ready(self.writer_hg, fallback=False)
             raise
 
     # ReplySink ---------------------------------------------------------------------------------
@@ -694,6 +774,12 @@ class ClientSession(asyncio.Protocol):
         if post is not None:
             self._post = None
             self._record(post, scanner, conn)
+        if conn.hostgroup == self.writer_hg:
+            # LAST_INSERT_ID() (any spelling) must run where the insert ran: keep the writer
+            # connection until the next statement on it (ProxySQL's auto_increment delay, for one).
+            self._hold_writer = scanner.last_insert_id != 0
+        if self.multiplexing and not self._holds(conn, status):
+            self._release(conn)
         self.busy = False
         self.last_activity = self._clock()
         if self.draining and not self.in_transaction:
@@ -716,35 +802,44 @@ class ClientSession(asyncio.Protocol):
             elif first == Command.RESET_CONNECTION:
                 # Variables, temporary tables, locks and user variables are gone on the writer; the
                 # other connections are dropped rather than reset one by one.
-                self._close_conns(keep=conn)
+                self._release_all(keep=conn)
                 state.reset()
                 conn.cstate.values = {}
-                self.pinned_writer = False
+                self.pinned_writer, self.pin_reasons = False, set()
             self._view = None
         else:
             cls: Classification = first
             decision: Decision = post[1]
-            if decision.pin_writer or cls.multi_statement:
-                # Multi-statements can change anything; what they changed is not known here.
-                self._pin_writer("multi-statement" if cls.multi_statement and not decision.pin_writer else "statement")
+            if decision.pin_writer or not cls.read_only:
+                # (Multi-statements can change anything; what they changed is not known here.)
+                reasons = pin_reasons_of(cls)
+                if decision.pin_writer and not reasons:
+                    reasons = {PinReason.UNTRACKABLE_SET if cls.set_targets or cls.kind is _SET else PinReason.OTHER}
+                for reason in reasons:
+                    self._pin(reason)
             if ok:
                 if cls.set_targets and not state.apply(cls.set_targets):
-                    self._pin_writer("untrackable SET")
+                    self._pin(PinReason.UNTRACKABLE_SET)
                 if cls.kind is _USE:
                     m = _USE_TARGET.match(post[2])
                     if m is None:
-                        self._pin_writer("USE of a schema name the proxy cannot read")
+                        self._pin(PinReason.OTHER)
                     else:
                         name = m.group(1)
                         state.set_schema(name[1:-1].replace("``", "`") if name.startswith("`") else name)
                         self._view = None
-        if state.gen != before and conn.cstate.gen == before:
-            state.mark_synced(conn.cstate)  # the change ran on this connection: it already has it
+        cs = conn.cstate
+        if state.gen != before and cs.owner is state and cs.gen == before:
+            state.mark_synced(cs)  # the change ran on this connection: it already has it
 
-    def _pin_writer(self, why: str) -> None:
+    def _pin(self, reason: PinReason) -> None:
+        """The session keeps its writer connection (and routes everything there) from now on."""
+        if reason not in self.pin_reasons:
+            self.pin_reasons.add(reason)
+            self.app.pins[reason] += 1
+            self._log(logging.DEBUG, "session pinned to the writer: %s", reason.value)
         if not self.pinned_writer:
             self.pinned_writer, self._view = True, None
-            self._log(logging.DEBUG, "session pinned to the writer: %s", why)
 
     def infile_requested(self) -> None:
         # The server asked for the client's file (LOAD DATA LOCAL INFILE): relay the client's
@@ -771,7 +866,7 @@ class ClientSession(asyncio.Protocol):
             return
         hg = conn.hostgroup
         if self.conns.get(hg) is conn:
-            del self.conns[hg]
+            self._release(conn)
         why = exc or "closed by server"
         if conn is self.current and conn.scanner is not None:
             # Mid-reply the client cannot be given a coherent ERR: the session is over, as it would

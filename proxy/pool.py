@@ -33,13 +33,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .backend import BackendConnection
 from .protocol.constants import Command
+
+if TYPE_CHECKING:
+    from .backend import BackendConnection
 
 log = logging.getLogger("rwproxy.pool")
 
-Connector = Callable[[], Awaitable[BackendConnection]]
+Connector = Callable[[], Awaitable["BackendConnection"]]
 
 
 class PoolTimeout(Exception):

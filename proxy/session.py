@@ -15,33 +15,94 @@ actually ran. Nothing here does I/O.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
+
+from pymysql import charset as pymysql_charset
 
 from rules.classify import SetScope, SetTarget
 from rules.engine import is_tracked_variable
 
 from .protocol.constants import Command
 
+class PinReason(enum.Enum):
+    """Why a session keeps its writer connection instead of giving it back after each statement.
+
+    (An open transaction also holds its connection; that is read from the server's status flags
+    and ends with the transaction, so it is not listed here.)
+    """
+
+    TEMP_TABLE = "temporary table"
+    LOCK_TABLES = "LOCK TABLES"
+    GET_LOCK = "GET_LOCK"
+    USER_VARIABLE = "user variable"
+    CALC_FOUND_ROWS = "SQL_CALC_FOUND_ROWS"
+    UNTRACKABLE_SET = "untrackable SET"
+    PREPARED_STATEMENT = "prepared statement"
+    MULTI_STATEMENT = "multi-statement"
+    OTHER = "other"
+
+
+def pin_reasons_of(cls) -> set[PinReason]:  # cls: rules.classify.Classification
+    """The pin reasons one classified statement gives its session (empty for most statements)."""
+    if cls.read_only:
+        return set()
+    out = set()
+    if cls.temp_table == "CREATE":
+        out.add(PinReason.TEMP_TABLE)
+    if cls.kind.name == "LOCK_TABLES":
+        out.add(PinReason.LOCK_TABLES)
+    if "GET_LOCK" in cls.session_functions:
+        out.add(PinReason.GET_LOCK)
+    if cls.assigns_user_vars:
+        out.add(PinReason.USER_VARIABLE)
+    if cls.calc_found_rows:
+        out.add(PinReason.CALC_FOUND_ROWS)
+    if cls.kind.name == "PREPARE":
+        out.add(PinReason.PREPARED_STATEMENT)
+    if cls.multi_statement:
+        out.add(PinReason.MULTI_STATEMENT)
+    return out
+
+
 _CHARSET_KEY = "\0charset"  # SET NAMES / SET CHARACTER SET: one slot, the last one wins
 _TXN_PREFIX = "\0txn:"
 
 
+def charset_entry(collation_id: int) -> str | None:
+    """The replay text that restores a connection collation given by id at login, or None if unknown."""
+    try:
+        cs = pymysql_charset.charset_by_id(collation_id)
+    except KeyError:
+        return None
+    return f"NAMES {cs.name} COLLATE {cs.collation}"
+
+
 @dataclass(slots=True)
 class ConnState:
-    """What one backend connection currently has (kept on the connection)."""
+    """What one backend connection currently has (kept on the connection).
+
+    A pooled connection moves between sessions: `owner` and `gen` say which session last brought it
+    up to date and at which of its generations, so the per-statement check is two compares; any
+    other owner means a full comparison (and a replay of the differences).
+    """
 
     schema: str | None = None
     values: dict[str, str] = field(default_factory=dict)
     gen: int = -1  # SessionState.gen this connection was last brought up to
+    owner: object = None  # the SessionState that did it
+    login_charset: str | None = None  # charset_entry() of the collation it logged in with
 
 
 class SessionState:
-    __slots__ = ("schema", "values", "gen")
+    __slots__ = ("schema", "values", "gen", "login_charset")
 
-    def __init__(self, schema: str | None) -> None:
+    def __init__(self, schema: str | None, login_charset: str | None = None) -> None:
         self.schema = schema
         self.values: dict[str, str] = {}  # key -> replay text (an assignment or a statement)
         self.gen = 0
+        # The client's handshake collation, replayed on connections that logged in with another.
+        self.login_charset = login_charset
 
     def set_schema(self, schema: str | None) -> None:
         if schema != self.schema:
@@ -52,6 +113,18 @@ class SessionState:
         """COM_RESET_CONNECTION: variables back to the server defaults; the schema stays."""
         self.values.clear()
         self.gen += 1
+
+    def matches(self, conn: ConnState) -> bool:
+        """Does `conn` carry exactly this state? (Cheap when this session synced it last.)"""
+        if conn.owner is self:
+            return conn.gen == self.gen
+        return conn.schema == self.schema and conn.values == self.values and conn.login_charset == self.login_charset
+
+    def needs_reset(self, conn: ConnState) -> bool:
+        """A connection carrying state that only COM_RESET_CONNECTION can undo for this session."""
+        return any(k.startswith(_TXN_PREFIX) and k not in self.values for k in conn.values) or (
+            _CHARSET_KEY in conn.values and _CHARSET_KEY not in self.values and self.login_charset is None
+        )
 
     def apply(self, targets: tuple[SetTarget, ...]) -> bool:
         """Record a successful SET. False if any part of it cannot be replayed elsewhere."""
@@ -93,8 +166,19 @@ class SessionState:
         if self.schema is not None and conn.schema != self.schema:
             cmds.append(bytes((Command.INIT_DB,)) + self.schema.encode("utf-8", "surrogateescape"))
         assigns = []
-        for key, text in self.values.items():
-            if conn.values.get(key) == text:
+        # What a previous user of this connection set and this session did not: back to defaults.
+        for key in conn.values:
+            if key not in self.values and not key.startswith(_TXN_PREFIX) and key != _CHARSET_KEY:
+                assigns.append(f"{key}=DEFAULT")
+        mine = self.values
+        if _CHARSET_KEY not in mine and self.login_charset is not None:
+            # The session's charset is the one its client logged in with.
+            mine = {_CHARSET_KEY: self.login_charset, **mine}
+        theirs = conn.values
+        if _CHARSET_KEY not in theirs and conn.login_charset is not None:
+            theirs = {_CHARSET_KEY: conn.login_charset, **theirs}
+        for key, text in mine.items():
+            if theirs.get(key) == text:
                 continue
             if key.startswith(_TXN_PREFIX):
                 cmds.append(bytes((Command.QUERY,)) + b"SET " + text.encode())
@@ -108,6 +192,8 @@ class SessionState:
         conn.schema = self.schema
         conn.values = dict(self.values)
         conn.gen = self.gen
+        conn.owner = self
+        conn.login_charset = self.login_charset
 
 
 def _transaction_statement(t: SetTarget) -> str | None:

@@ -258,19 +258,19 @@ def test_change_user_moves_the_count_and_respects_the_limit(start_proxy):
 # -- [proxy] client_idle_timeout -> ERR 4031 ----------------------------------------------------------
 
 
-def test_idle_clients_get_4031_and_their_backend_connections_are_closed(start_proxy, cluster):
+def test_idle_clients_get_4031_and_what_they_held_is_freed(start_proxy, cluster, schema, direct):
     p = start_proxy(proxy_settings={"client_idle_timeout": 1})
     raw = Raw(p.host, p.port)
     raw.login()
     started = time.monotonic()
     idle = p.connect(autocommit=True)
-    # Give the session a writer and a reader connection, and find them on the servers.
-    # (@@pseudo_thread_id is the connection id: CONNECTION_ID() would keep the read on the writer.)
-    writer = _one(idle, "/* rwproxy:route=writer */ SELECT @@server_id, CONNECTION_ID()")
-    reader = _one(idle, "SELECT @@server_id, @@pseudo_thread_id")
-    assert writer[0] == cluster.primary.server_id and reader[0] != writer[0]
-    backends = [(_server_by_id(cluster, sid), tid) for sid, tid in (writer, reader)]
-    assert all(_thread_alive(s, tid) for s, tid in backends)
+    # The idle session holds something real: an open transaction with a row lock on the primary.
+    with direct.cursor() as cur:
+        cur.execute(f"CREATE TABLE `{schema}`.locked (id INT PRIMARY KEY, v INT)")
+        cur.execute(f"INSERT INTO `{schema}`.locked VALUES (1, 0)")
+    with idle.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute(f"UPDATE `{schema}`.locked SET v = 1 WHERE id = 1")
     conn = _connector(p)
     try:
         # The raw client sees exactly what MySQL 8.0.24+ sends on wait_timeout: ERR 4031, seq 0, close.
@@ -292,9 +292,13 @@ def test_idle_clients_get_4031_and_their_backend_connections_are_closed(start_pr
             conn.cmd_query("SELECT 1")
         assert (ce.value.errno, ce.value.sqlstate) == (4031, "HY000")  # mysql-connector reads the unsolicited ERR
 
-        # Everything the sessions held is gone from the servers.
-        for server, tid in backends:
-            _eventually(lambda s=server, t=tid: not _thread_alive(s, t), what=f"backend thread {tid} on {server.name} to close")
+        # What the session held is freed: its transaction was rolled back (the pooled connection is
+        # reset on its way back to the pool), so the row lock is gone and the update is undone.
+        with direct.cursor() as cur:
+            cur.execute("SET SESSION innodb_lock_wait_timeout = 3")
+            cur.execute(f"UPDATE `{schema}`.locked SET v = 2 WHERE id = 1")
+            cur.execute(f"SELECT v FROM `{schema}`.locked WHERE id = 1")
+            assert cur.fetchone() == (2,)
     finally:
         _close(raw, idle, conn)
     assert len(_log_lines(p, r"closed: no command for .*client_idle_timeout = 1s")) == 3
