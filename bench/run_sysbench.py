@@ -243,13 +243,15 @@ def start_targets(names: list[str], primary: Primary, base_dir: Path, procs: Pro
 # --------------------------------------------------------------------------- sysbench
 
 
-def sysbench_argv(workload: str, host: str, port: int, primary: Primary, args, action: str, threads: int | None = None) -> list[str]:
+def sysbench_argv(workload: str, host: str, port: int, primary: Primary, args, action: str, threads: int | None = None,
+                  *, ps_mode: str = "auto", extra: tuple[str, ...] = ()) -> list[str]:
+    """`extra` options go after the standard ones, before the action (bench/run_split.py uses both keywords)."""
     argv = ["sysbench", workload, f"--mysql-host={host}", f"--mysql-port={port}",
             f"--mysql-user={primary.user}", f"--mysql-password={primary.password}", f"--mysql-db={DB}",
             f"--tables={args.tables}", f"--table-size={args.table_size}", f"--threads={threads or args.threads}"]
     if action == "run":
-        argv += [f"--time={args.time}", "--report-interval=0", "--percentile=95", "--db-ps-mode=auto"]
-    return argv + [action]
+        argv += [f"--time={args.time}", "--report-interval=0", "--percentile=95", f"--db-ps-mode={ps_mode}"]
+    return argv + list(extra) + [action]
 
 
 def prepare(primary: Primary, args) -> None:
@@ -405,11 +407,12 @@ def render(summaries: list[Summary], args, info: dict[str, str], example: list[s
     ])
 
 
-def write_section(out: Path, section: str) -> None:
+def write_section(out: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the text between the `begin` and `end` markers of `out` (append if absent)."""
     text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail_ = rest.split(END, 1)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail_ = rest.split(end, 1)
         text = head + section + tail_
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"

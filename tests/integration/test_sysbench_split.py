@@ -24,14 +24,21 @@ How the counting stays honest:
 * The total SELECT delta over the three servers is checked against sysbench's own ``read:`` count,
   so a SELECT that ran somewhere we do not look (or a counter that does not mean what we think)
   fails the test instead of skewing the ratio.
-* A write that reaches a replica bumps the replica's ``Com_insert/update/delete`` before read_only
-  refuses it (MariaDB counts at dispatch), so those deltas being 0 on the replicas is a second,
-  independent proof that no write was misrouted, besides no "1290" anywhere in sysbench's output or
-  the proxy log. (Replicated row events do not count as Com_* on a replica.)
-* sysbench retries the errors in its default ``--mysql-ignore-errors`` (1213 deadlock, 1020, 1205
-  lock wait timeout) and only counts them. Any ignored error must be explained by the primary's own
-  ``Innodb_deadlocks`` delta; with autocommit statements there are practically none (see the
-  measured runs in the commit message), so the test requires 0.
+* No write reached a replica: 1290 is not in sysbench's ``--mysql-ignore-errors``, so a refused
+  write would be FATAL (with its code in the output), and "1290" may appear neither in sysbench's
+  output nor in what the proxy logged during the run. (The replicas' ``Com_insert/update/delete``
+  prove nothing here: MariaDB counts replicated row events in them, and does not count a statement
+  that read_only refused — both measured.)
+* Errors. sysbench retries the codes in ``--mysql-ignore-errors`` and only counts them; any other
+  error is FATAL. With ``--skip-trx=on`` nothing stops two threads from deleting and re-inserting
+  the same id at the same time, so oltp_read_write gets duplicate-key errors (1062) by design —
+  directly against the primary too (measured: 9-10 per 10 s run direct at 4 threads, 0-5 through
+  the proxy; sysbench's author: akopytov/sysbench#23, #253, "use --mysql-ignore-errors=1062"). The
+  split run therefore ignores 1062 on top of the default 1213,1020,1205, and runs with
+  ``--verbosity=5`` so that sysbench names every error it ignored ("Ignoring error 1062 ..."): the
+  test requires one such line per counted ignored error, only those workload codes, and at most 1 %
+  of the transactions. 1290 is not in the list, so a write reaching a replica would be FATAL.
+  The default (transactional) run keeps sysbench's default list and gets the same scrutiny.
 """
 
 from __future__ import annotations
@@ -40,14 +47,17 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections import Counter
 
 import pytest
 
 TABLES = 4
 TABLE_SIZE = 10_000
 MIN_REPLICA_SHARE = 0.70
-COUNTERS = ("Com_select", "Com_insert", "Com_update", "Com_delete", "Innodb_deadlocks")
-SPLIT_ARGS = ("--skip-trx=on", "--db-ps-mode=disable")
+COUNTERS = ("Com_select", "Com_update", "Innodb_deadlocks")
+SPLIT_ARGS = ("--skip-trx=on", "--db-ps-mode=disable", "--mysql-ignore-errors=1213,1020,1205,1062")
+WORKLOAD_ERRORS = {"1062", "1213", "1205", "1020"}  # duplicate key, deadlock, lock wait timeout, record changed
+MAX_IGNORED_SHARE = 0.01
 
 
 def _sysbench(host: str, port: int, db: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -63,7 +73,7 @@ def _sysbench(host: str, port: int, db: str, *args: str, timeout: float = 120) -
         f"--table-size={TABLE_SIZE}",
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _stat(output: str, name: str) -> int:
@@ -96,7 +106,7 @@ class _Measured:
         c2 = _counters(cluster)  # back to back: the cost of a probe
         self.probe_cost = _delta(c1, c2, {s: dict.fromkeys(COUNTERS, 0) for s in c1})
         log_start = proxy.log_path.stat().st_size
-        self.run = _sysbench(proxy.host, proxy.port, db, *args, "--report-interval=0", "run")
+        self.run = _sysbench(proxy.host, proxy.port, db, *args, "--verbosity=5", "--report-interval=0", "run")
         after = _counters(cluster)
         with open(proxy.log_path, "rb") as fh:
             fh.seek(log_start)
@@ -109,9 +119,6 @@ class _Measured:
     def selects(self, names) -> int:
         return sum(self.delta[n]["Com_select"] for n in names)
 
-    def writes_on_replicas(self) -> dict[str, int]:
-        return {n: self.delta[n]["Com_insert"] + self.delta[n]["Com_update"] + self.delta[n]["Com_delete"] for n in self.replicas}
-
     def assert_clean(self) -> None:
         out = self.out
         assert self.run.returncode == 0, out
@@ -120,13 +127,30 @@ class _Measured:
         assert "1290" not in out and "read-only" not in out and "read_only" not in out, out
         assert "1290" not in self.proxy_log and "--read-only" not in self.proxy_log, self.proxy_log[-4000:]
         ignored = _stat(out, "ignored errors")
-        deadlocks = self.delta[self.primary]["Innodb_deadlocks"]
-        assert ignored <= deadlocks, f"{ignored} ignored errors, only {deadlocks} deadlocks on the primary:\n{out}"
-        assert ignored == 0, f"{ignored} ignored errors (all deadlocks on the primary)\n{out}"
+        codes = self.ignored_codes()
+        assert len(codes) == ignored, f"{ignored} ignored errors but {len(codes)} 'Ignoring error' lines:\n{out}"
+        assert set(codes) <= WORKLOAD_ERRORS, f"ignored errors {codes}:\n{out}"
+        assert ignored <= MAX_IGNORED_SHARE * _stat(out, "transactions"), f"{ignored} ignored errors:\n{out}"
         assert _stat(out, "reconnects") == 0, out
         assert _stat(out, "transactions") > 0, out
         assert _stat(out, "read") > 0 and _stat(out, "write") > 0, out
-        assert self.writes_on_replicas() == dict.fromkeys(self.replicas, 0), self.delta
+
+    def ignored_codes(self) -> list[str]:
+        """The code of every error sysbench ignored, from its debug log (``--verbosity=5``).
+
+        sysbench's logger folds repeats of one message into "(last message repeated N times)".
+        """
+        codes: list[str] = []
+        previous = None
+        for line in self.out.splitlines():
+            if m := re.search(r"Ignoring error (\d+)", line):
+                codes.append(m[1])
+                previous = m[1]
+            elif (m := re.fullmatch(r"\s*\(last message repeated (\d+) times\)\s*", line)) and previous:
+                codes += [previous] * int(m[1])
+            else:
+                previous = None
+        return codes
 
     def report(self, label: str) -> str:
         reads = _stat(self.out, "read")
@@ -135,10 +159,13 @@ class _Measured:
         total = on_primary + on_replicas
         share = on_replicas / total if total else 0.0
         per_replica = ", ".join(f"{n} {self.delta[n]['Com_select']}" for n in self.replicas)
+        probes = {s: {c: v for c, v in d.items() if v} for s, d in self.probe_cost.items()}
+        probes = {s: d for s, d in probes.items() if d} or 0
+        ignored = dict(Counter(self.ignored_codes())) or 0
         return (
-            f"{label}: sysbench reads {reads}, Com_select delta primary {on_primary}, replicas {on_replicas} "
-            f"({per_replica}); replica share {share:.1%}; probe cost {self.probe_cost}; "
-            f"ignored errors {_stat(self.out, 'ignored errors')}, primary deadlocks {self.delta[self.primary]['Innodb_deadlocks']}"
+            f"{label}: sysbench reads {reads}; Com_select delta primary {on_primary}, replicas {on_replicas} "
+            f"({per_replica}); replica share {share:.1%}; probe cost {probes}; ignored errors by code {ignored}; "
+            f"primary Innodb_deadlocks delta {self.delta[self.primary]['Innodb_deadlocks']}"
         )
 
 
@@ -166,7 +193,9 @@ def test_sysbench_reads_split_to_replicas(proxy, cluster, direct):
         assert on_primary + on_replicas == reads, split.report("counts do not add up")
         share = on_replicas / reads
         assert share >= MIN_REPLICA_SHARE, split.report(f"replica share below {MIN_REPLICA_SHARE:.0%}")
-        assert all(split.delta[n]["Com_select"] > 0 for n in split.replicas), split.report("a replica got no reads")
+        # Not asserted: that both replicas served reads. How reads spread over the replicas is the
+        # proxy's weighted-random choice (per session before multiplexing: all 4 sysbench threads
+        # then land on the same replica 1 time in 8), not part of the criterion.
         assert split.delta[split.primary]["Com_update"] > 0, split.delta  # the writes did run, on the primary
 
         # 2. sysbench's default: transactions and prepared statements, wholly on the primary.
@@ -176,11 +205,14 @@ def test_sysbench_reads_split_to_replicas(proxy, cluster, direct):
         assert default.selects(default.replicas) == 0, default.report("reads of a transaction left the primary")
         assert default.selects([default.primary]) >= _stat(default.out, "read"), default.report("primary ran fewer SELECTs")
 
-        # 3. The data: every table kept its size, the replicas hold what the primary holds.
+        # 3. The data: the replicas hold what the primary holds. Every table kept its size too —
+        # unless an ignored deadlock or lock timeout hit an INSERT after its autocommitted DELETE,
+        # which loses that row by design with --skip-trx (a 1062 cannot: the other thread's row stays).
+        sizes_kept = set(split.ignored_codes() + default.ignored_codes()) <= {"1062"}
         with direct.cursor() as cur:
             for i in range(1, TABLES + 1):
                 cur.execute(f"SELECT COUNT(*) FROM `{db}`.sbtest{i}")
-                assert cur.fetchone() == (TABLE_SIZE,), f"sbtest{i}"
+                assert cur.fetchone() == (TABLE_SIZE,) or not sizes_kept, f"sbtest{i}"
             cur.execute(f"CHECKSUM TABLE {tables}")
             on_primary_sums = [(t, str(c)) for t, c in cur.fetchall()]
         cluster.wait_replicated(timeout=30)
