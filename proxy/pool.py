@@ -57,9 +57,10 @@ class PoolSettings:
     idle_timeout: float = 60.0  # close idle connections beyond min_idle after this long
     max_lifetime: float = 3600.0  # retire a connection after this long (±10% jitter); 0 = never
     connect_concurrency: int = 8  # simultaneous connection attempts per server
-    connect_rate: float = 200.0  # new connections per second per server (token bucket); 0 = unlimited
+    connect_rate: float = 200.0  # new connections per second per server, evenly spaced; 0 = unlimited
     acquire_timeout: float = 10.0  # how long a session waits for a connection before ERR
     validate_after: float = 30.0  # COM_PING a connection idle longer than this before lending it
+    max_prepared: int = 64  # prepared statements kept per connection (least recently used closed first)
 
 
 class ServerBudget:
@@ -73,7 +74,10 @@ class ServerBudget:
         self.settings = settings
         self.open = 0  # connections counted against max_connections (idle + lent + connecting)
         self.connecting = 0
-        self._tokens = float(max(1.0, settings.connect_rate))
+        # A bucket of one token: new connections are spaced 1/connect_rate apart, so no one-second
+        # window ever sees more than connect_rate of them (a bigger bucket would let a cold pool
+        # open up to twice the rate in its first second).
+        self._tokens = 1.0
         self._stamp = time.monotonic()
         self.waiters: collections.deque[Pool] = collections.deque()  # pools with sessions waiting on this budget
         self.created = 0
@@ -82,7 +86,7 @@ class ServerBudget:
     def _refill(self, now: float) -> None:
         rate = self.settings.connect_rate
         if rate > 0:
-            self._tokens = min(max(1.0, rate), self._tokens + (now - self._stamp) * rate)
+            self._tokens = min(1.0, self._tokens + (now - self._stamp) * rate)
         self._stamp = now
 
     def try_reserve(self) -> float:
@@ -256,6 +260,7 @@ class Pool:
             return
         if conn.cstate is not None:
             conn.cstate.values = {}
+        conn.prepared.clear()  # the reset closed them
         self._give(conn)
 
     # ---- housekeeping -------------------------------------------------------------------------

@@ -95,17 +95,17 @@ def test_connection_storm_respects_the_rate_and_concurrency(cluster):
         async def counting():
             nonlocal peak
             peak = max(peak, pool.budget.connecting)
-            conn = await inner()
-            opened_at.append(time.monotonic())
-            return conn
+            opened_at.append(time.monotonic())  # when the attempt starts: that is what the rate limits
+            return await inner()
 
         pool.connector = counting
         start = time.monotonic()
         conns = await asyncio.gather(*(pool.acquire() for _ in range(25)))
         assert len({c.thread_id for c in conns}) == 25
         assert peak <= 3
-        # a bucket of `rate` tokens, then `rate` per second: 25 connections need >= 1.5 s
-        assert opened_at[-1] - start >= (25 - rate) / rate - 0.1
+        # evenly spaced at 1/rate: 25 connections need >= 2.4 s, and no 1 s window holds more than `rate`
+        assert opened_at[-1] - start >= (25 - 1) / rate - 0.1
+        assert max(sum(1 for t in opened_at if t0 <= t < t0 + 1.0) for t0 in opened_at) <= rate
         for c in conns:
             pool.release(c)
         pool.close()
