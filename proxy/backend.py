@@ -15,6 +15,7 @@ BackendError with the server and the cause; the caller turns them into a MySQL E
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 from typing import Protocol as TypingProtocol
@@ -90,6 +91,9 @@ class BackendConnection(asyncio.Protocol):
         self.hostgroup = server.hostgroup_id  # the hostgroup it serves (a writer may serve a reader hostgroup)
         self.cstate = None  # proxy.session.ConnState: what this connection's session state is
         self.reading_paused = False
+        # Statements prepared on this connection: (schema, COM_STMT_PREPARE payload) -> [backend id, param types sent]
+        # (least recently used first). Cleared whenever the connection is reset.
+        self.prepared: collections.OrderedDict[tuple, list] = collections.OrderedDict()
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -177,6 +181,23 @@ class BackendConnection(asyncio.Protocol):
         """The session that receives relayed replies and connection events."""
         self._sink_owner = owner
         self.sink = owner
+
+    async def prepare(self, payload: bytes) -> tuple[int, int, int] | ERR:
+        """COM_STMT_PREPARE issued by the proxy itself: (statement id, params, columns) or the ERR.
+
+        The parameter and column definitions that follow are read and dropped."""
+        self.transport.write(make_packet(payload, 0))
+        pkt = await self.read_packet()
+        p = pkt.payload
+        if not p or p[0] != OK_HEADER or len(p) < 9:
+            return parse_err(p) if p and p[0] == ERR_HEADER else ERR(1835, "HY000", "malformed COM_STMT_PREPARE reply")
+        stmt_id = int.from_bytes(p[1:5], "little")
+        columns = p[5] | p[6] << 8
+        params = p[7] | p[8] << 8
+        eofs = 0 if self.capabilities & Capability.DEPRECATE_EOF else (params > 0) + (columns > 0)
+        for _ in range(params + columns + eofs):
+            await self.read_packet()
+        return stmt_id, params, columns
 
     async def change_user(self, username: str, password: str, database: str | None, collation: int) -> ERR | None:
         """COM_CHANGE_USER as the same (or another) backend user: a full reset that, unlike

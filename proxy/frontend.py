@@ -111,8 +111,28 @@ _PIPELINE_LIMIT = 1 << 20
 _IN_TRANS = int(ServerStatus.IN_TRANS)
 _AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
+_LAST_ROW_SENT = int(ServerStatus.LAST_ROW_SENT)
 _USE = Kind.USE
 _SET = Kind.SET
+_STMT_COMMANDS = frozenset(
+    (Command.STMT_PREPARE, Command.STMT_EXECUTE, Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE, Command.STMT_RESET, Command.STMT_FETCH)
+)
+
+
+class _Statement:
+    """A client's prepared statement: what is needed to prepare and execute it on any connection."""
+
+    __slots__ = ("payload", "sql", "params", "types", "long_data", "key")
+
+    def __init__(self, payload: bytes, sql: str, params: int, schema: str | None) -> None:
+        self.payload = payload  # the COM_STMT_PREPARE payload (command byte + SQL)
+        # A server-side statement binds its tables in the default schema of its PREPARE: the same
+        # text prepared in another schema is another statement. Key of the connections' caches.
+        self.key = (schema, payload)
+        self.sql = sql
+        self.params = params
+        self.types: bytes | None = None  # parameter types from the last EXECUTE that bound them
+        self.long_data: list[bytes] = []  # COM_STMT_SEND_LONG_DATA payloads awaiting EXECUTE
 _USE_TARGET = re.compile(r"\s*(?:(?:/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))\s*)*USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
 
 
@@ -153,6 +173,10 @@ class ClientSession(asyncio.Protocol):
         self.multiplexing = app.config.multiplexing and not app.router.passthrough
         self._wire: tuple[int, int] = (0, 0)  # mirrored capabilities and collation: part of the pool key
         self._pools: dict[str, Pool] = {}
+        self.stmts: dict[int, _Statement] = {}  # the client's prepared statements, by the proxy's ids
+        self._next_stmt_id = 1
+        self._cursors: dict[int, BackendConnection] = {}  # statement id -> connection with its open cursor
+        self._rewrite_id: bytes | None = None
         self.txn_hg: int | None = None  # hostgroup whose connection holds an open transaction
         self._lost: str | None = None  # why this session's unrebuildable state is gone
         self._post: tuple | None = None  # what to record when the reply in flight ends well
@@ -475,6 +499,7 @@ class ClientSession(asyncio.Protocol):
         self.status = int(ServerStatus.AUTOCOMMIT)
         self._wire = (self.capabilities & MIRRORED_CAPABILITIES, self.collation)
         self._pools = {}
+        self.stmts, self._cursors = {}, {}
         try:
             conn = await self._ready(self.writer_hg, fallback=False)
         except HostgroupError as e:
@@ -554,7 +579,7 @@ class ClientSession(asyncio.Protocol):
     def _holds(self, conn: BackendConnection, status: int) -> bool:
         """Must this session keep `conn` after its reply? (Otherwise it goes back to its pool.)"""
         hg = conn.hostgroup
-        if hg == self.txn_hg or status & _CURSOR_EXISTS or self.infile:
+        if hg == self.txn_hg or self.infile or (self._cursors and conn in self._cursors.values()):
             return True
         if hg == self.writer_hg and (self.pinned_writer or self._hold_writer):
             return True
@@ -624,6 +649,9 @@ class ClientSession(asyncio.Protocol):
             else:
                 self._query(pkt)
             return
+        if cmd in _STMT_COMMANDS and self.multiplexing:
+            self._statement_command(cmd, pkt)
+            return
         reply = REPLY_FOR.get(cmd)
         if reply is not None:
             if reply is Reply.NONE:
@@ -633,7 +661,7 @@ class ClientSession(asyncio.Protocol):
                     conn.write(pkt.raw)
                 return
             if cmd == Command.STMT_PREPARE:
-                # Server-side statements live on one connection (their ids are that connection's).
+                # Without multiplexing, statements live on the session's writer connection.
                 self._pin(PinReason.PREPARED_STATEMENT)
             post = (cmd, pkt.payload) if cmd in (Command.INIT_DB, Command.RESET_CONNECTION) else None
             self._run(self.writer_hg, pkt.raw, reply, post)
@@ -649,6 +677,154 @@ class ClientSession(asyncio.Protocol):
         name = Command(cmd).name if cmd in Command._value2member_map_ else f"0x{cmd:02x}"
         self._log(logging.WARNING, "unsupported command %s", name)
         self._send_err(1, ErrorCode.UNKNOWN_COM_ERROR, f"Unknown command: rwproxy does not relay command {name}")
+
+    # ---- server-side prepared statements under multiplexing -----------------------------------
+    #
+    # The client sees stable statement ids of the proxy's own. A statement is prepared lazily on
+    # whichever connection executes it (the connection's id is patched into each COM_STMT_EXECUTE);
+    # parameter types the client sent once are re-sent where a connection has not seen them; long
+    # data is kept until EXECUTE and replayed just before it; a cursor keeps its connection until it
+    # is exhausted or closed. Connections keep at most [pool] max_prepared_statements statements.
+
+    def _statement_command(self, cmd: int, pkt: Packet) -> None:
+        payload = pkt.payload
+        if cmd == Command.STMT_PREPARE:
+            sql = bytes(payload[1:]).decode("utf-8", "surrogateescape")
+            cls, decision = self.router.route(sql, self._session_view())
+            action = decision.action
+            if type(action) is not RouteTo:
+                msg = action.error_msg if type(action) is Deny else action.ok_msg
+                self._send_err(1, getattr(action, "errno", 1148), msg, getattr(action, "sqlstate", "42000"))
+                return
+            sid = self._next_stmt_id
+            self._next_stmt_id = sid % 0xFFFFFFFF + 1
+            self._rewrite_id = sid.to_bytes(4, "little")
+            self._run(action.hostgroup, pkt.raw, Reply.PREPARE, (Command.STMT_PREPARE, bytes(payload), cls, sid))
+            return
+        if len(payload) < 5:
+            self._protocol_error(1, ProtocolError("Malformed communication packet (statement command too short)"))
+            return
+        sid = int.from_bytes(payload[1:5], "little")
+        stmt = self.stmts.get(sid)
+        if cmd == Command.STMT_CLOSE:
+            self.stmts.pop(sid, None)
+            conn = self._cursors.pop(sid, None)
+            if conn is not None and stmt is not None:
+                entry = conn.prepared.pop(stmt.key, None)
+                if entry is not None:
+                    conn.write(make_packet(b"\x19" + entry[0].to_bytes(4, "little"), 0))
+                if self.multiplexing and not self._holds(conn, 0):
+                    self._release(conn)
+            return
+        if stmt is None:
+            if cmd != Command.STMT_SEND_LONG_DATA:  # that one never answers
+                name = {Command.STMT_EXECUTE: "mysqld_stmt_execute", Command.STMT_FETCH: "mysqld_stmt_fetch"}.get(cmd, "mysqld_stmt_reset")
+                self._send_err(1, ErrorCode.UNKNOWN_STMT_HANDLER, f"Unknown prepared statement handler ({sid}) given to {name}")
+            return
+        if cmd == Command.STMT_SEND_LONG_DATA:
+            stmt.long_data.append(bytes(payload))
+            return
+        if cmd == Command.STMT_RESET:
+            stmt.long_data.clear()
+            conn = self._cursors.pop(sid, None)
+            entry = conn.prepared.get(stmt.key) if conn is not None else None
+            if entry is None:
+                self._send(make_ok(OK(status=self.status), self.capabilities), 1)
+                return
+            self.busy, self._post, self.current = True, None, conn
+            self._start(conn, self._with_id(pkt.raw, entry[0]), Reply.SIMPLE)
+            return
+        if cmd == Command.STMT_FETCH:
+            conn = self._cursors.get(sid)
+            entry = conn.prepared.get(stmt.key) if conn is not None else None
+            if entry is None:
+                self._send_err(1, 1421, f"The statement ({sid}) has no open cursor.", "HY000")
+                return
+            self.busy, self._post = True, (Command.STMT_FETCH, sid)
+            self._start(conn, self._with_id(pkt.raw, entry[0]), Reply.FETCH)
+            return
+        # COM_STMT_EXECUTE
+        if stmt.params:
+            flag_at = 10 + (stmt.params + 7) // 8
+            if len(payload) > flag_at and payload[flag_at] == 1:
+                stmt.types = bytes(payload[flag_at + 1 : flag_at + 1 + 2 * stmt.params])
+        cls, decision = self.router.route(stmt.sql, self._session_view())
+        hg = decision.hostgroup if decision.hostgroup is not None else self.writer_hg
+        self.busy = True
+        self._post = (Command.STMT_EXECUTE, sid)
+        conn = self.conns.get(hg)
+        if conn is None:
+            conn = self._try_acquire(hg)
+        if conn is not None and self.state.matches(conn.cstate):
+            entry = conn.prepared.get(stmt.key)
+            if entry is not None:
+                cs = conn.cstate
+                cs.owner, cs.gen = self.state, self.state.gen
+                self._execute(conn, stmt, entry, pkt)
+                return
+        self._task = asyncio.get_running_loop().create_task(self._execute_slow(hg, stmt, pkt))
+
+    async def _execute_slow(self, hostgroup: int, stmt: "_Statement", pkt: Packet) -> None:
+        try:
+            conn = await self._ready(hostgroup)
+            entry = conn.prepared.get(stmt.key)
+            if entry is None:
+                try:
+                    res = await asyncio.wait_for(conn.prepare(stmt.payload), self.app.config.connect_timeout)
+                except (asyncio.TimeoutError, ConnectionError) as e:
+                    self._release(conn)
+                    conn.close()
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} failed while preparing a statement: {e or 'timeout'}") from None
+                if isinstance(res, ERR):
+                    raise HostgroupError(hostgroup, res.message, res)
+                entry = self._remember_prepared(conn, stmt.key, res[0])
+        except HostgroupError as e:
+            code, message, sqlstate = e.client_err()
+            self._send_err(1, code, message, sqlstate)
+            self._post = None
+            self._free()
+            return
+        except Exception:
+            log.exception("%s unexpected error preparing a statement", self._ctx())
+            self.close()
+            return
+        if not self.closed:
+            self._execute(conn, stmt, entry, pkt)
+
+    def _execute(self, conn: BackendConnection, stmt: "_Statement", entry: list, pkt: Packet) -> None:
+        backend_id = entry[0].to_bytes(4, "little")
+        conn.prepared.move_to_end(stmt.key)
+        for data in stmt.long_data:  # no replies: they ride just ahead of the EXECUTE
+            conn.write(make_packet(data[:1] + backend_id + data[5:], 0))
+        stmt.long_data.clear()
+        if stmt.params and stmt.types is not None and entry[1] != stmt.types:
+            payload = bytes(pkt.payload)
+            flag_at = 10 + (stmt.params + 7) // 8
+            if len(payload) > flag_at and payload[flag_at] == 0:
+                # This connection's statement has not seen the types the client bound earlier.
+                payload = bytes(payload[:flag_at]) + b"\x01" + stmt.types + bytes(payload[flag_at + 1 :])
+            entry[1] = stmt.types
+            raw = make_packet(payload[:1] + backend_id + payload[5:], 0)
+        else:
+            raw = self._with_id(pkt.raw, entry[0])
+        self._start(conn, raw, Reply.RESULT)
+
+    @staticmethod
+    def _with_id(raw: bytes, backend_id: int) -> bytearray:
+        out = bytearray(raw)
+        out[5:9] = backend_id.to_bytes(4, "little")
+        return out
+
+    def _remember_prepared(self, conn: BackendConnection, key: tuple, backend_id: int) -> list:
+        cache = conn.prepared
+        old = cache.pop(key, None)
+        if old is not None:
+            conn.write(make_packet(b"\x19" + old[0].to_bytes(4, "little"), 0))
+        entry = cache[key] = [backend_id, None]
+        while len(cache) > self.app.config.pool.max_prepared:
+            _, (evicted, _) = cache.popitem(last=False)
+            conn.write(make_packet(b"\x19" + evicted.to_bytes(4, "little"), 0))
+        return entry
 
     def _session_view(self) -> SessionView:
         view = self._view
@@ -724,14 +900,21 @@ class ClientSession(asyncio.Protocol):
             if state.schema is None and cs.schema is not None:
                 # Only COM_CHANGE_USER leaves a connection with no default schema.
                 user = self.user
-                err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, self.collation), self.app.config.connect_timeout)
+                try:
+                    err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, self.collation), self.app.config.connect_timeout)
+                except (asyncio.TimeoutError, ConnectionError) as e:
+                    self._release(conn)
+                    conn.close()
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while resetting a connection: {e or 'timeout'}") from None
                 if err is not None:
                     self._release(conn, reset=True)
                     raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
                 cs = conn.cstate = ConnState(login_charset=state.login_charset)
+                conn.prepared.clear()
             cmds = state.replay_for(cs)
             if state.needs_reset(cs):
                 cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema))
+                conn.prepared.clear()
             if cmds:
                 try:
                     err = await asyncio.wait_for(conn.replay(cmds), self.app.config.connect_timeout)
@@ -755,6 +938,12 @@ class ClientSession(asyncio.Protocol):
     # ReplySink ---------------------------------------------------------------------------------
 
     def relay(self, data: bytes) -> None:
+        if self._rewrite_id is not None:
+            # The first chunk of a COM_STMT_PREPARE reply: show the client the proxy's statement id.
+            if len(data) >= 9 and data[4] == 0:
+                data = bytearray(data)
+                data[5:9] = self._rewrite_id
+            self._rewrite_id = None
         if not self.closed:
             self.transport.write(data)
 
@@ -794,8 +983,21 @@ class ClientSession(asyncio.Protocol):
         before = state.gen
         ok = scanner.error is None
         first = post[0]
-        if type(first) is int:  # a command other than COM_QUERY
+        if isinstance(first, int):  # a command other than COM_QUERY (a Command or its byte)
+            if first == Command.STMT_EXECUTE or first == Command.STMT_FETCH:
+                sid = post[1]
+                if first == Command.STMT_EXECUTE and ok and scanner.status >= 0 and scanner.status & _CURSOR_EXISTS:
+                    self._cursors[sid] = conn
+                elif first == Command.STMT_FETCH and (not ok or scanner.status & _LAST_ROW_SENT):
+                    self._cursors.pop(sid, None)
+                return
             if not ok:
+                self._rewrite_id = None
+                return
+            if first == Command.STMT_PREPARE:
+                _, payload, _cls, sid = post
+                stmt = self.stmts[sid] = _Statement(payload, bytes(payload[1:]).decode("utf-8", "surrogateescape"), scanner.params, state.schema)
+                self._remember_prepared(conn, stmt.key, scanner.stmt_id)
                 return
             if first == Command.INIT_DB:
                 state.set_schema(bytes(post[1][1:]).decode("utf-8", "surrogateescape"))
@@ -805,6 +1007,9 @@ class ClientSession(asyncio.Protocol):
                 self._release_all(keep=conn)
                 state.reset()
                 conn.cstate.values = {}
+                conn.prepared.clear()
+                self.stmts.clear()
+                self._cursors.clear()
                 self.pinned_writer, self.pin_reasons = False, set()
             self._view = None
         else:

@@ -109,7 +109,7 @@ def _launch_proxy(
         user=first.get("username", cluster.app_user),
         password=first.get("password", cluster.app_password),
     )
-    handle.start(timeout=20)
+    handle.start(timeout=60)  # generous: only a loaded machine needs it
     return handle
 
 

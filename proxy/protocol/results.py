@@ -86,6 +86,8 @@ class ResultScanner:
         "local_infile",
         "last_ok",
         "stmt_id",
+        "params",
+        "columns",
         "affected_rows",
         "last_insert_id",
         "results",
@@ -100,7 +102,9 @@ class ResultScanner:
         self.status = -1  # server status flags from the last OK/EOF seen; -1 = none seen (e.g. ERR)
         self.error: bytes | None = None  # payload of an ERR that ended the reply
         self.local_infile = False
-        self.stmt_id = 0
+        self.stmt_id = 0  # COM_STMT_PREPARE: the statement id, parameter and column counts
+        self.params = 0
+        self.columns = 0
         self.affected_rows = 0
         self.last_insert_id = 0
         self.results = 0  # number of result sets / OKs seen
@@ -256,8 +260,8 @@ class ResultScanner:
         if end - start < 9:
             return _DONE
         self.stmt_id = int.from_bytes(data[start + 1 : start + 5], "little")
-        columns = data[start + 5] | data[start + 6] << 8
-        params = data[start + 7] | data[start + 8] << 8
+        columns = self.columns = data[start + 5] | data[start + 6] << 8
+        params = self.params = data[start + 7] | data[start + 8] << 8
         eofs = 0 if self.deprecate_eof else (params > 0) + (columns > 0)
         self._left = columns + params + eofs
         return _PREP_SKIP if self._left else _DONE
