@@ -173,6 +173,7 @@ class ClientSession(asyncio.Protocol):
         self.multiplexing = app.config.multiplexing and not app.router.passthrough
         self._wire: tuple[int, int] = (0, 0)  # mirrored capabilities and collation: part of the pool key
         self._pools: dict[str, Pool] = {}
+        self._preferred: dict[int, Server] = {}  # hostgroup -> the server this session prefers there
         self.stmts: dict[int, _Statement] = {}  # the client's prepared statements, by the proxy's ids
         self._next_stmt_id = 1
         self._cursors: dict[int, BackendConnection] = {}  # statement id -> connection with its open cursor
@@ -527,22 +528,24 @@ class ClientSession(asyncio.Protocol):
 
     def _try_acquire(self, hostgroup: int) -> BackendConnection | None:
         """Hot path: an idle pooled connection of a server of `hostgroup`, synchronously, or None."""
-        servers = self.router.hostgroups.servers(hostgroup)
-        if len(servers) == 1:
-            server = servers[0]
-            if server.status != "ONLINE":
-                return None
-        else:
-            picks = candidates(servers)
+        server = self._preferred.get(hostgroup)
+        if server is None or server.status != "ONLINE":
+            # Chosen once per session by weight (the spread over servers is per session, and a
+            # session's statements keep meeting the same server's caches).
+            picks = candidates(self.router.hostgroups.servers(hostgroup))
             if not picks:
                 return None
-            server = picks[0]
+            server = self._preferred[hostgroup] = picks[0]
         conn = self._pool(server).try_acquire()
         return None if conn is None else self._take(conn, hostgroup)
 
     async def _acquire(self, hostgroup: int) -> BackendConnection:
         """A connection to a server of `hostgroup` (its ONLINE servers tried in weighted order)."""
         servers = candidates(self.router.hostgroups.servers(hostgroup))
+        preferred = self._preferred.get(hostgroup)
+        if preferred in servers:
+            servers.remove(preferred)
+            servers.insert(0, preferred)
         if not servers:
             self._log(logging.WARNING, "hostgroup %d has no ONLINE server", hostgroup)
             raise HostgroupError(hostgroup, f"rwproxy: hostgroup {hostgroup} has no ONLINE server; check [[servers]] in the proxy config")
