@@ -39,7 +39,8 @@ import asyncio
 import itertools
 import logging
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from rules.classify import Classification, Kind
 from rules.engine import SessionView
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
     from .app import ProxyApp
 
 log = logging.getLogger("rwproxy.session")
+T = TypeVar("T")
 
 # What reply each relayed command gets; commands absent here are refused with ER_UNKNOWN_COM_ERROR.
 REPLY_FOR: dict[int, Reply] = {
@@ -768,7 +770,7 @@ class ClientSession(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._execute_slow(hg, stmt, pkt))
 
     async def _execute_slow(self, hostgroup: int, stmt: "_Statement", pkt: Packet) -> None:
-        try:
+        async def ready() -> tuple[BackendConnection, list]:
             conn = await self._ready(hostgroup)
             entry = conn.prepared.get(stmt.key)
             if entry is None:
@@ -781,18 +783,9 @@ class ClientSession(asyncio.Protocol):
                 if isinstance(res, ERR):
                     raise HostgroupError(hostgroup, res.message, res)
                 entry = self._remember_prepared(conn, stmt.key, res[0])
-        except HostgroupError as e:
-            code, message, sqlstate = e.client_err()
-            self._send_err(1, code, message, sqlstate)
-            self._post = None
-            self._free()
-            return
-        except Exception:
-            log.exception("%s unexpected error preparing a statement", self._ctx())
-            self.close()
-            return
-        if not self.closed:
-            self._execute(conn, stmt, entry, pkt)
+            return conn, entry
+
+        await self._slow(ready(), lambda got: self._execute(got[0], stmt, got[1], pkt))
 
     def _execute(self, conn: BackendConnection, stmt: "_Statement", entry: list, pkt: Packet) -> None:
         backend_id = entry[0].to_bytes(4, "little")
@@ -876,8 +869,14 @@ class ClientSession(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._run_slow(hostgroup, raw, reply))
 
     async def _run_slow(self, hostgroup: int, raw: bytes, reply: Reply) -> None:
+        await self._slow(self._ready(hostgroup), lambda conn: self._start(conn, raw, reply))
+
+    async def _slow(self, getting: Awaitable[T], then: Callable[[T], None]) -> None:
+        """The slow path of a command: await what it needs (a connection brought up to date, a
+        statement prepared on it), then send it; a backend that cannot be used becomes the
+        client's ERR and the session carries on."""
         try:
-            conn = await self._ready(hostgroup)
+            got = await getting
         except HostgroupError as e:
             code, message, sqlstate = e.client_err()
             self._send_err(1, code, message, sqlstate)
@@ -888,9 +887,8 @@ class ClientSession(asyncio.Protocol):
             log.exception("%s unexpected error preparing a backend connection", self._ctx())
             self.close()
             return
-        if self.closed:
-            return
-        self._start(conn, raw, reply)
+        if not self.closed:
+            then(got)
 
     async def _ready(self, hostgroup: int, fallback: bool = True) -> BackendConnection:
         """The session's connection to `hostgroup`, carrying the session's state."""
