@@ -9,37 +9,15 @@ re-inserts the same ids, so every table keeps its size, and the replicas hold th
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import uuid
 
 import pytest
 
-TABLES = 4
-TABLE_SIZE = 10_000
+from tests.sysbench import TABLE_SIZE, TABLES
+from tests.sysbench import run as _sysbench
+from tests.sysbench import stat as _stat
 
-
-def _sysbench(host: str, port: int, db: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [
-        "sysbench",
-        "oltp_read_write",
-        f"--mysql-host={host}",
-        f"--mysql-port={port}",
-        "--mysql-user=app",
-        "--mysql-password=app_pw",
-        f"--mysql-db={db}",
-        f"--tables={TABLES}",
-        f"--table-size={TABLE_SIZE}",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def _stat(output: str, name: str) -> int:
-    m = re.search(rf"^\s*{re.escape(name)}:\s+(\d+)", output, re.MULTILINE)
-    assert m, f"no '{name}:' line in sysbench output:\n{output}"
-    return int(m.group(1))
 
 
 @pytest.mark.slow

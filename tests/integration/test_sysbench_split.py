@@ -45,41 +45,20 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import uuid
 from collections import Counter
 
 import pytest
 
-TABLES = 4
-TABLE_SIZE = 10_000
+from tests.sysbench import TABLE_SIZE, TABLES
+from tests.sysbench import run as _sysbench
+from tests.sysbench import stat as _stat
+
 MIN_REPLICA_SHARE = 0.70
 COUNTERS = ("Com_select", "Com_update", "Innodb_deadlocks")
 SPLIT_ARGS = ("--skip-trx=on", "--db-ps-mode=disable", "--mysql-ignore-errors=1213,1020,1205,1062")
 WORKLOAD_ERRORS = {"1062", "1213", "1205", "1020"}  # duplicate key, deadlock, lock wait timeout, record changed
 MAX_IGNORED_SHARE = 0.01
-
-
-def _sysbench(host: str, port: int, db: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [
-        "sysbench",
-        "oltp_read_write",
-        f"--mysql-host={host}",
-        f"--mysql-port={port}",
-        "--mysql-user=app",
-        "--mysql-password=app_pw",
-        f"--mysql-db={db}",
-        f"--tables={TABLES}",
-        f"--table-size={TABLE_SIZE}",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def _stat(output: str, name: str) -> int:
-    m = re.search(rf"^\s*{re.escape(name)}:\s+(\d+)", output, re.MULTILINE)
-    assert m, f"no '{name}:' line in sysbench output:\n{output}"
-    return int(m.group(1))
 
 
 def _counters(cluster) -> dict[str, dict[str, int]]:
