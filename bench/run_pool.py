@@ -38,7 +38,6 @@ import os
 import random
 import resource
 import shlex
-import shutil
 import signal
 import sys
 import tempfile
@@ -715,18 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sampler is not None:
             sampler.stop()
-        procs.stop_all()
-        if cluster is not None:
-            cluster.stop(keep=args.keep)
-        if args.keep:
-            print(f"kept work dir {base_dir}", file=sys.stderr)
-        elif args.base_dir is None:
-            shutil.rmtree(base_dir, ignore_errors=True)
+        rs.cleanup(procs, cluster, args, base_dir)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this run started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    rs.run_main(main)

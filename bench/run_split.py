@@ -43,7 +43,6 @@ import datetime as dt
 import os
 import re
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -463,18 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         print(section)
         return 0 if all(r.result.ok for r in runs) else 1
     finally:
-        procs.stop_all()
-        if cluster is not None:
-            cluster.stop(keep=args.keep)
-        if args.keep:
-            print(f"kept work dir {base_dir}", file=sys.stderr)
-        elif args.base_dir is None:
-            shutil.rmtree(base_dir, ignore_errors=True)
+        rs.cleanup(procs, cluster, args, base_dir)
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: every process this run started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    rs.run_main(main)

@@ -502,18 +502,28 @@ def main(argv: list[str] | None = None) -> int:
         print(section)
         return 0 if all(r.ok for r in results) else 1
     finally:
-        procs.stop_all()
-        if cluster is not None:
-            cluster.stop(keep=args.keep)
-        if args.keep:
-            print(f"kept work dir {base_dir}", file=sys.stderr)
-        elif args.base_dir is None:
-            shutil.rmtree(base_dir, ignore_errors=True)
+        cleanup(procs, cluster, args, base_dir)
 
 
-if __name__ == "__main__":
+def cleanup(procs, cluster, args, base_dir) -> None:
+    """Stop what a bench run started; keep or remove its work dir (shared by the bench scripts)."""
+    procs.stop_all()
+    if cluster is not None:
+        cluster.stop(keep=args.keep)
+    if args.keep:
+        print(f"kept work dir {base_dir}", file=sys.stderr)
+    elif args.base_dir is None:
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+def run_main(main) -> None:
+    """Entry point of a bench script: exit with main()'s status; Ctrl-C exits 130 after cleanup."""
     try:
         sys.exit(main())
     except KeyboardInterrupt:
         print("interrupted: every process this run started has been stopped", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main)
