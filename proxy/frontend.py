@@ -46,6 +46,7 @@ from rules.classify import Classification, Kind
 from rules.engine import SessionView
 from rules.model import Decision, Deny, RouteTo
 
+from . import backend as backend_mod
 from .backend import BackendConnection, BackendError, set_nodelay
 from .config import Server, User
 from .hostgroups import candidates
@@ -116,6 +117,21 @@ _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _LAST_ROW_SENT = int(ServerStatus.LAST_ROW_SENT)
 _USE = Kind.USE
 _SET = Kind.SET
+_KILL = Kind.KILL
+_CONNECTION_ID = re.compile(r"\bCONNECTION_ID\s*\(\s*\)", re.I)
+_KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*;?\s*$", re.I)
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`", re.S)
+
+
+def _outside_strings(sql: str, change: Callable[[str], str]) -> str:
+    """Apply `change` to the parts of `sql` that are not quoted strings or identifiers."""
+    out, pos = [], 0
+    for m in _QUOTED.finditer(sql):
+        out.append(change(sql[pos : m.start()]))
+        out.append(m.group())
+        pos = m.end()
+    out.append(change(sql[pos:]))
+    return "".join(out)
 _STMT_COMMANDS = frozenset(
     (Command.STMT_PREPARE, Command.STMT_EXECUTE, Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE, Command.STMT_RESET, Command.STMT_FETCH)
 )
@@ -841,18 +857,80 @@ class ClientSession(asyncio.Protocol):
 
     def _query(self, pkt: Packet) -> None:
         sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
+        rewritten = None
+        if _CONNECTION_ID.search(sql):
+            # Under multiplexing the server's own CONNECTION_ID() changes from one statement to
+            # the next: the client's connection id is the proxy's (the one its handshake announced).
+            # (Typed as the server types CONNECTION_ID(): an unsigned integer of display width 10.)
+            proxy_id = f"CAST({self.id:010d} AS UNSIGNED)"
+            rewritten = sql = _outside_strings(sql, lambda part: _CONNECTION_ID.sub(proxy_id, part))
         cls, decision = self.router.route(sql, self._session_view())
+        if cls.kind is _KILL:
+            self._kill(sql)
+            return
         action = decision.action
         if type(action) is RouteTo:
             raw = pkt.raw
-            if decision.sql is not None:
-                raw = make_packet(b"\x03" + decision.sql.encode("utf-8", "surrogateescape"), 0)
+            if decision.sql is not None or rewritten is not None:
+                raw = make_packet(b"\x03" + (decision.sql or sql).encode("utf-8", "surrogateescape"), 0)
             self._run(action.hostgroup, raw, Reply.RESULT, (cls, decision, sql))
         elif type(action) is Deny:
             self._log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
             self._send_err(1, action.errno, action.error_msg, action.sqlstate)
         else:
             self._send(make_ok(OK(status=self.status, info=action.ok_msg.encode()), self.capabilities), 1)
+
+    # ---- KILL [QUERY | CONNECTION] <the proxy's connection id> --------------------------------
+
+    def _kill(self, sql: str) -> None:
+        m = _KILL_TARGET.match(sql)
+        if m is None:
+            self._send_err(1, 1064, "rwproxy: KILL takes [CONNECTION | QUERY] and a connection id as CONNECTION_ID() returns it", "42000")
+            return
+        query_only = (m.group(1) or "").upper() == "QUERY"
+        target = self.app.sessions.get(int(m.group(2)))
+        if target is None or not target.logged_in:
+            self._send_err(1, 1094, f"Unknown thread id: {m.group(2)}", "HY000")
+            return
+        if target.username != self.username:
+            self._send_err(1, 1095, f"You are not owner of thread {m.group(2)}", "HY000")
+            return
+        self.busy = True
+        self._task = asyncio.get_running_loop().create_task(self._kill_slow(target, query_only))
+
+    async def _kill_slow(self, target: "ClientSession", query_only: bool) -> None:
+        """Kill the statement the target runs (on its backend, over a short-lived connection of
+        our own), then for KILL CONNECTION close the target. Its client sees what the server says:
+        ERR 1317 for an interrupted query, a closed connection for a killed one."""
+        conn = target.current
+        err = None
+        if conn is not None and not conn.closed:
+            user = self.user
+            try:
+                killer = await backend_mod.connect(
+                    conn.server, user.backend_username, user.backend_password, database=None, client_capabilities=0,
+                    collation=self.collation, attributes={"_client_name": "rwproxy", "program_name": "rwproxy-kill"},
+                    timeout=self.app.config.connect_timeout,
+                )  # fmt: skip
+                try:
+                    err = await asyncio.wait_for(killer.replay([b"\x03" + f"KILL QUERY {conn.thread_id}".encode()]), self.app.config.connect_timeout)
+                finally:
+                    killer.close()
+            except (BackendError, asyncio.TimeoutError, ConnectionError) as e:
+                self._send_err(1, ErrorCode.CONN_HOST_ERROR, f"rwproxy: could not reach {conn.server.address} to kill the statement: {e}")
+                self._free()
+                return
+        if err is not None:
+            self._send_err(1, err.code, err.message, err.sqlstate)
+        else:
+            self._log(logging.INFO, "KILL %s session=%d", "QUERY" if query_only else "CONNECTION", target.id)
+            if not query_only and target is not self:
+                target.close()
+            self._send(make_ok(OK(status=self.status), self.capabilities), 1)
+            if not query_only and target is self:
+                self.close()
+                return
+        self._free()
 
     def _run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None) -> None:
         """Send a command to the session's connection in `hostgroup` and relay its reply."""

@@ -223,7 +223,7 @@ def test_temporary_table_survives_while_other_sessions_share_the_writer(mux_prox
             assert e.args[0] == 1146, e.args
         else:
             raise AssertionError(f"session {i} saw another session's temporary table: {cur.fetchone()}")
-        cur.execute("SELECT CONNECTION_ID()")
+        cur.execute(f"{W}SELECT @@pseudo_thread_id")
         seen.add(cur.fetchone()[0])
 
     a = p.connect(autocommit=True, database=schema)
@@ -236,7 +236,7 @@ def test_temporary_table_survives_while_other_sessions_share_the_writer(mux_prox
             for n in range(1, 11):
                 with a.cursor() as cur:
                     cur.execute("INSERT INTO tmp VALUES (%s)", (n,))
-                tids.add(one(a, "SELECT CONNECTION_ID()")[0])
+                tids.add(one(a, f"{W}SELECT @@pseudo_thread_id")[0])
                 time.sleep(0.02)
             assert one(a, "SELECT COUNT(*), SUM(n) FROM tmp") == (10, 55)
             during = load.rounds - before
@@ -257,15 +257,15 @@ def test_get_lock_is_held_by_the_session_and_released_by_it(mux_proxy):
     a, b = p.connect(autocommit=True), p.connect(autocommit=True)
 
     def others(cur: Any, i: int) -> None:
-        cur.execute(f"{W}SELECT CONNECTION_ID(), SLEEP(0.005)")
+        cur.execute(f"{W}SELECT @@pseudo_thread_id, SLEEP(0.005)")
 
     try:
         with Load(p, 6, others):
             assert one(a, f"SELECT GET_LOCK('{lock}', 0)") == (1,)
-            holder = one(a, "SELECT CONNECTION_ID()")[0]
+            holder = one(a, f"{W}SELECT @@pseudo_thread_id")[0]
             for _ in range(5):
                 assert one(b, f"SELECT IS_USED_LOCK('{lock}')") == (holder,)
-                assert one(a, "SELECT CONNECTION_ID()") == (holder,)
+                assert one(a, f"{W}SELECT @@pseudo_thread_id") == (holder,)
                 time.sleep(0.02)
             assert one(b, f"SELECT IS_FREE_LOCK('{lock}')") == (0,)
             assert one(a, f"SELECT RELEASE_LOCK('{lock}')") == (1,)  # 0 or NULL on any other connection
@@ -405,7 +405,7 @@ def test_session_variables_follow_the_session_onto_shared_connections(mux_proxy,
             for _ in range(15):
                 for name, conn in conns.items():
                     tz, mode, names = expect[name]
-                    row = one(conn, f"{W}SELECT CONNECTION_ID(), @@server_id, @@session.time_zone, @@session.sql_mode, @@character_set_client")
+                    row = one(conn, f"{W}SELECT @@pseudo_thread_id, @@server_id, @@session.time_zone, @@session.sql_mode, @@character_set_client")
                     seen[name].add(row[0])
                     assert row[1:] == (ids["writer"], tz, mode, names), name
                     # On a reader too, and the setting is in force, not just displayed.
@@ -509,12 +509,12 @@ def test_a_transaction_keeps_its_connection_while_others_run(mux_proxy, schema, 
             with a.cursor() as cur:
                 cur.execute("BEGIN")
                 cur.execute("UPDATE tx SET v = 100 WHERE id = 1")
-                tid = one(a, "SELECT CONNECTION_ID()")[0]
+                tid = one(a, f"{W}SELECT @@pseudo_thread_id")[0]
                 for n in range(10):
                     cur.execute("INSERT INTO tx VALUES (%s, %s)", (100 + n, n))
                     assert one(a, "SELECT v FROM tx WHERE id = 1") == (100,)  # its own uncommitted write
                     assert one(a, "SELECT COUNT(*) FROM tx WHERE id >= 100") == (n + 1,)
-                    assert one(a, "SELECT CONNECTION_ID()") == (tid,)
+                    assert one(a, f"{W}SELECT @@pseudo_thread_id") == (tid,)
                     time.sleep(0.02)
                 committed.set()
                 cur.execute("COMMIT")
