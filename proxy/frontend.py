@@ -185,6 +185,7 @@ class ClientSession(asyncio.Protocol):
         self.state = SessionState(None)
         self.pinned_writer = False
         self.pin_reasons: set[PinReason] = set()
+        self._temp_tables: set[str] = set()  # "schema.table" of the temporary tables the session created
         self._hold_writer = False  # keep the writer connection for LAST_INSERT_ID()
         # Connections go back to their pool after each statement unless pinned (transaction-level
         # multiplexing); without classification (passthrough) nothing says when that is safe.
@@ -514,6 +515,7 @@ class ClientSession(asyncio.Protocol):
         self.user, self.username, self.writer_hg = user, user.username, user.default_hostgroup
         self.state = SessionState(database, charset_entry(self.collation))
         self.pinned_writer, self.pin_reasons, self.txn_hg, self._lost, self._view = False, set(), None, None, None
+        self._temp_tables = set()
         self._hold_writer = False
         self.status = int(ServerStatus.AUTOCOMMIT)
         self._wire = (self.capabilities & MIRRORED_CAPABILITIES, self.collation)
@@ -1089,7 +1091,7 @@ class ClientSession(asyncio.Protocol):
                 conn.prepared.clear()
                 self.stmts.clear()
                 self._cursors.clear()
-                self.pinned_writer, self.pin_reasons = False, set()
+                self.pinned_writer, self.pin_reasons, self._temp_tables = False, set(), set()
             self._view = None
         else:
             cls: Classification = first
@@ -1102,6 +1104,8 @@ class ClientSession(asyncio.Protocol):
                 for reason in reasons:
                     self._pin(reason)
             if ok:
+                if self.pin_reasons or cls.temp_table is not None:
+                    self._track_pin_causes(cls)
                 if cls.set_targets and not state.apply(cls.set_targets):
                     self._pin(PinReason.UNTRACKABLE_SET)
                 if cls.kind is _USE:
@@ -1115,6 +1119,30 @@ class ClientSession(asyncio.Protocol):
         cs = conn.cstate
         if state.gen != before and cs.owner is state and cs.gen == before:
             state.mark_synced(cs)  # the change ran on this connection: it already has it
+
+    def _track_pin_causes(self, cls: Classification) -> None:
+        """A pin ends when its cause does: the last temporary table dropped, UNLOCK TABLES,
+        RELEASE_ALL_LOCKS(). (User variables, SQL_CALC_FOUND_ROWS, untrackable SETs and the like
+        leave no sign of ending: those pins last for the session.)"""
+        schema = self.state.schema
+        names = {t if "." in t else f"{schema}.{t}" for t in cls.tables_written}
+        if cls.temp_table == "CREATE":
+            self._temp_tables |= names
+        elif cls.temp_table == "DROP" or (cls.kind.name == "DDL" and cls.fingerprint.text.startswith("DROP TABLE")):
+            self._temp_tables -= names  # (DROP TABLE drops a temporary table of that name first)
+            if not self._temp_tables:
+                self._unpin(PinReason.TEMP_TABLE)
+        if cls.kind.name == "UNLOCK_TABLES":
+            self._unpin(PinReason.LOCK_TABLES)
+        if "RELEASE_ALL_LOCKS" in cls.session_functions:
+            self._unpin(PinReason.GET_LOCK)
+
+    def _unpin(self, reason: PinReason) -> None:
+        if reason in self.pin_reasons:
+            self.pin_reasons.discard(reason)
+            self._log(logging.DEBUG, "pin ended: %s", reason.value)
+            if not self.pin_reasons:
+                self.pinned_writer, self._view = False, None
 
     def _pin(self, reason: PinReason) -> None:
         """The session keeps its writer connection (and routes everything there) from now on."""

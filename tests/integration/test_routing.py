@@ -270,3 +270,28 @@ def test_slowly_read_results_never_stall_the_next_statement(proxy, ids):
         server = where(c, f"{hint}SELECT @@server_id")
         assert (server == ids["writer"]) if hint else (server in ids["readers"])
     c.close()
+
+
+def test_pins_end_when_their_cause_ends(proxy, ids, table):
+    schema = table.split(".")[0]
+    c = proxy.connect(autocommit=True, database=schema)
+    with c.cursor() as cur:
+        cur.execute("CREATE TEMPORARY TABLE tmp_a (x INT)")
+        cur.execute(f"CREATE TEMPORARY TABLE {schema}.tmp_b (x INT)")
+        assert where(c) == ids["writer"]  # pinned: the temporary tables live on the writer
+        cur.execute("DROP TEMPORARY TABLE tmp_a")
+        assert where(c) == ids["writer"]  # tmp_b still exists
+        cur.execute(f"DROP TABLE {schema}.tmp_b")
+        assert where(c) in ids["readers"]  # no temporary table left: reads go to replicas again
+        cur.execute(f"LOCK TABLES {table} READ")
+        assert where(c, f"SELECT @@server_id FROM {table} LIMIT 1") == ids["writer"]
+        cur.execute("UNLOCK TABLES")
+        assert where(c) in ids["readers"]
+        cur.execute("SELECT GET_LOCK('rt_lock', 1)")
+        assert where(c) == ids["writer"]
+        cur.execute("SELECT RELEASE_ALL_LOCKS()")
+        assert where(c) in ids["readers"]
+        cur.execute("SET @kept = 1")  # a user variable never says it is done with
+        cur.execute("SELECT 1")
+        assert where(c) == ids["writer"]
+    c.close()
