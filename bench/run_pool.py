@@ -38,9 +38,7 @@ import os
 import random
 import resource
 import shlex
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -673,13 +671,10 @@ async def run_phases(cluster, args, base_dir: Path, procs: rs.Processes, sampler
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     invocation = shlex.join(["python", "bench/run_pool.py", *(sys.argv[1:] if argv is None else argv)])
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     wait_for_quiet(args.max_load, args.wait_load)
     nofile = raise_nofile()
 
-    base_dir = args.base_dir or Path(tempfile.mkdtemp(prefix="rwproxy-pool-"))
-    base_dir.mkdir(parents=True, exist_ok=True)
+    base_dir = rs.start_run(args, "rwproxy-pool-")
     procs, cluster, sampler = rs.Processes(), None, None
     try:
         info = rs.machine()  # load average before our own servers start

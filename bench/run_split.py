@@ -43,11 +43,9 @@ import datetime as dt
 import os
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -412,11 +410,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     invocation = shlex.join(["python", "bench/run_split.py", *(sys.argv[1:] if argv is None else argv)])
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    base_dir = args.base_dir or Path(tempfile.mkdtemp(prefix="rwproxy-split-"))
-    base_dir.mkdir(parents=True, exist_ok=True)
+    base_dir = rs.start_run(args, "rwproxy-split-")
     procs, cluster = rs.Processes(), None
     try:
         info = rs.machine()  # load average before our own servers start

@@ -460,13 +460,7 @@ def check_subset(text: str, allowed: tuple[str, ...]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     invocation = shlex.join(["python", "bench/run_sysbench.py", *(sys.argv[1:] if argv is None else argv)])
-    # SIGTERM -> SystemExit and SIGINT -> KeyboardInterrupt (even if our parent shell ignored it,
-    # as shells do for background jobs), so the `finally` below always stops what we started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    base_dir = args.base_dir or Path(tempfile.mkdtemp(prefix="rwproxy-bench-"))
-    base_dir.mkdir(parents=True, exist_ok=True)
+    base_dir = start_run(args, "rwproxy-bench-")
     procs, cluster = Processes(), None
     try:
         if args.primary:
@@ -503,6 +497,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r.ok for r in results) else 1
     finally:
         cleanup(procs, cluster, args, base_dir)
+
+
+def start_run(args, prefix: str) -> Path:
+    """Start of a bench run: make SIGTERM a SystemExit and SIGINT a KeyboardInterrupt (even if the
+    parent shell ignored it, as shells do for background jobs), so the caller's `finally` always
+    stops what the run started; return the work dir (created)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    base_dir = args.base_dir or Path(tempfile.mkdtemp(prefix=prefix))
+    base_dir.mkdir(parents=True, exist_ok=True)
+    return base_dir
 
 
 def cleanup(procs, cluster, args, base_dir) -> None:
