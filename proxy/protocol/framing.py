@@ -57,11 +57,6 @@ def make_packet(payload: bytes | bytearray | memoryview, seq: int) -> bytes:
             return bytes(out)
 
 
-def packet_count(payload_len: int) -> int:
-    """How many wire packets a payload of this length takes (for sequence-id arithmetic)."""
-    return payload_len // MAX_PAYLOAD + 1
-
-
 class PacketFramer:
     __slots__ = ("_buf", "_pos", "max_payload")
 
@@ -87,12 +82,6 @@ class PacketFramer:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
-
-    def take_rest(self) -> bytes:
-        """Remove and return everything buffered (used when the stream stops being packets)."""
-        rest = bytes(memoryview(self._buf)[self._pos :])
-        self._buf, self._pos = b"", 0
-        return rest
 
     def next_packet(self, join: bool = True) -> Packet | None:
         buf, pos = self._buf, self._pos

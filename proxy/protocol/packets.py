@@ -432,8 +432,3 @@ def parse_eof(payload: bytes | memoryview) -> EOF:
 
 def make_eof(status: int, warnings: int = 0) -> bytes:
     return b"\xfe" + struct.pack("<HH", warnings, status)
-
-
-def is_eof_or_ok_terminator(payload: bytes | memoryview) -> bool:
-    """0xFE header and shorter than 16 MiB - 1: EOF (old style) or OK-with-0xFE (DEPRECATE_EOF)."""
-    return len(payload) > 0 and payload[0] == EOF_HEADER and len(payload) < 0xFFFFFF

@@ -7,10 +7,10 @@ from hypothesis import strategies as st
 
 from proxy.protocol.constants import Capability
 from proxy.protocol.framing import PacketFramer, ProtocolError
-from proxy.protocol.packets import parse_change_user, parse_err, parse_handshake_response, parse_handshake_v10, parse_ok
+from proxy.protocol.packets import parse_change_user, parse_eof, parse_err, parse_handshake_response, parse_handshake_v10, parse_ok
 from proxy.protocol.results import Reply, ResultScanner
 
-PARSERS = [parse_handshake_response, parse_handshake_v10, parse_ok, parse_err, lambda b: parse_change_user(b, 0xFFFFFFFF)]
+PARSERS = [parse_handshake_response, parse_handshake_v10, parse_ok, parse_err, parse_eof, lambda b: parse_change_user(b, 0xFFFFFFFF)]
 
 
 @settings(max_examples=2000, deadline=None)

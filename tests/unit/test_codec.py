@@ -13,10 +13,12 @@ from proxy.protocol.packets import (
     OK,
     HandshakeResponse41,
     HandshakeV10,
+    make_eof,
     make_err,
     make_handshake_response,
     make_handshake_v10,
     make_ok,
+    parse_eof,
     parse_err,
     parse_handshake_response,
     parse_handshake_v10,
@@ -99,6 +101,8 @@ def test_ok_and_err_round_trip():
     caps = Capability.PROTOCOL_41 | Capability.SESSION_TRACK
     ok = OK(5, 1 << 33, ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS, 2, b"Rows matched: 5")
     assert parse_ok(make_ok(ok, caps), caps) == ok
+    eof = parse_eof(make_eof(ServerStatus.AUTOCOMMIT | ServerStatus.MORE_RESULTS_EXISTS, warnings=3))
+    assert (eof.warnings, eof.status) == (3, ServerStatus.AUTOCOMMIT | ServerStatus.MORE_RESULTS_EXISTS)
     e = parse_err(make_err(1045, "Access denied for user 'a'@'b' (using password: YES)"))
     assert (e.code, e.sqlstate) == (1045, "28000")
 
