@@ -722,7 +722,7 @@ class ClientSession(asyncio.Protocol):
             sid = self._next_stmt_id
             self._next_stmt_id = sid % 0xFFFFFFFF + 1
             self._rewrite_id = sid.to_bytes(4, "little")
-            self._run(action.hostgroup, pkt.raw, Reply.PREPARE, (Command.STMT_PREPARE, bytes(payload), cls, sid))
+            self._run(action.hostgroup, pkt.raw, Reply.PREPARE, (Command.STMT_PREPARE, bytes(payload), sql, sid))
             return
         if len(payload) < 5:
             self._protocol_error(1, ProtocolError("Malformed communication packet (statement command too short)"))
@@ -1076,8 +1076,8 @@ class ClientSession(asyncio.Protocol):
                 self._rewrite_id = None
                 return
             if first == Command.STMT_PREPARE:
-                _, payload, _cls, sid = post
-                stmt = self.stmts[sid] = _Statement(payload, bytes(payload[1:]).decode("utf-8", "surrogateescape"), scanner.params, state.schema)
+                _, payload, sql, sid = post
+                stmt = self.stmts[sid] = _Statement(payload, sql, scanner.params, state.schema)
                 self._remember_prepared(conn, stmt.key, scanner.stmt_id)
                 return
             if first == Command.INIT_DB:
