@@ -124,14 +124,16 @@ class BackendWatch(threading.Thread):
         self.max = dict.fromkeys(self.servers, 0)
         self.samples = 0
         self._halt = threading.Event()
+        self._lock = threading.Lock()  # count() is called from the sampling thread and the test
         self.error: Exception | None = None
 
     def count(self) -> dict[str, int]:
         out = {}
-        for name, c in self.conns.items():
-            with c.cursor() as cur:
-                cur.execute(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{MUX_USER}'")
-                out[name] = cur.fetchone()[0]
+        with self._lock:  # one connection per server, shared by both threads
+            for name, c in self.conns.items():
+                with c.cursor() as cur:
+                    cur.execute(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{MUX_USER}'")
+                    out[name] = cur.fetchone()[0]
         return out
 
     def run(self) -> None:
