@@ -1,0 +1,759 @@
+"""The admin config store: ProxySQL's MEMORY / DISK / RUNTIME layers on the standard library's sqlite3.
+
+Theory of operation
+-------------------
+One sqlite3 connection to ``:memory:`` holds the MEMORY layer (schema ``main``: the tables operators
+edit) and the ``runtime_<table>`` tables (what is live; read-only to clients). The DISK layer is a
+file in the data directory ATTACHed as schema ``disk`` with the same tables, plus
+``rwproxy_saved_sections``: which sections an operator saved there, and when. The RUNTIME layer
+itself is the frozen `proxy.config.Config` the application runs; the store only records the rows
+that produced it.
+
+Movement between layers (one SQLite transaction each, so a multi-section move is all or nothing):
+
+* CONFIG -> MEMORY  `load_from_config`   (LOAD ... FROM CONFIG; `startup` for sections not on disk)
+* DISK -> MEMORY    `load_from_disk`     (LOAD ... FROM DISK = LOAD ... TO MEMORY)
+* MEMORY -> DISK    `save_to_disk`       (SAVE ... TO DISK = SAVE ... FROM MEMORY)
+* RUNTIME -> MEMORY `save_runtime_to_memory` (SAVE ... TO MEMORY = SAVE ... FROM RUNTIME)
+* MEMORY -> RUNTIME `build` validates (every error, see admin.validate) and returns a Config; the
+  application swaps it in and then calls `set_runtime(result)`. `load_to_runtime` does the three
+  steps with the swap passed in as a callable; on any error nothing changes anywhere.
+
+Precedence at startup (`startup`), per section: the disk layer when an operator has saved that
+section there (SAVE ... TO DISK), else the config file. Unlike ProxySQL this is never silent: the
+report names the source of every section and warns when the config file differs from the disk copy
+it is overridden by. ``initial=True`` (ProxySQL's --initial) uses the config file for every section.
+
+`execute` runs SQL from admin clients under an SQLite authorizer: reads of any table; INSERT /
+UPDATE / DELETE / REPLACE only on main's five admin tables; nothing else (no DDL, ATTACH, PRAGMA,
+transactions). Column types and ranges are CHECK constraints with readable names, so an obviously
+wrong value fails at INSERT time; the whole-configuration checks run at LOAD ... TO RUNTIME.
+
+Never: block on anything but the local SQLite file, change the runtime tables except through
+`set_runtime*`, or write the disk layer except through `save_to_disk`. Single-threaded: use it from
+the event loop's thread only (sqlite3's check_same_thread stays on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy.config import SERVER_STATUSES, Config, ConfigError
+from proxy.protocol.constants import SUPPORTED_AUTH_PLUGINS
+from rules.model import CHECK_TYPES
+
+from .commands import (
+    ALL_SECTIONS,
+    AdminError,
+    Answer,
+    Command,
+    Diff,
+    Layer,
+    Load,
+    Noop,
+    Passthrough,
+    Save,
+    Section,
+    SelectVariables,
+    SetVariable,
+    ShowCreateTable,
+    ShowDatabases,
+    ShowTables,
+)
+from .validate import (
+    KEYS,
+    TABLE_COLUMNS,
+    VARIABLE_BY_NAME,
+    BuildResult,
+    ConfigFile,
+    DigestRow,
+    RouteChange,
+    build_config,
+    check_variable,
+    read_config_file,
+    route_changes,
+    row_key,
+    rows_from_config,
+)
+
+__all__ = [
+    "ADMIN_TABLES",
+    "DIFF_COLUMNS",
+    "Affected",
+    "ConfigStore",
+    "RowDiff",
+    "Rows",
+    "SectionOrigin",
+    "StartupReport",
+    "StoreError",
+    "ValidationFailed",
+]
+
+SCHEMA_VERSION = 1
+ADMIN_TABLES: tuple[str, ...] = tuple(TABLE_COLUMNS)
+RUNTIME_TABLES: tuple[str, ...] = tuple(f"runtime_{t}" for t in ADMIN_TABLES)
+SAVED_TABLE = "rwproxy_saved_sections"
+_SECRET_COLUMNS = frozenset({"password", "backend_password"})
+
+
+# --------------------------------------------------------------------------------------------------
+# results and errors
+
+
+class StoreError(AdminError):
+    """A layer move or a statement failed (nothing was changed)."""
+
+
+class ValidationFailed(AdminError):
+    """LOAD ... TO RUNTIME refused: `errors` lists every problem; the runtime is unchanged."""
+
+    def __init__(self, result: BuildResult, command: str) -> None:
+        super().__init__(result.message(command))
+        self.result = result
+        self.errors = result.errors
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """A result set for the client."""
+
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Affected:
+    """An OK for the client: affected rows and an info message."""
+
+    count: int = 0
+    message: str = ""
+
+
+DIFF_COLUMNS = ("table_name", "change", "row_key", "differences")
+
+
+@dataclass(frozen=True, slots=True)
+class RowDiff:
+    """One row that differs between memory and another layer. `change`: added (only in memory),
+    removed (only in the other layer), changed (both; `differences` lists "column: other -> memory")."""
+
+    table: str
+    change: str
+    key: str
+    differences: str = ""
+
+    def row(self) -> tuple[str, str, str, str]:
+        return (self.table, self.change, self.key, self.differences)
+
+
+@dataclass(frozen=True, slots=True)
+class SectionOrigin:
+    section: Section
+    layer: Layer  # CONFIG or DISK
+    detail: str
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartupReport:
+    """Where each section came from at startup; print `lines()` (warnings are prefixed WARNING)."""
+
+    origins: tuple[SectionOrigin, ...]
+
+    def lines(self) -> list[str]:
+        out = []
+        for o in self.origins:
+            out.append(f"{o.section.value}: {o.detail}")
+            if o.warning:
+                out.append(f"WARNING: {o.section.value}: {o.warning}")
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# schema
+
+
+def _in(values: Iterable[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def _int(col: str, lo: int | None = None, hi: int | None = None, null: bool = False) -> str:
+    cond = f"typeof({col}) = 'integer'"
+    if lo is not None:
+        cond += f" AND {col} >= {lo}"
+    if hi is not None:
+        cond += f" AND {col} <= {hi}"
+    return f"{col} IS NULL OR ({cond})" if null else cond
+
+
+def _text(col: str, nonempty: bool = False, null: bool = True) -> str:
+    cond = f"typeof({col}) = 'text'" + (f" AND {col} <> ''" if nonempty else "")
+    return f"{col} IS NULL OR ({cond})" if null else cond
+
+
+def _bool(col: str, null: bool = False, values: str = "0, 1") -> str:
+    cond = f"{col} IN ({values}) AND typeof({col}) = 'integer'"
+    return f"{col} IS NULL OR ({cond})" if null else cond
+
+
+# (column, declaration, CHECK expression or None, what the CHECK demands)
+_SCHEMA: dict[str, tuple[tuple[str, str, str | None, str], ...]] = {
+    "mysql_servers": (
+        ("hostgroup_id", "INT NOT NULL DEFAULT 0", _int("hostgroup_id", 0), "an integer >= 0"),
+        ("hostname", "VARCHAR NOT NULL", _text("hostname", True), "non-empty text"),
+        ("port", "INT NOT NULL DEFAULT 3306", _int("port", 0, 65535), "an integer 0..65535"),
+        ("status", "VARCHAR NOT NULL DEFAULT 'ONLINE'", f"status IN ({_in(SERVER_STATUSES)})", "one of " + ", ".join(SERVER_STATUSES)),
+        ("weight", "INT NOT NULL DEFAULT 1", _int("weight", 0), "an integer >= 0"),
+        ("max_connections", "INT NOT NULL DEFAULT 1000", _int("max_connections", 1), "an integer >= 1"),
+        ("max_replication_lag", "INT NOT NULL DEFAULT 0", _int("max_replication_lag", 0), "an integer >= 0 (seconds, 0 = no limit)"),
+        ("comment", "VARCHAR NOT NULL DEFAULT ''", _text("comment"), "text"),
+    ),
+    "mysql_users": (
+        ("username", "VARCHAR NOT NULL", _text("username", True), "non-empty text"),
+        ("password", "VARCHAR NOT NULL DEFAULT ''", _text("password"), "text"),
+        ("active", "INT NOT NULL DEFAULT 1", _bool("active"), "0 or 1"),
+        ("auth_plugin", "VARCHAR NOT NULL DEFAULT 'mysql_native_password'", f"auth_plugin IN ({_in(SUPPORTED_AUTH_PLUGINS)})", "one of " + ", ".join(SUPPORTED_AUTH_PLUGINS)),
+        ("default_hostgroup", "INT NOT NULL DEFAULT 0", _int("default_hostgroup", 0), "an integer >= 0"),
+        ("transaction_persistent", "INT NOT NULL DEFAULT 1", _bool("transaction_persistent"), "0 or 1"),
+        ("max_connections", "INT NOT NULL DEFAULT 10000", _int("max_connections", 1), "an integer >= 1"),
+        ("backend_username", "VARCHAR DEFAULT NULL", _text("backend_username"), "text, or NULL for the same as username"),
+        ("backend_password", "VARCHAR DEFAULT NULL", _text("backend_password"), "text, or NULL for the same as password"),
+        ("comment", "VARCHAR NOT NULL DEFAULT ''", _text("comment"), "text"),
+    ),
+    "mysql_query_rules": (
+        ("rule_id", "INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL", "rule_id >= 0", "an integer >= 0"),
+        ("active", "INT NOT NULL DEFAULT 1", _bool("active"), "0 or 1"),
+        ("username", "VARCHAR", _text("username", True), "NULL (any) or non-empty text"),
+        ("schemaname", "VARCHAR", _text("schemaname", True), "NULL (any) or non-empty text"),
+        ("flagIN", "INT NOT NULL DEFAULT 0", _int("flagIN", 0), "an integer >= 0"),
+        ("client_addr", "VARCHAR", _text("client_addr", True), "NULL (any) or non-empty text"),
+        ("proxy_addr", "VARCHAR", _text("proxy_addr", True), "NULL (any) or non-empty text"),
+        ("proxy_port", "INT", _int("proxy_port", 1, 65535, null=True), "NULL (any) or an integer 1..65535"),
+        ("digest", "VARCHAR", "digest IS NULL OR (typeof(digest) = 'text' AND digest GLOB '0[xX][0-9a-fA-F]*' AND length(digest) <= 18)",
+         "NULL (any) or a hex digest such as '0x3A5F0C1D2E4B6F70'"),
+        ("match_digest", "VARCHAR", _text("match_digest", True), "NULL (any) or a non-empty regex"),
+        ("match_pattern", "VARCHAR", _text("match_pattern", True), "NULL (any) or a non-empty regex"),
+        ("negate_match_pattern", "INT NOT NULL DEFAULT 0", _bool("negate_match_pattern"), "0 or 1"),
+        ("re_modifiers", "VARCHAR NOT NULL DEFAULT 'CASELESS'", _text("re_modifiers", null=False), "text: CASELESS, GLOBAL, both (comma-separated) or ''"),
+        ("flagOUT", "INT", _int("flagOUT", 0, null=True), "NULL or an integer >= 0"),
+        ("replace_pattern", "VARCHAR", _text("replace_pattern"), "NULL or text"),
+        ("destination_hostgroup", "INT", _int("destination_hostgroup", 0, null=True), "NULL or an integer >= 0"),
+        ("timeout", "INT", _int("timeout", 0, null=True), "NULL or an integer >= 0 (milliseconds)"),
+        ("error_msg", "VARCHAR", _text("error_msg", True), "NULL or non-empty text"),
+        ("OK_msg", "VARCHAR", _text("OK_msg"), "NULL or text"),
+        ("multiplex", "INT", _bool("multiplex", null=True, values="0, 1, 2"), "NULL, 0, 1 or 2"),
+        ("log", "INT", _bool("log", null=True), "NULL, 0 or 1"),
+        ("apply", "INT NOT NULL DEFAULT 0", _bool("apply"), "0 or 1"),
+        ("comment", "VARCHAR", _text("comment"), "NULL or text"),
+        ("match_kind", "VARCHAR", _text("match_kind", True), "NULL (any) or statement kinds, comma-separated (SELECT,SHOW)"),
+        ("match_read_only", "INT", _bool("match_read_only", null=True), "NULL (any), 0 or 1"),
+        ("match_tables", "VARCHAR", _text("match_tables", True), "NULL (any) or table names, comma-separated (db.t,t)"),
+    ),
+    "mysql_replication_hostgroups": (
+        ("writer_hostgroup", "INT NOT NULL PRIMARY KEY", _int("writer_hostgroup", 0), "an integer >= 0"),
+        ("reader_hostgroup", "INT NOT NULL UNIQUE", _int("reader_hostgroup", 0) + " AND reader_hostgroup <> writer_hostgroup",
+         "an integer >= 0, other than writer_hostgroup"),
+        ("check_type", "VARCHAR NOT NULL DEFAULT 'read_only'", f"check_type IN ({_in(CHECK_TYPES)})", "one of " + ", ".join(CHECK_TYPES)),
+        ("writer_is_also_reader", "INT NOT NULL DEFAULT 1", _bool("writer_is_also_reader"), "0 or 1"),
+        ("comment", "VARCHAR NOT NULL DEFAULT ''", _text("comment"), "text"),
+    ),
+    "global_variables": (
+        ("variable_name", "VARCHAR NOT NULL PRIMARY KEY", f"variable_name IN ({_in(VARIABLE_BY_NAME)})",
+         "a known variable (SHOW VARIABLES lists them; docs/admin.md)"),
+        ("variable_value", "VARCHAR NOT NULL", None, ""),
+    ),
+}
+_TABLE_TAIL = {"mysql_servers": ", PRIMARY KEY (hostgroup_id, hostname, port)", "mysql_users": ", PRIMARY KEY (username)"}
+assert all(tuple(c[0] for c in cols) == TABLE_COLUMNS[t] for t, cols in _SCHEMA.items())
+
+
+def _ddl(schema: str, name: str, table: str) -> str:
+    cols = []
+    for col, decl, check, demand in _SCHEMA[table]:
+        if check is not None:
+            label = f"{table}.{col} must be {demand}".replace('"', "'")
+            decl += f' CONSTRAINT "{label}" CHECK ({check})'
+        cols.append(f"{col} {decl}")
+    return f"CREATE TABLE IF NOT EXISTS {schema}.{name} ({', '.join(cols)}{_TABLE_TAIL.get(table, '')})"
+
+
+# --------------------------------------------------------------------------------------------------
+# authorizer for client SQL
+
+_A = sqlite3
+_READ_ACTIONS = frozenset({_A.SQLITE_SELECT, _A.SQLITE_READ, _A.SQLITE_FUNCTION, _A.SQLITE_RECURSIVE})
+_WRITE_ACTIONS = {_A.SQLITE_INSERT: "INSERT", _A.SQLITE_UPDATE: "UPDATE", _A.SQLITE_DELETE: "DELETE"}
+
+
+class _Guard:
+    """sqlite3 authorizer: remembers why it refused, so the client gets that instead of "not authorized"."""
+
+    def __init__(self) -> None:
+        self.denied: tuple[str, int] | None = None
+
+    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+        if action in _READ_ACTIONS:
+            return _A.SQLITE_OK
+        if action in _WRITE_ACTIONS:
+            if db == "main" and arg1 in ADMIN_TABLES:
+                return _A.SQLITE_OK
+            if arg1 in ("sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"):
+                self._deny("schema changes are not allowed on the admin port (the store's schema is fixed)", 1227)
+                return _A.SQLITE_DENY
+            what = f"{db}.{arg1}" if db and db != "main" else str(arg1)
+            if db == "main" and arg1 in RUNTIME_TABLES:
+                base = arg1.removeprefix("runtime_")
+                reason = f"{arg1} is read-only: it shows what is live; edit {base}, then LOAD {_section_of(base).value} TO RUNTIME"
+            elif db == "disk":
+                reason = f"{what} is the disk layer: edit memory (main) and SAVE ... TO DISK"
+            else:
+                reason = f"{what} is not an admin table; writable: {', '.join(ADMIN_TABLES)}"
+            self._deny(f"{_WRITE_ACTIONS[action]} denied: {reason}", 1142)
+            return _A.SQLITE_DENY
+        names = {_A.SQLITE_ATTACH: "ATTACH", _A.SQLITE_DETACH: "DETACH", _A.SQLITE_PRAGMA: "PRAGMA",
+                 _A.SQLITE_TRANSACTION: "transaction control", _A.SQLITE_SAVEPOINT: "SAVEPOINT"}
+        what = names.get(action, "schema changes")
+        self._deny(f"{what} is not allowed on the admin port (the store's schema and layers are managed by the proxy)", 1227)
+        return _A.SQLITE_DENY
+
+    def _deny(self, message: str, errno: int) -> None:
+        if self.denied is None:
+            self.denied = (message, errno)
+
+
+def _section_of(table: str) -> Section:
+    return next(s for s in ALL_SECTIONS if table in s.tables)
+
+
+def _render(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    return str(v)
+
+
+def _diff_rows(table: str, other: Sequence[Mapping[str, Any]], memory: Sequence[Mapping[str, Any]]) -> list[RowDiff]:
+    key_cols = KEYS[table]
+    def index(rows: Sequence[Mapping[str, Any]]) -> dict[tuple, Mapping[str, Any]]:
+        return {tuple(r[c] for c in key_cols): r for r in rows}
+    o, m = index(other), index(memory)
+    out = []
+    for k, row in m.items():
+        if k not in o:
+            out.append(RowDiff(table, "added", row_key(table, row)))
+            continue
+        diffs = []
+        for c in TABLE_COLUMNS[table]:
+            a, b = o[k].get(c), row.get(c)
+            if a != b or type(a) is not type(b):
+                diffs.append(f"{c}: changed" if c in _SECRET_COLUMNS else f"{c}: {_render(a)} -> {_render(b)}")
+        if diffs:
+            out.append(RowDiff(table, "changed", row_key(table, row), "; ".join(diffs)))
+    out.extend(RowDiff(table, "removed", row_key(table, row)) for k, row in o.items() if k not in m)
+    return out
+
+
+def _count(diffs: Sequence[RowDiff]) -> str:
+    parts = [f"{sum(d.change == c for d in diffs)} {c}" for c in ("added", "removed", "changed")]
+    return ", ".join(p for p in parts if not p.startswith("0 "))
+
+
+def _sections(sections: Iterable[Section] | Section) -> tuple[Section, ...]:
+    if isinstance(sections, Section):
+        return (sections,)
+    return tuple(dict.fromkeys(sections))
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --------------------------------------------------------------------------------------------------
+# the store
+
+
+class ConfigStore:
+    """MEMORY (+ runtime_*) in an in-memory SQLite database, DISK attached from `disk_path` (None: no disk layer)."""
+
+    def __init__(self, disk_path: str | os.PathLike[str] | None = None) -> None:
+        self.disk_path = Path(disk_path) if disk_path is not None else None
+        self.config_path: str | None = None  # the config file LOAD ... FROM CONFIG reads (set by startup)
+        self.statement_timeout = 1.0  # seconds a client statement may run (see execute)
+        self._db = sqlite3.connect(":memory:", isolation_level=None)
+        self._runtime_set: set[Section] = set()
+        for t in ADMIN_TABLES:
+            self._db.execute(_ddl("main", t, t))
+            self._db.execute(_ddl("main", f"runtime_{t}", t))
+        if self.disk_path is not None:
+            self._attach(self.disk_path)
+
+    def _attach(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            raise StoreError(f"data directory {path.parent} does not exist (the disk layer is {path})")
+        try:
+            if not path.exists():  # secrets (user passwords) may be saved here: owner-only
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            self._db.execute("ATTACH DATABASE ? AS disk", (str(path),))
+            version = self._db.execute("PRAGMA disk.user_version").fetchone()[0]
+            tables = {r[0] for r in self._db.execute("SELECT name FROM disk.sqlite_master WHERE type = 'table'")}
+        except (OSError, sqlite3.Error) as e:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("DETACH DATABASE disk")
+            raise StoreError(f"cannot open the disk layer {path}: {e}") from None
+        if version == 0 and tables - {"sqlite_sequence"}:
+            self._db.execute("DETACH DATABASE disk")
+            raise StoreError(f"{path} is not an rwproxy disk layer (it has tables {', '.join(sorted(tables))}); move it away or choose another data directory")
+        if version not in (0, SCHEMA_VERSION):
+            self._db.execute("DETACH DATABASE disk")
+            raise StoreError(f"{path} has disk layer schema version {version}; this rwproxy reads version {SCHEMA_VERSION}")
+        with self._tx():
+            for t in ADMIN_TABLES:
+                self._db.execute(_ddl("disk", t, t))
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS disk.{SAVED_TABLE} (section VARCHAR NOT NULL PRIMARY KEY, saved_at VARCHAR NOT NULL)")
+            self._db.execute(f"PRAGMA disk.user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def rows(self, table: str, layer: Layer = Layer.MEMORY) -> list[dict[str, Any]]:
+        """The rows of an admin table in a layer (MEMORY, DISK or RUNTIME), in table order."""
+        if table not in TABLE_COLUMNS:
+            raise StoreError(f"no admin table {table!r}")
+        name = {Layer.MEMORY: f"main.{table}", Layer.RUNTIME: f"main.runtime_{table}", Layer.DISK: f"disk.{table}"}[layer]
+        if layer is Layer.DISK:
+            self._need_disk("read the disk layer")
+        cols = TABLE_COLUMNS[table]
+        cur = self._db.execute(f"SELECT {', '.join(cols)} FROM {name} ORDER BY rowid")
+        return [dict(zip(cols, r)) for r in cur]
+
+    def memory_rows(self) -> dict[str, list[dict[str, Any]]]:
+        return {t: self.rows(t) for t in ADMIN_TABLES}
+
+    def saved_sections(self) -> dict[Section, str]:
+        """Sections an operator saved to disk -> when (UTC). Empty without a disk layer."""
+        if self.disk_path is None:
+            return {}
+        by_value = {s.value: s for s in ALL_SECTIONS}
+        return {by_value[n]: at for n, at in self._db.execute(f"SELECT section, saved_at FROM disk.{SAVED_TABLE}") if n in by_value}
+
+    def _need_disk(self, what: str) -> None:
+        if self.disk_path is None:
+            raise StoreError(f"cannot {what}: no disk layer (the proxy runs without a data directory)")
+
+    # -- moving rows between layers -----------------------------------------------------------------
+
+    def _replace(self, dest: str, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        cols = TABLE_COLUMNS[table]
+        self._db.execute(f"DELETE FROM {dest}")
+        sql = f"INSERT INTO {dest} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        n = 0
+        for r in rows:
+            self._db.execute(sql, tuple(r.get(c) for c in cols))
+            n += 1
+        return n
+
+    def _copy(self, src: str, dest: str, table: str) -> int:
+        cols = ", ".join(TABLE_COLUMNS[table])
+        self._db.execute(f"DELETE FROM {dest}")
+        return self._db.execute(f"INSERT INTO {dest} ({cols}) SELECT {cols} FROM {src} ORDER BY rowid").rowcount
+
+    def _load_rows(self, rows: Mapping[str, Sequence[Mapping[str, Any]]], sections: tuple[Section, ...], dest: str = "main.{t}") -> int:
+        try:
+            with self._tx():
+                return sum(self._replace(dest.format(t=t), t, rows[t]) for s in sections for t in s.tables)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot store the rows: {e}") from None
+
+    def load_from_config(self, source: ConfigFile | Config | str | os.PathLike[str], sections: Iterable[Section] | Section = ALL_SECTIONS) -> int:
+        """CONFIG -> MEMORY for `sections`. A path is read now (ConfigError on a bad file); returns rows stored."""
+        cf = self._config_file(source)
+        return self._load_rows(rows_from_config(cf.config, cf.rule_rows), _sections(sections))
+
+    def _config_file(self, source: ConfigFile | Config | str | os.PathLike[str] | None) -> ConfigFile:
+        if source is None:
+            if self.config_path is None:
+                raise StoreError("no config file is known (the proxy was started without one)")
+            source = self.config_path
+        if isinstance(source, ConfigFile):
+            return source
+        if isinstance(source, Config):
+            return ConfigFile(source)
+        try:
+            return read_config_file(source)
+        except ConfigError as e:
+            raise StoreError(f"config file not loaded, memory unchanged: {e}") from None
+
+    def load_from_disk(self, sections: Iterable[Section] | Section = ALL_SECTIONS) -> int:
+        """DISK -> MEMORY. Refuses a section never saved to disk (it would empty memory)."""
+        sections = _sections(sections)
+        self._need_disk("LOAD ... FROM DISK")
+        saved = self.saved_sections()
+        missing = [s.value for s in sections if s not in saved]
+        if missing:
+            raise StoreError(f"nothing saved on disk for {', '.join(missing)} (SAVE ... TO DISK first); memory unchanged")
+        with self._tx():
+            return sum(self._copy(f"disk.{t}", f"main.{t}", t) for s in sections for t in s.tables)
+
+    def save_to_disk(self, sections: Iterable[Section] | Section = ALL_SECTIONS) -> int:
+        """MEMORY -> DISK, and record that these sections are now the disk's (they win at startup)."""
+        sections = _sections(sections)
+        self._need_disk("SAVE ... TO DISK")
+        at = _now()
+        try:
+            with self._tx():
+                n = sum(self._copy(f"main.{t}", f"disk.{t}", t) for s in sections for t in s.tables)
+                for s in sections:
+                    self._db.execute(f"REPLACE INTO disk.{SAVED_TABLE} (section, saved_at) VALUES (?, ?)", (s.value, at))
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot write the disk layer {self.disk_path}: {e}") from None
+        return n
+
+    def save_runtime_to_memory(self, sections: Iterable[Section] | Section = ALL_SECTIONS) -> int:
+        """RUNTIME -> MEMORY (discards memory edits of those sections)."""
+        sections = _sections(sections)
+        missing = [s.value for s in sections if s not in self._runtime_set]
+        if missing:
+            raise StoreError(f"nothing is recorded at runtime for {', '.join(missing)} yet; memory unchanged")
+        with self._tx():
+            return sum(self._copy(f"main.runtime_{t}", f"main.{t}", t) for s in sections for t in s.tables)
+
+    # -- MEMORY -> RUNTIME ---------------------------------------------------------------------------
+
+    def build(self, sections: Iterable[Section] | Section, base: Config) -> BuildResult:
+        """Validate memory's `sections` on top of `base` (the live Config): a new Config, or every error."""
+        return build_config(self.memory_rows(), _sections(sections), base)
+
+    def set_runtime(self, result: BuildResult) -> None:
+        """Record that `result` is live now: runtime_* of its sections show exactly the rows it was built from."""
+        if not result.ok:
+            raise StoreError("set_runtime needs a successful build")
+        self._load_rows(result.rows, result.sections, "main.runtime_{t}")
+        self._runtime_set.update(result.sections)
+
+    def set_runtime_config(self, config: Config, sections: Iterable[Section] | Section = ALL_SECTIONS) -> None:
+        """runtime_* from a Config (e.g. server statuses the monitor changed). Inactive rules and user
+        comments are not in a Config, so prefer set_runtime(result) after a load."""
+        sections = _sections(sections)
+        self._load_rows(rows_from_config(config), sections, "main.runtime_{t}")
+        self._runtime_set.update(sections)
+
+    def load_to_runtime(self, sections: Iterable[Section] | Section, base: Config, apply: Callable[[Config], None], command: str = "LOAD TO RUNTIME") -> Config:
+        """Validate, `apply(new_config)` (the application's atomic swap), record runtime. Raises
+        ValidationFailed listing every error, and then nothing has changed."""
+        result = self.build(sections, base)
+        if not result.ok:
+            raise ValidationFailed(result, command)
+        assert result.config is not None
+        apply(result.config)
+        self.set_runtime(result)
+        return result.config
+
+    # -- startup -------------------------------------------------------------------------------------
+
+    def startup(self, source: ConfigFile | Config | str | os.PathLike[str], *, initial: bool = False) -> StartupReport:
+        """Fill memory for every section from the disk layer (sections an operator saved there) or the
+        config file, and say which, and why, per section. `initial`: the config file for all."""
+        cf = self._config_file(source)
+        self.config_path = cf.config.path
+        file_rows = rows_from_config(cf.config, cf.rule_rows)
+        saved = self.saved_sections()
+        origins = []
+        for s in ALL_SECTIONS:
+            if s in saved and not initial:
+                self.load_from_disk(s)
+                diffs = [d for t in s.tables for d in _diff_rows(t, file_rows[t], self.rows(t, Layer.DISK))]
+                warning = None
+                if diffs:
+                    warning = (
+                        f"the config file {cf.config.path} differs from the disk layer ({_count(diffs)} row(s) on disk vs the file) "
+                        f"and is NOT used for this section. To use the file: LOAD {s.value} FROM CONFIG; LOAD {s.value} TO RUNTIME; "
+                        f"SAVE {s.value} TO DISK -- or start once with the config-file override (--initial)"
+                    )
+                origins.append(SectionOrigin(s, Layer.DISK, f"from the disk layer {self.disk_path} (saved {saved[s]} by SAVE {s.value} TO DISK)", warning))
+                continue
+            self._load_rows(file_rows, (s,))
+            if self.disk_path is None:
+                why = "no data directory, so no disk layer"
+            elif s in saved:
+                why = f"--initial: the disk layer's copy saved {saved[s]} is ignored until the next SAVE {s.value} TO DISK replaces it"
+            else:
+                why = f"never saved to the disk layer {self.disk_path}"
+            origins.append(SectionOrigin(s, Layer.CONFIG, f"from the config file {cf.config.path} ({why})"))
+        return StartupReport(tuple(origins))
+
+    # -- comparing -----------------------------------------------------------------------------------
+
+    def diff(self, sections: Iterable[Section] | Section = ALL_SECTIONS, against: Layer = Layer.RUNTIME) -> list[RowDiff]:
+        """Rows that differ between MEMORY and RUNTIME (or DISK), per table of `sections`."""
+        if against not in (Layer.RUNTIME, Layer.DISK):
+            raise StoreError(f"DIFF compares memory with RUNTIME or DISK, not {against.value}")
+        out = []
+        for s in _sections(sections):
+            for t in s.tables:
+                out.extend(_diff_rows(t, self.rows(t, against), self.rows(t)))
+        return out
+
+    def diff_routes(self, digests: Iterable[DigestRow], runtime: Config) -> list[RouteChange]:
+        """DIFF MYSQL ROUTES: digests whose destination would change if all of memory were loaded."""
+        result = self.build(ALL_SECTIONS, runtime)
+        if not result.ok:
+            raise ValidationFailed(result, "DIFF MYSQL ROUTES (memory does not validate)")
+        assert result.config is not None
+        return route_changes(digests, runtime, result.config)
+
+    # -- client SQL ----------------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows | Affected:
+        """One statement from an admin client: SELECT anything; write only main's admin tables.
+
+        It runs on the caller's thread (the event loop), so it gets `statement_timeout` seconds and
+        is then interrupted: a runaway query (an unbounded recursive CTE) must not stall the proxy."""
+        guard = _Guard()
+        deadline = time.monotonic() + self.statement_timeout
+        self._db.set_authorizer(guard)
+        self._db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        try:
+            cur = self._db.execute(sql, tuple(params))
+            if cur.description is not None:
+                return Rows(tuple(d[0] for d in cur.description), cur.fetchall())
+            return Affected(max(cur.rowcount, 0))
+        except sqlite3.Error as e:
+            if guard.denied is not None:
+                raise StoreError(guard.denied[0], guard.denied[1], "42000") from None
+            if getattr(e, "sqlite_errorname", "") == "SQLITE_INTERRUPT":
+                raise StoreError(
+                    f"statement stopped after {self.statement_timeout:g} s: the admin store runs on the proxy's event loop", 3024, "HY000"
+                ) from None  # ER_QUERY_TIMEOUT
+            raise _client_error(e) from None
+        finally:
+            self._db.set_authorizer(None)
+            self._db.set_progress_handler(None, 0)
+            if self._db.in_transaction:  # cannot happen (transactions are refused); never leave one open
+                self._db.execute("ROLLBACK")
+
+    def set_variable(self, name: str, value: str) -> Affected:
+        """SET mysql-<name> = value: checked now, takes effect at LOAD MYSQL VARIABLES TO RUNTIME."""
+        name = name.lower()
+        if name not in VARIABLE_BY_NAME:
+            raise StoreError(f"unknown variable {name!r}; rwproxy's variables: {', '.join(VARIABLE_BY_NAME)}", 1193, "HY000")
+        _, reason = check_variable(name, value)
+        if reason:
+            raise StoreError(f"SET {name}: {reason}", 1231, "42000")
+        self._db.execute("REPLACE INTO global_variables (variable_name, variable_value) VALUES (?, ?)", (name, value.strip()))
+        return Affected(1, f"{name} = {value.strip()!r} in memory; LOAD MYSQL VARIABLES TO RUNTIME to apply")
+
+    def show_tables(self, schema: str | None = None, like: str | None = None) -> Rows:
+        schema = (schema or "main").lower()
+        if schema == "main":
+            names = [*ADMIN_TABLES, *RUNTIME_TABLES]
+        elif schema == "disk":
+            self._need_disk("show the disk layer")
+            names = [*ADMIN_TABLES, SAVED_TABLE]
+        elif schema in ("stats", "monitor"):
+            names = []
+        else:
+            raise StoreError(f"Unknown database '{schema}'", 1049, "42000")
+        if like is not None:
+            pattern = re.compile("".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in like), re.IGNORECASE | re.DOTALL)
+            names = [n for n in names if pattern.fullmatch(n)]
+        return Rows(("tables",), [(n,) for n in sorted(names)])
+
+    def show_create_table(self, table: str, schema: str | None = None) -> Rows:
+        schema = (schema or "main").lower()
+        if schema not in ("main", "disk"):
+            raise StoreError(f"Unknown database '{schema}'", 1049, "42000")
+        if schema == "disk":
+            self._need_disk("show the disk layer")
+        row = self._db.execute(f"SELECT sql FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+        if row is None:
+            raise StoreError(f"Table '{schema}.{table}' doesn't exist", 1146, "42S02")
+        return Rows(("table", "Create Table"), [(table, row[0])])
+
+    def databases(self) -> Rows:
+        out = [(0, "main", "")]
+        if self.disk_path is not None:
+            out.append((2, "disk", str(self.disk_path)))
+        return Rows(("seq", "name", "file"), out)
+
+    # -- dispatch ------------------------------------------------------------------------------------
+
+    def run(self, cmd: Command, *, runtime: Config | None = None, apply: Callable[[Config], None] | None = None) -> Rows | Affected:
+        """Execute a parsed command that the store can answer. LOAD ... TO RUNTIME needs `runtime`
+        (the live Config) and `apply` (the swap). EXPLAIN ROUTE, KILL, SHOW PROCESSLIST and DIFF MYSQL
+        ROUTES belong to the admin listener (they need the running proxy); they raise AdminError here."""
+        if isinstance(cmd, Load):
+            if cmd.target is Layer.RUNTIME:
+                if runtime is None or apply is None:
+                    raise AdminError(f"{cmd} needs the running proxy (runtime and apply)")
+                self.load_to_runtime(cmd.sections, runtime, apply, str(cmd))
+                return Affected(0, f"{cmd}: validated and live")
+            n = self.load_from_disk(cmd.sections) if cmd.source is Layer.DISK else self.load_from_config(None, cmd.sections)
+            return Affected(n, f"{cmd}: {n} row(s) in memory")
+        if isinstance(cmd, Save):
+            n = self.save_to_disk(cmd.sections) if cmd.target is Layer.DISK else self.save_runtime_to_memory(cmd.sections)
+            return Affected(n, f"{cmd}: {n} row(s)")
+        if isinstance(cmd, Diff):
+            return Rows(DIFF_COLUMNS, [d.row() for d in self.diff(cmd.sections, cmd.against)])
+        if isinstance(cmd, SetVariable):
+            return self.set_variable(cmd.name, cmd.value)
+        if isinstance(cmd, Passthrough):
+            return self.execute(cmd.sql, cmd.params)
+        if isinstance(cmd, ShowTables):
+            return self.show_tables(cmd.schema, cmd.like)
+        if isinstance(cmd, ShowCreateTable):
+            return self.show_create_table(cmd.table, cmd.schema)
+        if isinstance(cmd, ShowDatabases):
+            return self.databases()
+        if isinstance(cmd, Noop):
+            return Affected(0)
+        if isinstance(cmd, Answer):
+            return Rows(cmd.columns, list(cmd.rows))
+        if isinstance(cmd, SelectVariables):
+            columns, rows = cmd.answer()
+            return Rows(columns, list(rows))
+        raise AdminError(f"{type(cmd).__name__} is executed by the admin listener, not the config store")
+
+
+def _client_error(e: sqlite3.Error) -> StoreError:
+    """An SQLite error as the MySQL error a client expects."""
+    msg = str(e)
+    name = getattr(e, "sqlite_errorname", "")
+    if name == "SQLITE_CONSTRAINT_CHECK":
+        return StoreError(msg.replace("CHECK constraint failed: ", "Check constraint failed: "), 3819, "HY000")
+    if name == "SQLITE_CONSTRAINT_NOTNULL":
+        col = msg.rsplit(": ", 1)[-1]
+        return StoreError(f"Column '{col}' cannot be null", 1048, "23000")
+    if name in ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE"):
+        cols = msg.rsplit(": ", 1)[-1]
+        return StoreError(f"Duplicate entry for {cols} (use REPLACE INTO, or UPDATE the existing row)", 1062, "23000")
+    if isinstance(e, sqlite3.ProgrammingError) and "one statement" in msg:
+        return StoreError("one statement at a time on the admin port", 1064, "42000")
+    if msg.startswith("no such table"):
+        return StoreError(f"{msg} (admin tables: {', '.join(ADMIN_TABLES)}, and runtime_* for each)", 1146, "42S02")
+    if "has no column named" in msg or msg.startswith("no such column"):
+        return StoreError(f"{msg} (SHOW CREATE TABLE <table> lists the columns; ProxySQL columns rwproxy does not implement are absent, see docs/admin.md)", 1054, "42S22")
+    if "syntax error" in msg or "incomplete input" in msg or "unrecognized token" in msg:
+        return StoreError(f"SQL syntax error: {msg} (the admin tables are SQLite: standard SQL, REPLACE INTO, no ON DUPLICATE KEY UPDATE)", 1064, "42000")
+    return StoreError(msg)
