@@ -82,7 +82,7 @@ class ProxyApp:
                     timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
                 )  # fmt: skip
                 self.learn_server(conn)
-                conn.cstate = ConnState(login_charset=charset_entry(collation))
+                conn.cstate = ConnState(login_charset=charset_entry(collation), tracking=not conn.tracks)
                 return conn
 
             pool = self.pools[key] = Pool(budget, connector, f"{username}@{server.address}")

@@ -44,7 +44,7 @@ from .protocol.packets import (
     parse_err,
     parse_handshake_v10,
 )
-from .protocol.results import ResultScanner
+from .protocol.results import ResultScanner, apply_rewrites
 
 log = logging.getLogger("rwproxy.backend")
 
@@ -86,6 +86,7 @@ class BackendConnection(asyncio.Protocol):
         self.handshake: HandshakeV10 | None = None
         self.capabilities = 0
         self.scanner: ResultScanner | None = None
+        self._held = b""  # the start of a packet cut by the end of the last chunk (see ResultScanner.hold)
         self.sink: ReplySink | None = None
         self._sink_owner: ReplySink | None = None
         self.hostgroup = server.hostgroup_id  # the hostgroup it serves (a writer may serve a reader hostgroup)
@@ -107,14 +108,27 @@ class BackendConnection(asyncio.Protocol):
             self.framer.feed(data)
             self._wake()
             return
+        held = self._held
+        if held:
+            data = held + data
+            self._held = b""
         end = scanner.feed(data)
         sink = self.sink
         if end < 0:
-            sink.relay(data)
+            hold = scanner.hold
+            if hold:  # a packet that matters is cut: it is relayed whole, with the next chunk
+                self._held = data[-hold:]
+                data = data[:-hold]
+            if scanner.rewrites:
+                data = apply_rewrites(data, scanner.rewrites)
+            if data:
+                sink.relay(data)
             return
         if end < len(data):
             log.warning("server %s sent %d bytes after the end of a reply; dropped", self.server.address, len(data) - end)
             data = data[:end]
+        if scanner.rewrites:
+            data = apply_rewrites(data, scanner.rewrites)
         if data:
             sink.relay(data)
         if scanner.local_infile:
@@ -261,6 +275,11 @@ class BackendConnection(asyncio.Protocol):
         self.closed = True
 
     @property
+    def tracks(self) -> bool:
+        """CLIENT_SESSION_TRACK was negotiated (the server can report state changes)."""
+        return bool(self.capabilities & Capability.SESSION_TRACK)
+
+    @property
     def thread_id(self) -> int:
         return self.handshake.connection_id if self.handshake else 0
 
@@ -344,7 +363,9 @@ async def _authenticate(
         raise BackendError(conn.server, f"server refused connection: {err.message}", err)
     hs = parse_handshake_v10(pkt.payload)
     conn.handshake = hs
-    caps = (BACKEND_REQUIRED | (client_caps & MIRRORED_CAPABILITIES)) & hs.capabilities
+    # Session tracking always: the server's own report of state changes (the session decides what
+    # they mean; the scanner strips them for a client that did not ask for them).
+    caps = (BACKEND_REQUIRED | Capability.SESSION_TRACK | (client_caps & MIRRORED_CAPABILITIES)) & hs.capabilities
     caps |= Capability.LONG_PASSWORD  # we do not use MariaDB extended capabilities
     if database:
         caps |= Capability.CONNECT_WITH_DB & hs.capabilities

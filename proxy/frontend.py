@@ -115,8 +115,15 @@ _IN_TRANS = int(ServerStatus.IN_TRANS)
 _AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _LAST_ROW_SENT = int(ServerStatus.LAST_ROW_SENT)
+_STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
 _USE = Kind.USE
 _SET = Kind.SET
+# Statements whose own text says which session state they change (and which the session records or
+# pins for): the server's SERVER_SESSION_STATE_CHANGED after them is no news.
+_STATE_SHOWN = frozenset((
+    Kind.SET, Kind.USE, Kind.DDL, Kind.LOCK_TABLES, Kind.UNLOCK_TABLES, Kind.PREPARE, Kind.DEALLOCATE,
+    Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK, Kind.SAVEPOINT, Kind.RELEASE_SAVEPOINT, Kind.XA, Kind.FLUSH,
+))  # fmt: skip
 _KILL = Kind.KILL
 _CONNECTION_ID = re.compile(r"\bCONNECTION_ID\s*\(\s*\)", re.I)
 _KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*;?\s*$", re.I)
@@ -187,6 +194,7 @@ class ClientSession(asyncio.Protocol):
         self.pin_reasons: set[PinReason] = set()
         self._temp_tables: set[str] = set()  # "schema.table" of the temporary tables the session created
         self._hold_writer = False  # keep the writer connection for LAST_INSERT_ID()
+        self._reset_on_release = False  # the reply in flight left state nobody else may inherit
         # Connections go back to their pool after each statement unless pinned (transaction-level
         # multiplexing); without classification (passthrough) nothing says when that is safe.
         self.multiplexing = app.config.multiplexing and not app.router.passthrough
@@ -210,6 +218,7 @@ class ClientSession(asyncio.Protocol):
         self.busy = True  # not accepting commands until logged in
         self.infile = False
         self._deprecate_eof = False
+        self._strip_state = True  # the client did not negotiate session tracking: strip it from replies
         self._reading_paused = False
         self._write_paused = False  # the client's socket buffer is full
         self._paused_backend: BackendConnection | None = None
@@ -305,7 +314,7 @@ class ClientSession(asyncio.Protocol):
         self.current = conn
         if self._write_paused:
             self._pause_backend(conn)  # the client has not drained the previous reply yet
-        conn.relay(raw, ResultScanner(reply, self._deprecate_eof))
+        conn.relay(raw, ResultScanner(reply, self._deprecate_eof, self._strip_state))
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -470,6 +479,7 @@ class ClientSession(asyncio.Protocol):
         self.username = resp.username
         self.capabilities = resp.capabilities & PROXY_CAPABILITIES
         self._deprecate_eof = bool(self.capabilities & Capability.DEPRECATE_EOF)
+        self._strip_state = not self.capabilities & Capability.SESSION_TRACK
         self.collation = resp.collation
         self.attributes = resp.attributes
         seq = pkt.seq + 1
@@ -990,11 +1000,11 @@ class ClientSession(asyncio.Protocol):
                 if err is not None:
                     self._release(conn, reset=True)
                     raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
-                cs = conn.cstate = ConnState(login_charset=state.login_charset)
+                cs = conn.cstate = ConnState(login_charset=state.login_charset, tracking=not conn.tracks)
                 conn.prepared.clear()
             cmds = state.replay_for(cs)
             if state.needs_reset(cs):
-                cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema))
+                cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema, tracking=not conn.tracks))
                 conn.prepared.clear()
             if cmds:
                 try:
@@ -1008,6 +1018,7 @@ class ClientSession(asyncio.Protocol):
                     self._release(conn, reset=True)  # its state is now unknown
                     raise HostgroupError(hostgroup, f"rwproxy: could not restore this session's state on {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
             state.mark_synced(conn.cstate)
+            conn.cstate.tracking = True
             return conn
         except HostgroupError as e:
             if fallback and hostgroup != self.writer_hg and self.router.ruleset.reader_fallback_to_writer and self.txn_hg is None:
@@ -1033,7 +1044,7 @@ class ClientSession(asyncio.Protocol):
         self.current = None
         status = scanner.status
         if status >= 0:
-            self.status = status
+            self.status = status & ~_STATE_CHANGED  # (OKs the proxy makes carry no state information)
             hg = conn.hostgroup
             if status & _IN_TRANS or not status & _AUTOCOMMIT:
                 if self.txn_hg != hg:
@@ -1049,7 +1060,8 @@ class ClientSession(asyncio.Protocol):
             # connection until the next statement on it (ProxySQL's auto_increment delay, for one).
             self._hold_writer = scanner.last_insert_id != 0
         if self.multiplexing and not self._holds(conn, status):
-            self._release(conn)
+            self._release(conn, reset=self._reset_on_release)
+        self._reset_on_release = False
         self.busy = False
         self.last_activity = self._clock()
         if self.draining and not self.in_transaction:
@@ -1067,6 +1079,8 @@ class ClientSession(asyncio.Protocol):
         if isinstance(first, int):  # a command other than COM_QUERY (a Command or its byte)
             if first == Command.STMT_EXECUTE or first == Command.STMT_FETCH:
                 sid = post[1]
+                if scanner.changed:
+                    self._state_changed_unseen()  # e.g. a prepared CALL that set a variable
                 if first == Command.STMT_EXECUTE and ok and scanner.status >= 0 and scanner.status & _CURSOR_EXISTS:
                     self._cursors[sid] = conn
                 elif first == Command.STMT_FETCH and (not ok or scanner.status & _LAST_ROW_SENT):
@@ -1088,6 +1102,7 @@ class ClientSession(asyncio.Protocol):
                 self._release_all(keep=conn)
                 state.reset()
                 conn.cstate.values = {}
+                conn.cstate.tracking = not conn.tracks  # the reset turned session tracking off
                 conn.prepared.clear()
                 self.stmts.clear()
                 self._cursors.clear()
@@ -1103,6 +1118,10 @@ class ClientSession(asyncio.Protocol):
                     reasons = {PinReason.UNTRACKABLE_SET if cls.set_targets or cls.kind is _SET else PinReason.OTHER}
                 for reason in reasons:
                     self._pin(reason)
+            if scanner.changed and cls.kind not in _STATE_SHOWN and cls.temp_table is None and not cls.assigns_user_vars:
+                # The server says session state changed, and the statement does not show how (a
+                # procedure, function or trigger did it): it cannot be replayed, so it stays here.
+                self._state_changed_unseen()
             if ok:
                 if self.pin_reasons or cls.temp_table is not None:
                     self._track_pin_causes(cls)
@@ -1119,6 +1138,10 @@ class ClientSession(asyncio.Protocol):
         cs = conn.cstate
         if state.gen != before and cs.owner is state and cs.gen == before:
             state.mark_synced(cs)  # the change ran on this connection: it already has it
+
+    def _state_changed_unseen(self) -> None:
+        self._pin(PinReason.SERVER_STATE)
+        self._reset_on_release = True  # (if it ran on a reader: the change must not reach the next user)
 
     def _track_pin_causes(self, cls: Classification) -> None:
         """A pin ends when its cause does: the last temporary table dropped, UNLOCK TABLES,

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .protocol.constants import Command
+from .session import TRACKING_COMMAND
 
 if TYPE_CHECKING:
     from .backend import BackendConnection
@@ -251,7 +252,10 @@ class Pool:
     async def _reset_then_release(self, conn: BackendConnection) -> None:
         self.lent += 1  # still ours until the reset is done
         try:
-            err = await asyncio.wait_for(conn.replay([bytes((Command.RESET_CONNECTION,))]), 5.0)
+            cmds = [bytes((Command.RESET_CONNECTION,))]
+            if conn.tracks:
+                cmds.append(TRACKING_COMMAND)  # the reset turned session tracking off
+            err = await asyncio.wait_for(conn.replay(cmds), 5.0)
         except (asyncio.TimeoutError, ConnectionError, OSError):
             err = True
         self.lent -= 1
@@ -259,7 +263,8 @@ class Pool:
             self._discard(conn)
             return
         if conn.cstate is not None:
-            conn.cstate.values = {}
+            cs = conn.cstate
+            cs.values, cs.owner, cs.gen = {}, None, -1  # nobody's state any more
         conn.prepared.clear()  # the reset closed them
         self._give(conn)
 

@@ -38,6 +38,9 @@ class PinReason(enum.Enum):
     USER_VARIABLE = "user variable"
     CALC_FOUND_ROWS = "SQL_CALC_FOUND_ROWS"
     UNTRACKABLE_SET = "untrackable SET"
+    # The server's session tracking said state changed where the statement's text does not show it
+    # (a procedure, a function or a trigger set a user variable, created a temporary table...).
+    SERVER_STATE = "state changed inside a statement (server session tracking)"
     PREPARED_STATEMENT = "prepared statement"
     MULTI_STATEMENT = "multi-statement"
     OTHER = "other"
@@ -64,6 +67,11 @@ def pin_reasons_of(cls) -> set[PinReason]:  # cls: rules.classify.Classification
         out.add(PinReason.MULTI_STATEMENT)
     return out
 
+
+# What the proxy turns on on every backend connection that negotiated CLIENT_SESSION_TRACK (and
+# again after each reset): the server then flags every change of session state in its OK/EOF.
+TRACKING_ASSIGNMENT = "session_track_state_change=ON"
+TRACKING_COMMAND = b"\x03SET " + TRACKING_ASSIGNMENT.encode()
 
 _CHARSET_KEY = "\0charset"  # SET NAMES / SET CHARACTER SET: one slot, the last one wins
 _TXN_PREFIX = "\0txn:"
@@ -92,6 +100,7 @@ class ConnState:
     gen: int = -1  # SessionState.gen this connection was last brought up to
     owner: object = None  # the SessionState that did it
     login_charset: str | None = None  # charset_entry() of the collation it logged in with
+    tracking: bool = False  # session tracking is on (TRACKING_ASSIGNMENT sent), or not available
 
 
 class SessionState:
@@ -116,6 +125,8 @@ class SessionState:
 
     def matches(self, conn: ConnState) -> bool:
         """Does `conn` carry exactly this state? (Cheap when this session synced it last.)"""
+        if not conn.tracking:
+            return False
         if conn.owner is self:
             return conn.gen == self.gen
         return conn.schema == self.schema and conn.values == self.values and conn.login_charset == self.login_charset
@@ -165,7 +176,7 @@ class SessionState:
         cmds: list[bytes] = []
         if self.schema is not None and conn.schema != self.schema:
             cmds.append(bytes((Command.INIT_DB,)) + self.schema.encode("utf-8", "surrogateescape"))
-        assigns = []
+        assigns = [] if conn.tracking else [TRACKING_ASSIGNMENT]
         # What a previous user of this connection set and this session did not: back to defaults.
         for key in conn.values:
             if key not in self.values and not key.startswith(_TXN_PREFIX) and key != _CHARSET_KEY:

@@ -125,7 +125,6 @@ MIRRORED_CAPABILITIES = (
     | Capability.MULTI_STATEMENTS
     | Capability.MULTI_RESULTS
     | Capability.PS_MULTI_RESULTS
-    | Capability.SESSION_TRACK
     | Capability.DEPRECATE_EOF
 )
 

@@ -24,8 +24,19 @@ announces >= 16 MiB, so it always arrives in a maximal (split) packet. Pieces fo
 packet continue it and are never interpreted.
 
 `ResultScanner.feed(chunk)` returns -1 while the reply continues, or the offset just past its end.
+While it continues, the last `hold` bytes of the chunk were not consumed: a packet header, or a
+packet whose contents matter, cut by the end of the chunk. The caller keeps them back (does not
+relay them yet) and feeds them again in front of the next chunk, so every packet the scanner reads
+is whole in the buffer the caller holds, and can be rewritten before it is relayed.
 A LOCAL INFILE request ends the server's turn: `local_infile` is set and the caller streams the
 client's file, then calls `expect_infile_reply()` and keeps feeding.
+
+Session tracking: the proxy's backend connections negotiate CLIENT_SESSION_TRACK whatever the
+client did. `changed` is set when any OK/EOF of the reply carries SERVER_SESSION_STATE_CHANGED (the
+server's own word that session state changed: a user variable, a temporary table, a variable set
+inside a procedure...). For a client that did not negotiate session tracking (`strip`), the OK
+packets that carry state information and the EOFs that carry the flag are listed in `rewrites`
+(start, end) for the caller to pass through `strip_session_state` before relaying them.
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from __future__ import annotations
 import enum
 
 from .constants import MAX_PAYLOAD, ServerStatus
+from .framing import make_packet
+from .packets import strip_session_state
 
 
 class Reply(enum.IntEnum):
@@ -60,6 +73,7 @@ _DONE = 8
 # Plain ints on the hot path: enum.Flag arithmetic allocates.
 _MORE_RESULTS = int(ServerStatus.MORE_RESULTS_EXISTS)
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
+_STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
 
 
 def _read_lenenc(buf, pos: int) -> tuple[int, int]:
@@ -79,8 +93,11 @@ class ResultScanner:
         "_state",
         "_left",
         "_skip",
-        "_carry",
         "_continued",
+        "hold",
+        "strip",
+        "changed",
+        "rewrites",
         "status",
         "error",
         "local_infile",
@@ -93,10 +110,13 @@ class ResultScanner:
         "results",
     )
 
-    def __init__(self, reply: Reply, deprecate_eof: bool) -> None:
+    def __init__(self, reply: Reply, deprecate_eof: bool, strip: bool = False) -> None:
         self.deprecate_eof = deprecate_eof
         self._skip = 0  # payload bytes of the current packet still to pass
-        self._carry = b""  # an incomplete packet whose contents matter
+        self.hold = 0  # bytes at the end of the last chunk not consumed (see feed)
+        self.strip = strip  # list packets carrying session state for removal (see rewrites)
+        self.changed = False  # some OK/EOF said SERVER_SESSION_STATE_CHANGED
+        self.rewrites: list[tuple[int, int]] | None = None  # in the last chunk fed
         self._continued = False  # the next packet continues a maximal one
         self._left = 0
         self.status = -1  # server status flags from the last OK/EOF seen; -1 = none seen (e.g. ERR)
@@ -134,19 +154,15 @@ class ResultScanner:
     def feed(self, data: bytes | bytearray | memoryview) -> int:
         """Consume a chunk; return -1 if the reply goes on, else the offset just past its end."""
         n = len(data)
+        self.hold = 0
+        if self.rewrites is not None:
+            self.rewrites = None
         pos = self._skip
         if pos:
             if pos >= n:
                 self._skip = pos - n
                 return n if pos == n and self._state == _DONE else -1
             self._skip = 0
-        base = 0
-        if self._carry:
-            # Rare: a header or a small packet that matters straddled two reads. Rejoin it.
-            base = len(self._carry)
-            data = self._carry + bytes(data)
-            self._carry = b""
-            n = len(data)
         state = self._state
         while state != _DONE:
             if pos + 4 > n:
@@ -182,7 +198,7 @@ class ResultScanner:
                     state = self._first(data, start, end)
                     if self.local_infile:
                         self._state = state
-                        return end - base
+                        return end
                 elif state == _COLUMNS_EOF:
                     state = self._columns_eof(data, start, end)
                 elif state == _PREP_FIRST:
@@ -198,12 +214,12 @@ class ResultScanner:
             if end >= n:
                 self._skip = end - n
                 self._state = state
-                return n - base if state == _DONE and end == n else -1
+                return n if state == _DONE and end == n else -1
             pos = end
         self._state = state
         if state == _DONE:
-            return pos - base
-        self._carry = bytes(data[pos:])
+            return pos
+        self.hold = n - pos  # rare: a header or a packet that matters straddles two reads
         return -1
 
     # ---- packets that matter ------------------------------------------------------------------
@@ -234,7 +250,7 @@ class ResultScanner:
             return _DONE
         # EOF: warnings(2) status(2). A cursor opened by COM_STMT_EXECUTE ends the reply here.
         if end - start >= 5:
-            self.status = data[start + 3] | data[start + 4] << 8
+            self._eof_status(data, start, end)
         if self.status & _CURSOR_EXISTS:
             return _DONE
         return _ROWS
@@ -248,7 +264,7 @@ class ResultScanner:
             if self.deprecate_eof:
                 self._ok(data, start, end)
             elif end - start >= 5:
-                self.status = data[start + 3] | data[start + 4] << 8
+                self._eof_status(data, start, end)
             return _FIRST if self.status & _MORE_RESULTS else _DONE
         return _ROWS  # a row
 
@@ -275,10 +291,37 @@ class ResultScanner:
             self.status = 0
             return
         if p + 2 <= end:
-            self.status = data[p] | data[p + 1] << 8
+            status = self.status = data[p] | data[p + 1] << 8
+            if status & _STATE_CHANGED:
+                self._state_changed(start, end)
+
+    def _eof_status(self, data, start: int, end: int) -> None:
+        status = self.status = data[start + 3] | data[start + 4] << 8
+        if status & _STATE_CHANGED:
+            self._state_changed(start, end)
+
+    def _state_changed(self, start: int, end: int) -> None:
+        self.changed = True
+        if self.strip:
+            if self.rewrites is None:
+                self.rewrites = []
+            self.rewrites.append((start - 4, end))
 
     def _status_from(self, data, start: int, end: int) -> None:
         if data[start] == 0x00 or self.deprecate_eof:
             self._ok(data, start, end)
         elif end - start >= 5:
-            self.status = data[start + 3] | data[start + 4] << 8
+            self._eof_status(data, start, end)
+
+
+def apply_rewrites(data: bytes, rewrites: list[tuple[int, int]]) -> bytes:
+    """`data` with the packets at `rewrites` (ResultScanner.rewrites: start of header, end of payload)
+    passed through strip_session_state, sequence ids kept."""
+    out = []
+    prev = 0
+    for start, end in rewrites:
+        out.append(data[prev:start])
+        out.append(make_packet(strip_session_state(data[start + 4 : end]), data[start + 3]))
+        prev = end
+    out.append(data[prev:])
+    return b"".join(out)

@@ -6,23 +6,30 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.protocol.constants import ServerStatus
-from proxy.protocol.results import Reply, ResultScanner
+from proxy.protocol.constants import Capability, ServerStatus
+from proxy.protocol.framing import make_packet
+from proxy.protocol.packets import OK, lenenc_bytes, make_ok, parse_ok
+from proxy.protocol.results import Reply, ResultScanner, apply_rewrites
 
-from .replies import Wire, err, ok, result_set
+from .replies import CAPS, Wire, err, ok, result_set
 
 AC = ServerStatus.AUTOCOMMIT
 MORE = ServerStatus.MORE_RESULTS_EXISTS
 
 
 def feed_all(scanner: ResultScanner, data: bytes, cuts: list[int]) -> int:
-    """Feed `data` cut at `cuts`; return the absolute end offset reported (or -1)."""
+    """Feed `data` cut at `cuts` as BackendConnection does (bytes the scanner holds back are fed
+    again in front of the next chunk); return the absolute end offset reported (or -1)."""
     bounds = sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]
-    start = 0
+    start = 0  # absolute offset of the next chunk's first byte
+    held = b""
     for b in bounds:
-        r = scanner.feed(data[start:b])
+        chunk = held + data[start:b]
+        base = start - len(held)
+        r = scanner.feed(chunk)
         if r >= 0:
-            return start + r
+            return base + r
+        held = chunk[len(chunk) - scanner.hold :] if scanner.hold else b""
         start = b
     return -1
 
@@ -190,3 +197,89 @@ def test_statistics_reply_is_any_single_packet():
     data = bytes(Wire().add(b"Uptime: 5  Threads: 1").data)
     sc = ResultScanner(Reply.ANY_ONE, False)
     assert sc.feed(data) == len(data)
+
+
+# ---- session tracking: the flag is seen, and stripped for clients that did not ask for it --------
+
+CHANGED = ServerStatus.SESSION_STATE_CHANGED
+STATE = b"\x02\x02\x011"  # SESSION_TRACK_STATE_CHANGE "1", as MariaDB sends it
+
+
+def relay_all(scanner: ResultScanner, data: bytes, cuts: list[int]) -> bytes:
+    """What BackendConnection relays of `data` cut at `cuts` (held bytes wait, rewrites applied)."""
+    bounds = sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]
+    out, held, start = [], b"", 0
+    for b in bounds:
+        chunk = held + data[start:b]
+        start = b
+        r = scanner.feed(chunk)
+        held = b""
+        if r < 0 and scanner.hold:
+            held, chunk = chunk[-scanner.hold :], chunk[: -scanner.hold]
+        elif r >= 0:
+            chunk = chunk[:r]
+        out.append(apply_rewrites(chunk, scanner.rewrites) if scanner.rewrites else chunk)
+        if r >= 0:
+            break
+    return b"".join(out)
+
+
+def tracked_ok(status: int, info: bytes = b"", insert_id: int = 0) -> bytes:
+    return make_ok(OK(1, insert_id, status | CHANGED, 0, info, STATE), CAPS)
+
+
+@settings(max_examples=150, deadline=None)
+@given(cuts=st.lists(st.integers(0, 200), max_size=6), info=st.sampled_from([b"", b"Rows matched: 1  Changed: 1  Warnings: 0"]))
+def test_state_info_is_stripped_for_a_client_without_session_track(cuts, info):
+    reply = make_packet(tracked_ok(AC, info, insert_id=7), 1)
+    sc = ResultScanner(Reply.RESULT, False, strip=True)
+    relayed = relay_all(sc, reply, cuts)
+    assert sc.done and sc.changed
+    # Exactly what the server sends a client without CLIENT_SESSION_TRACK: flag off, no state, info
+    # still length-encoded.
+    expected = b"\x00\x01\x07" + int(AC).to_bytes(2, "little") + b"\x00\x00" + (lenenc_bytes(info) if info else b"")
+    assert relayed == make_packet(expected, 1)
+    assert parse_ok(relayed[4:], Capability.PROTOCOL_41).status == AC
+
+
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(0, 400), max_size=8), deprecate=st.booleans())
+def test_flag_in_a_result_set_terminator_is_seen_and_cleared(cuts, deprecate):
+    w = Wire()
+    result_set(w, 2, [[b"x" * 40, None]] * 3, deprecate, int(AC | MORE | CHANGED))
+    w.add(tracked_ok(AC))
+    data = bytes(w.data)
+    sc = ResultScanner(Reply.RESULT, deprecate, strip=True)
+    relayed = relay_all(sc, data, cuts)
+    assert sc.done and sc.changed and sc.status == AC | CHANGED  # as the server said
+    assert not any(p & CHANGED for p in statuses(relayed, deprecate)), relayed
+    # Stripping changed only the flagged packets: the rows are intact.
+    assert relayed.count(b"x" * 40) == 3
+
+
+def statuses(data: bytes, deprecate: bool) -> list[int]:
+    """Status flags of every OK/EOF-like packet in `data` (small packets starting 0x00/0xFE)."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        n = int.from_bytes(data[pos : pos + 3], "little")
+        p = data[pos + 4 : pos + 4 + n]
+        if p[:1] == b"\xfe" and n < 9 and not deprecate:
+            out.append(int.from_bytes(p[3:5], "little"))
+        elif p[:1] in (b"\x00", b"\xfe") and n >= 7:
+            out.append(parse_ok(p, Capability.PROTOCOL_41).status)
+        pos += 4 + n
+    return out
+
+
+def test_without_strip_the_reply_is_relayed_untouched():
+    reply = make_packet(tracked_ok(AC), 1)
+    sc = ResultScanner(Reply.RESULT, False)
+    assert relay_all(sc, reply, [3, 9]) == reply
+    assert sc.changed and sc.rewrites is None
+
+
+def test_plain_ok_is_not_flagged():
+    sc = ResultScanner(Reply.RESULT, False, strip=True)
+    reply = make_packet(ok(AC), 1)
+    assert relay_all(sc, reply, []) == reply
+    assert not sc.changed
