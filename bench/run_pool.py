@@ -19,6 +19,12 @@ hold). Three phases, each against a proxy of its own started cold (empty pools):
     idle    N clients (default 500) connect, run one query and go silent; [proxy]
             client_idle_timeout = 2: when they are closed (seen by the clients: the proxy's ERR 4031,
             then EOF) and when the pools are back to [pool] min_idle on every server.
+    sysbench sysbench oltp_read_write in its default mode (BEGIN/COMMIT, server-side prepared
+            statements: --db-ps-mode=auto) with many threads (default 64), straight to the primary
+            (the baseline) and through a proxy that caps every server at few connections (default 8),
+            interleaved over rounds: QPS and p95 ratios proxy/direct, sysbench's errors by code,
+            reconnects, and the most `app` connections (and Prepared_stmt_count) each server had.
+            Written to its own section (markers `pooling-sysbench`), so it can run alone.
 
 Nothing is hidden: every client error is counted by kind and shown; a phase that could not run says
 why. Every process started here is stopped on exit, also on Ctrl-C or SIGTERM. Reuses
@@ -26,18 +32,23 @@ bench/run_sysbench.py's helpers (process handling, machine facts, section writin
 
     .venv/bin/python bench/run_pool.py                  # all phases, writes docs/benchmarks.md
     .venv/bin/python bench/run_pool.py --clients 200 --storm 500 --idle-clients 100 --out /tmp/pool.md
+    .venv/bin/python bench/run_pool.py --phases sysbench --sb-time 30 --sb-rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import importlib.metadata
 import os
 import random
+import re
 import resource
 import shlex
+import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -51,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import asyncmy
 import pymysql
+import run_split as split  # its measuring helpers (sysbench's ignored error codes, other processes' CPU)
 import run_sysbench as rs  # bench/ is not a package: imported from its own directory (sys.path above)
 import uvloop
 
@@ -61,9 +73,11 @@ from proxy.sandbox import (
 )
 
 BEGIN, END = "<!-- BEGIN pooling -->", "<!-- END pooling -->"
+SB_BEGIN, SB_END = "<!-- BEGIN pooling-sysbench -->", "<!-- END pooling-sysbench -->"
 ASYNCMY_VERSION = importlib.metadata.version("asyncmy")
 DB, TABLE, ROWS = "sbtest", "pool_t", 10_000
-PHASES = ("load", "storm", "idle")
+PHASES = ("load", "storm", "idle", "sysbench")
+CLIENT_PHASES = ("load", "storm", "idle")  # the asyncmy phases, reported in the `pooling` section
 
 
 # --------------------------------------------------------------------------- the servers' own view
@@ -76,15 +90,18 @@ class Sample:
     attempts: dict[str, int]  # Connections (cumulative connection attempts)
     app: dict[str, int]  # PROCESSLIST rows of user app
     opened: dict[str, int]  # distinct `app` connection ids seen so far (cumulative)
+    prepared: dict[str, int]  # Prepared_stmt_count (server-side prepared statements, all sessions)
 
 
 class Sampler(threading.Thread):
-    """Every `interval` s, each server's Threads_connected, Connections and `app` PROCESSLIST rows."""
+    """Every `interval` s, each server's Threads_connected, Connections, `app` PROCESSLIST rows and
+    Prepared_stmt_count."""
 
     QUERY = (
         "SELECT (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'THREADS_CONNECTED'), "
         "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'CONNECTIONS'), "
-        "(SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'app')"
+        "(SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'app'), "
+        "(SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'PREPARED_STMT_COUNT')"
     )
 
     def __init__(self, cluster: Any, interval: float = 0.1) -> None:
@@ -100,15 +117,16 @@ class Sampler(threading.Thread):
         self.error: str | None = None
 
     def sample(self) -> Sample:
-        threads, attempts, app, opened = {}, {}, {}, {}
+        threads, attempts, app, opened, prepared = {}, {}, {}, {}, {}
         for name, c in self.conns.items():
             with c.cursor() as cur:
                 cur.execute(self.QUERY)
-                t, a, n = cur.fetchone()
+                t, a, n, ps = cur.fetchone()
                 cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'app'")
                 self.seen[name].update(row[0] for row in cur.fetchall())
             threads[name], attempts[name], app[name], opened[name] = int(t), int(a), int(n), len(self.seen[name])
-        return Sample(time.monotonic(), threads, attempts, app, opened)
+            prepared[name] = int(ps)
+        return Sample(time.monotonic(), threads, attempts, app, opened, prepared)
 
     def run(self) -> None:
         try:
@@ -122,10 +140,8 @@ class Sampler(threading.Thread):
         self.halt.set()
         self.join(10)
         for c in self.conns.values():
-            try:
+            with contextlib.suppress(Exception):  # already gone: nothing to close
                 c.close()
-            except Exception:  # noqa: BLE001
-                pass
 
     # -- summaries --
 
@@ -400,6 +416,91 @@ async def phase_idle(host: str, port: int, args, sampler: Sampler) -> IdleResult
     return res
 
 
+# --------------------------------------------------------------------------- sysbench through a capped pool
+
+
+@dataclass
+class SysbenchRun:
+    """One sysbench run, and what the servers showed meanwhile (sampler window of the run)."""
+
+    result: rs.RunResult
+    ignored_codes: list[str] = field(default_factory=list)  # codes of the errors sysbench ignored (and retried)
+    fatal_codes: list[str] = field(default_factory=list)  # codes named in FATAL/ALERT lines (errors that stop a thread)
+    app_peak: dict[str, int] = field(default_factory=dict)  # max `app` PROCESSLIST rows per server
+    opened: dict[str, int] = field(default_factory=dict)  # distinct `app` connection ids seen during the run
+    prepared_peak: dict[str, int] = field(default_factory=dict)  # max Prepared_stmt_count per server
+    samples: int = 0
+    other_cpu: dict[str, float] = field(default_factory=dict)  # CPU-seconds used meanwhile by processes not ours
+    wall: float = 0.0
+
+    def other_share(self, ncpu: int) -> float | None:
+        return sum(self.other_cpu.values()) / (ncpu * self.wall) if self.wall else None
+
+
+def sysbench_load(args) -> argparse.Namespace:
+    """The `args` shape run_sysbench's helpers read (tables, table_size, threads, time)."""
+    return argparse.Namespace(tables=args.sb_tables, table_size=args.sb_table_size, threads=args.sb_threads, time=args.sb_time)
+
+
+def run_sysbench_once(target: str, where: tuple[str, int], primary: rs.Primary, args, rnd: int, sampler: Sampler, ours: set[int]) -> SysbenchRun:
+    sb = sysbench_load(args)
+    # --verbosity=5 names every error sysbench ignores ("Ignoring error 1213 ..."); no other option
+    # changes sysbench's defaults (transactions, --db-ps-mode=auto, its own ignore list).
+    argv = rs.sysbench_argv("oltp_read_write", *where, primary, sb, "run", extra=("--verbosity=5",))
+    run = SysbenchRun(rs.RunResult("oltp_read_write", target, rnd, argv))
+    cpu_before, t0 = split.cpu_times(), time.monotonic()
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=args.sb_time + 120, check=False)
+        text = out.stdout + out.stderr
+        run.result.exit_status = out.returncode
+    except subprocess.TimeoutExpired as exc:
+        text = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        run.result.note = f"sysbench still running {args.sb_time + 120} s after start; killed"
+    t1 = time.monotonic()
+    run.wall = t1 - t0
+    run.other_cpu = split.others_cpu(cpu_before, split.cpu_times(), ours)
+    rs.parse_sysbench(text, run.result)
+    run.ignored_codes = split.ignored_codes(text)
+    run.fatal_codes = re.findall(r"^(?:FATAL|ALERT):.*?error (\d+)", text, re.MULTILINE)
+    time.sleep(2 * sampler.interval)  # the sample that follows the run's end
+    window = sampler.window(t0, time.monotonic())
+    run.samples = len(window)
+    run.app_peak = Sampler.peak(window, "app")
+    run.prepared_peak = Sampler.peak(window, "prepared")
+    run.opened = {k: v[0] for k, v in Sampler.attempt_rates(sampler.window(t0, time.monotonic(), before=True), "opened").items()}
+    return run
+
+
+def phase_sysbench(cluster, primary: rs.Primary, args, base_dir: Path, procs: rs.Processes, sampler: Sampler) -> dict[str, Any]:
+    """sysbench oltp_read_write with args.sb_threads threads, direct and through a proxy capping every
+    server at args.sb_max_connections, interleaved over args.sb_rounds rounds."""
+    out: dict[str, Any] = {"runs": [], "config": "", "log": []}
+    sb = sysbench_load(args)
+    rs.prepare(primary, sb)
+    cluster.wait_replicated(timeout=300)
+    where, out["config"] = start_proxy("sysbench", cluster, args, base_dir, procs, max_connections=args.sb_max_connections)
+    if isinstance(where, str):
+        out["problem"] = f"proxy did not start: {where}"
+        return out
+    targets = {"direct": (primary.host, primary.port), "rwproxy": where}
+    order = list(targets)
+    for rnd in range(args.sb_rounds):
+        for target in order[rnd % 2:] + order[:rnd % 2]:
+            time.sleep(2)  # let the previous run's connections go
+            ours = {os.getpid(), *(p.pid for _, p in procs.procs), *(s.pid for s in cluster.servers if s.pid)}
+            print(f"phase sysbench: round {rnd + 1}/{args.sb_rounds} {target}: {shlex.join(rs.sysbench_argv('oltp_read_write', *targets[target], primary, sb, 'run', extra=('--verbosity=5',)))}", flush=True)
+            run = run_sysbench_once(target, targets[target], primary, args, rnd, sampler, ours)
+            out["runs"].append(run)
+            r = run.result
+            status = "ok" if r.ok else f"FAILED ({r.note or (r.fatal[0] if r.fatal else f'exit {r.exit_status}')})"
+            print(f"  qps={rs.fmt(r.qps, ',.0f')} p95={rs.fmt(r.p95_ms, '.2f')} ms ignored={r.ignored_errors} {dict(Counter(run.ignored_codes)) or ''} "
+                  f"reconnects={r.reconnects} fatal={dict(Counter(run.fatal_codes)) or len(r.fatal)} max app connections {run.app_peak} "
+                  f"max Prepared_stmt_count {run.prepared_peak} others_cpu={sum(run.other_cpu.values()):.1f}s {status}", flush=True)
+    stop_last(procs)
+    out["log"] = log_warnings(base_dir / "sysbench.log", limit=20)
+    return out
+
+
 # --------------------------------------------------------------------------- the proxy
 
 
@@ -414,12 +515,14 @@ def pool_toml(args, extra: dict[str, Any] | None = None) -> str:
     return "[pool]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
 
 
-def start_proxy(name: str, cluster, args, base_dir: Path, procs: rs.Processes, proxy_settings: dict[str, Any] | None = None) -> tuple[tuple[str, int] | str, str]:
-    """A cold rwproxy: every server capped at args.max_connections. Returns ((host, port) or why not, config text)."""
+def start_proxy(name: str, cluster, args, base_dir: Path, procs: rs.Processes, proxy_settings: dict[str, Any] | None = None,
+                max_connections: int | None = None) -> tuple[tuple[str, int] | str, str]:
+    """A cold rwproxy: every server capped at `max_connections` (default args.max_connections).
+    Returns ((host, port) or why not, config text)."""
     port = rs.free_port()
     servers = default_servers(cluster)
     for s in servers:
-        s["max_connections"] = args.max_connections
+        s["max_connections"] = max_connections or args.max_connections
     settings = {"max_connections": 4096, **(proxy_settings or {})}
     text = render_proxy_config(cluster, port, servers=servers, replication_hostgroups=default_replication_hostgroups(cluster),
                                proxy_settings=settings, extra_toml=pool_toml(args))
@@ -541,8 +644,8 @@ def render(args, info: dict[str, str], invocation: str, results: dict[str, Any],
                 f"- Client time (connect + query): p50 {f(pct(t, 50), '.0f')} ms, p99 {f(pct(t, 99), '.0f')} ms, max {f(max(t) if t else None, '.0f')} ms",
                 f"- Max `app` PROCESSLIST rows per server: {per_server(storm.app_peak)} (configured max {args.max_connections})",
                 f"- Max Threads_connected per server: {per_server(storm.threads_peak)}",
-                f"- Server connection attempts ([pool] connect_rate = {args.connect_rate:g}/s per server, connect_concurrency = {args.pool_connect_concurrency}; "
-                f"the token bucket holds `connect_rate` tokens, so a cold pool may open that many at once, then `connect_rate` per second):",
+                (f"- Server connection attempts ([pool] connect_rate = {args.connect_rate:g}/s per server, connect_concurrency = {args.pool_connect_concurrency}; "
+                f"the token bucket holds `connect_rate` tokens, so a cold pool may open that many at once, then `connect_rate` per second):"),
                 "",
                 "| server | `Connections` delta | max in any 1 s | max rate over one 100 ms sample (/s) | new `app` connections in PROCESSLIST | max in any 1 s |",
                 "|---|---:|---:|---:|---:|---:|",
@@ -552,20 +655,20 @@ def render(args, info: dict[str, str], invocation: str, results: dict[str, Any],
             ]
     idle = results.get("idle")
     if idle:
-        out += [f"### c. Silent clients: {args.idle_clients:,} clients run one query and go silent "
-                f"(client_idle_timeout = {args.client_idle_timeout:g} s, [pool] min_idle = {args.min_idle}, idle_timeout = {args.pool_idle_timeout:g} s)", ""]
+        out += [(f"### c. Silent clients: {args.idle_clients:,} clients run one query and go silent "
+                f"(client_idle_timeout = {args.client_idle_timeout:g} s, [pool] min_idle = {args.min_idle}, idle_timeout = {args.pool_idle_timeout:g} s)"), ""]
         if isinstance(idle, str):
             out += [f"**not run**: {idle}", ""]
         else:
             c = idle.closed_after
             out += [
                 f"- Connected and queried: {idle.connected:,}/{idle.clients:,}; errors: {errs(idle.errors)}",
-                f"- Closed by the proxy (seen by the client: ERR 4031 then EOF), after the client's last reply: "
+                (f"- Closed by the proxy (seen by the client: ERR 4031 then EOF), after the client's last reply: "
                 f"p50 {f(pct(c, 50))} s, max {f(max(c) if c else None)} s; last client closed {f(idle.last_query_to_all_closed)} s after the last query; "
-                f"not closed: {idle.not_closed}",
-                f"- Pools back to min_idle ({args.min_idle} per server) {f(idle.idle_after_close)} s after the last client was closed, "
+                f"not closed: {idle.not_closed}"),
+                (f"- Pools back to min_idle ({args.min_idle} per server) {f(idle.idle_after_close)} s after the last client was closed, "
                 f"{f(idle.idle_after_last_query)} s after the last query (the connections are idle from then on: expected "
-                f"idle_timeout + up to one maintenance interval, min(1, idle_timeout/4) s)",
+                f"idle_timeout + up to one maintenance interval, min(1, idle_timeout/4) s)"),
                 f"- `app` PROCESSLIST rows per server: before {per_server(idle.app_before)}; max during {per_server(idle.app_peak)}; at the end {per_server(idle.app_end)}",
                 "",
             ]
@@ -579,6 +682,133 @@ def render(args, info: dict[str, str], invocation: str, results: dict[str, Any],
     if notes:
         out += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     out.append(END)
+    return "\n".join(out)
+
+
+def errors_text(runs: list[SysbenchRun], reconnects: bool = True) -> str:
+    """sysbench's errors over `runs`: ignored (retried) ones by code, reconnects, FATAL lines by code, failed runs."""
+    parts = []
+    ignored = Counter(c for r in runs for c in r.ignored_codes)
+    counted = sum(r.result.ignored_errors for r in runs)
+    if counted:
+        parts.append(f"{counted} ignored (" + ", ".join(f"{code} ×{n}" for code, n in sorted(ignored.items())) + ")"
+                     if ignored else f"{counted} ignored")
+    n = sum(r.result.reconnects for r in runs)
+    if n and reconnects:
+        parts.append(f"{n} reconnects")
+    fatal = Counter(c for r in runs for c in r.fatal_codes)
+    lines = sum(len(r.result.fatal) for r in runs)
+    if lines:
+        parts.append(f"**{lines} FATAL lines** (" + (", ".join(f"error {c} ×{n}" for c, n in sorted(fatal.items())) or "no code") + ")")
+    failed = [r for r in runs if not r.result.ok]
+    if failed:
+        why = failed[0].result
+        parts.append(f"**FAILED {len(failed)}/{len(runs)}** ({rs.md_escape((why.note or (why.fatal[0] if why.fatal else f'exit {why.exit_status}'))[:160])})")
+    return "; ".join(parts) or "0"
+
+
+def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, Any]) -> str:
+    runs: list[SysbenchRun] = sb.get("runs", [])
+    cap = args.sb_max_connections
+    head = [
+        SB_BEGIN,
+        f"### d. sysbench oltp_read_write, {args.sb_threads} threads, through the proxy capped at {cap} backend connections per server",
+        "",
+        "sysbench in its default mode (BEGIN … COMMIT around every transaction, server-side prepared statements:",
+        f"`--db-ps-mode=auto`) with {args.sb_threads} threads, straight to the primary (`direct`: {args.sb_threads} server",
+        "connections) and through rwproxy splitting (primary in hostgroup 0, both replicas in hostgroup 1,",
+        f"`[[replication_hostgroups]]` 0 → 1) with every `[[servers]]` `max_connections = {cap}`, the two targets",
+        "alternating over the rounds. Every transaction runs wholly on the writer, so the proxy multiplexes",
+        f"{args.sb_threads} client sessions over at most {cap} primary connections, each lent for one transaction.",
+        "",
+        "Server connections are counted by the servers: a sampler thread (logged in as `monitor`) reads every",
+        "100 ms each server's information_schema.PROCESSLIST rows of user `app` (and Prepared_stmt_count).",
+        "During a proxy run sysbench talks only to the proxy, so `app` rows are exactly the proxy's backend",
+        "connections; `Threads_connected` minus a baseline would also count the sampler and the replicas'",
+        "binlog dump threads, and could not tell a stray client from the proxy. The proxy is a new process",
+        "started cold, with the `[pool]` settings below.",
+        "",
+        f"- Date: {info['date']}",
+        (f"- Machine: {info['nproc']} CPUs (nproc), {info['cpu']}, Linux {info['kernel']}; load average at start "
+         f"{info['load']}, at end {info.get('load_end', '?')} (shared machine; sysbench, the proxy and three servers share it)"),
+        f"- rwproxy: {info['revision']}",
+        f"- Server: MariaDB {info['mariadb']} (primary + 2 replicas, GTID, ROW binlog); {info['sysbench']}; {info['python']}",
+        f"- Load: {args.sb_tables} tables × {args.sb_table_size:,} rows, {args.sb_threads} threads, {args.sb_time} s per run, {args.sb_rounds} round(s)",
+        "",
+        "Command:",
+        "",
+        "```sh",
+        invocation,
+        "```",
+        "",
+    ]
+    if sb.get("problem"):
+        return "\n".join([*head, f"**not run**: {rs.md_escape(sb['problem'])}", SB_END])
+    examples = {r.result.target: r.result.command for r in runs}
+    ncpu = int(info["nproc"]) if info["nproc"].isdigit() else (os.cpu_count() or 1)
+    by = {t: [r for r in runs if r.result.target == t] for t in ("direct", "rwproxy")}
+    summ = {t: rs.Summary("oltp_read_write", t, [r.result for r in rr]) for t, rr in by.items()}
+    qps = {t: s.median("qps") for t, s in summ.items()}
+    p95 = {t: s.median("p95_ms") for t, s in summ.items()}
+    peak = {t: {n: max(r.app_peak.get(n, 0) for r in rr) for n in (rr[0].app_peak if rr else {})} for t, rr in by.items()}
+    prepared = {t: {n: max(r.prepared_peak.get(n, 0) for r in rr) for n in (rr[0].prepared_peak if rr else {})} for t, rr in by.items()}
+    held = bool(by["rwproxy"]) and all(n <= cap for n in peak["rwproxy"].values())
+    # Per round: proxy/direct of that round (both ran within a minute of each other).
+    paired = []
+    for rnd in range(args.sb_rounds):
+        d = next((r for r in by["direct"] if r.result.round == rnd and r.result.ok), None)
+        x = next((r for r in by["rwproxy"] if r.result.round == rnd and r.result.ok), None)
+        if d and x:
+            paired.append((rnd, x.result.qps / d.result.qps, x.result.p95_ms / d.result.p95_ms if d.result.p95_ms else None))
+    qps_ratios = [q for _, q, _ in paired]
+    out = head + [
+        "The sysbench runs (host/port vary by target):",
+        "",
+        "```sh",
+        *(shlex.join(examples[t]) for t in ("direct", "rwproxy") if t in examples),
+        "```",
+        "",
+        "| target | QPS | TPS | p95 ms | sysbench errors | reconnects | max `app` connections per server | `app` connections opened per server (most in one run) | max Prepared_stmt_count per server | QPS ratio vs direct | p95 ratio vs direct |",
+        "|---|---:|---:|---:|---|---:|---|---|---|---:|---:|",
+    ]
+    for t in ("direct", "rwproxy"):
+        opened = {n: max(r.opened.get(n, 0) for r in by[t]) for n in (by[t][0].opened if by[t] else {})}
+        out.append(
+            f"| {t} | {rs.fmt(qps[t], ',.0f')} | {rs.fmt(summ[t].median('tps'), ',.0f')} | {rs.fmt(p95[t], '.2f')} | {errors_text(by[t], reconnects=False)} "
+            f"| {sum(r.result.reconnects for r in by[t])} | {per_server(peak[t])} | {per_server(opened)} | {per_server(prepared[t])} "
+            f"| {rs.ratio(qps[t], qps['direct'])} | {rs.ratio(p95[t], p95['direct'])} |"
+        )
+    out += [
+        "",
+        (f"- **Cap {'held' if held else 'NOT held'}**: at most {per_server(peak['rwproxy'])} `app` connections per server during the proxy runs "
+         f"(configured `max_connections = {cap}`; {sum(r.samples for r in by['rwproxy'])} samples)."),
+        (f"- QPS proxy/direct: {rs.ratio(qps['rwproxy'], qps['direct'])} (medians); per round "
+         + ", ".join(f"{q:.2f}" for q in qps_ratios) + (f", median {statistics.median(qps_ratios):.2f}" if qps_ratios else "")
+         + f". p95 proxy/direct: {rs.ratio(p95['rwproxy'], p95['direct'])} (medians); per round "
+         + ", ".join(f"{p:.2f}" if p is not None else "—" for _, _, p in paired) + "."),
+        ("- sysbench errors: *ignored* errors are the ones sysbench retries by default (`--mysql-ignore-errors` "
+        "1213, 1020, 1205: deadlock, record changed, lock wait timeout), listed by code; any other error is a "
+        "FATAL line that stops its thread and fails the run."),
+        "",
+        "Per run (in run order; [others N%]: CPU that processes other than the benchmark's used during that run):",
+        "",
+    ]
+    for r in sorted(runs, key=lambda r: (r.result.round, runs.index(r))):
+        res = r.result
+        share = r.other_share(ncpu)
+        out.append(f"- round {res.round + 1} {res.target}: {rs.fmt(res.qps, ',.0f')} QPS, p95 {rs.fmt(res.p95_ms, '.2f')} ms, "
+                   f"errors {errors_text([r])}, max `app` connections {per_server(r.app_peak)}"
+                   + (f" [others {share:.0%}]" if share is not None else ""))
+    log = sb.get("log", [])
+    out += ["", "Proxy log: " + ("no WARNING/ERROR lines" if not log else f"{len(log)} distinct WARNING/ERROR line(s):")]
+    if log:
+        out += ["", *(f"- `{rs.md_escape(line).replace('`', chr(39))}`" for line in log)]
+    text = sb.get("config", "")
+    if "[pool]" in text:
+        servers = [ln for ln in text.splitlines() if ln.startswith("max_connections")]
+        out += ["", f"Proxy config: every `[[servers]]` has `{servers[-1] if servers else '?'}`; `[pool]`:", "",
+                "```toml", text[text.index("[pool]"):].strip(), "```"]
+    out.append(SB_END)
     return "\n".join(out)
 
 
@@ -616,6 +846,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pool-connect-concurrency", type=int, default=4, help="[pool] connect_concurrency (default 4)")
     ap.add_argument("--min-idle", type=int, default=2, help="[pool] min_idle (default 2)")
     ap.add_argument("--pool-idle-timeout", type=float, default=5.0, help="[pool] idle_timeout (default 5)")
+    ap.add_argument("--sb-time", type=int, default=30, help="phase sysbench: seconds per run (default 30)")
+    ap.add_argument("--sb-threads", type=int, default=64, help="phase sysbench: sysbench threads (default 64)")
+    ap.add_argument("--sb-rounds", type=int, default=3, help="phase sysbench: rounds of direct + rwproxy, order alternating (default 3)")
+    ap.add_argument("--sb-max-connections", type=int, default=8, help="phase sysbench: every server's max_connections in the proxy config (default 8)")
+    ap.add_argument("--sb-tables", type=int, default=4, help="phase sysbench: sysbench tables (default 4)")
+    ap.add_argument("--sb-table-size", type=int, default=25_000,
+                    help="phase sysbench: rows per table (default 25000, as tests/sysbench.py: fewer InnoDB deadlocks among 64 threads)")
     ap.add_argument("--max-load", type=float, default=4.0, help="wait while the 1-min load average is above this (default 4)")
     ap.add_argument("--wait-load", type=float, default=600.0, help="...for at most this many seconds (default 600)")
     ap.add_argument("--out", type=Path, default=rs.REPO / "docs" / "benchmarks.md")
@@ -680,6 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         info = rs.machine()  # load average before our own servers start
         info["date"] = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
         info["nofile"] = nofile
+        info["revision"] = split.proxy_revision()  # what the proxies will import
         cluster, primary = rs.start_sandbox(base_dir, replicas=2)
         info["mariadb"] = rs.mariadb_cli(primary, "SELECT VERSION()")
         print(f"primary {primary.host}:{primary.port}, replicas {primary.replicas}: MariaDB {info['mariadb']}; work dir {base_dir}", flush=True)
@@ -693,18 +931,33 @@ def main(argv: list[str] | None = None) -> int:
         configs: dict[str, str] = {}
         notes: list[str] = []
         uvloop.install()
-        results = asyncio.run(run_phases(cluster, args, base_dir, procs, sampler, configs, notes))
+        clean = True
+        if any(ph in args.phases for ph in CLIENT_PHASES):
+            results = asyncio.run(run_phases(cluster, args, base_dir, procs, sampler, configs, notes))
+            if sampler.error:
+                notes.append(f"sampler stopped early: {sampler.error}")
+            info["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            section = render(args, info, invocation, results, configs, notes)
+            rs.write_section(args.out, section, BEGIN, END)
+            print(f"\nwrote section to {args.out}\n")
+            print(section)
+            clean = all(
+                not r.errors for ph in results.values() for r in (ph.values() if isinstance(ph, dict) else [ph]) if not isinstance(r, str)
+            ) and not any(isinstance(r, str) for ph in results.values() for r in (ph.values() if isinstance(ph, dict) else [ph]))
+        if "sysbench" in args.phases:
+            sb = phase_sysbench(cluster, primary, args, base_dir, procs, sampler)
+            info["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+            if sampler.error:
+                sb["problem"] = f"sampler stopped early: {sampler.error}"
+            section = render_sysbench(args, info, invocation, sb)
+            rs.write_section(args.out, section, SB_BEGIN, SB_END)
+            print(f"\nwrote section to {args.out}\n")
+            print(section)
+            runs = sb.get("runs", [])
+            held = all(n <= args.sb_max_connections for r in runs if r.result.target == "rwproxy" for n in r.app_peak.values())
+            clean = clean and not sb.get("problem") and bool(runs) and held and all(
+                r.result.ok and not r.result.reconnects for r in runs)
         sampler.stop()
-        if sampler.error:
-            notes.append(f"sampler stopped early: {sampler.error}")
-        info["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        section = render(args, info, invocation, results, configs, notes)
-        rs.write_section(args.out, section, BEGIN, END)
-        print(f"\nwrote section to {args.out}\n")
-        print(section)
-        clean = all(
-            not r.errors for ph in results.values() for r in (ph.values() if isinstance(ph, dict) else [ph]) if not isinstance(r, str)
-        ) and not any(isinstance(r, str) for ph in results.values() for r in (ph.values() if isinstance(ph, dict) else [ph]))
         return 0 if clean else 1
     finally:
         if sampler is not None:
