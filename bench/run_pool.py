@@ -115,6 +115,7 @@ class Sampler(threading.Thread):
         self.seen: dict[str, set[int]] = {name: set() for name in self.conns}
         self.halt = threading.Event()
         self.error: str | None = None
+        self.skipped: list[str] = []  # samples a server refused (not a lost connection): skipped, reported
 
     def sample(self) -> Sample:
         threads, attempts, app, opened, prepared = {}, {}, {}, {}, {}
@@ -131,7 +132,14 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         try:
             while not self.halt.is_set():
-                self.samples.append(self.sample())
+                try:
+                    self.samples.append(self.sample())
+                except pymysql.err.MySQLError as e:
+                    # A server refused one reading (seen on a shared box: information_schema's
+                    # temporary table under /tmp deleted by someone else's cleanup, error 6).
+                    if not e.args or e.args[0] in (2006, 2013) or len(self.skipped) >= 100:
+                        raise
+                    self.skipped.append(repr(e.args))
                 self.halt.wait(self.interval)
         except Exception as e:  # noqa: BLE001 - reported with the figures
             self.error = repr(e)
@@ -799,6 +807,8 @@ def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, A
         out.append(f"- round {res.round + 1} {res.target}: {rs.fmt(res.qps, ',.0f')} QPS, p95 {rs.fmt(res.p95_ms, '.2f')} ms, "
                    f"errors {errors_text([r])}, max `app` connections {per_server(r.app_peak)}"
                    + (f" [others {share:.0%}]" if share is not None else ""))
+    if sb.get("skipped"):
+        out += ["", f"Sampler: {len(sb['skipped'])} sample(s) refused by a server and skipped (over the whole benchmark), e.g. `{sb['skipped'][0]}`."]
     log = sb.get("log", [])
     out += ["", "Proxy log: " + ("no WARNING/ERROR lines" if not log else f"{len(log)} distinct WARNING/ERROR line(s):")]
     if log:
@@ -936,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
             results = asyncio.run(run_phases(cluster, args, base_dir, procs, sampler, configs, notes))
             if sampler.error:
                 notes.append(f"sampler stopped early: {sampler.error}")
+            if sampler.skipped:
+                notes.append(f"sampler: {len(sampler.skipped)} sample(s) refused by a server and skipped, e.g. {sampler.skipped[0]}")
             info["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
             section = render(args, info, invocation, results, configs, notes)
             rs.write_section(args.out, section, BEGIN, END)
@@ -949,6 +961,7 @@ def main(argv: list[str] | None = None) -> int:
             info["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
             if sampler.error:
                 sb["problem"] = f"sampler stopped early: {sampler.error}"
+            sb["skipped"] = list(sampler.skipped)
             section = render_sysbench(args, info, invocation, sb)
             rs.write_section(args.out, section, SB_BEGIN, SB_END)
             print(f"\nwrote section to {args.out}\n")

@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymysql
 import pytest
 import uvloop
 
@@ -272,14 +273,23 @@ class PreparedWatch(mux.BackendWatch):
         self.stmts_max = dict.fromkeys(self.servers, 0)
         # Max over the samples of Prepared_stmt_count - max_prepared_statements × connections at that moment.
         self.excess = dict.fromkeys(self.servers, -(10**9))
+        self.failed: list[str] = []  # readings the server refused (not lost connections): skipped, counted
 
     def count(self) -> dict[str, int]:
         out = {}
         with self._lock:
             for name, c in self.conns.items():
-                with c.cursor() as cur:
-                    cur.execute(self.QUERY, (mux.MUX_USER,))
-                    conns, stmts = cur.fetchone()
+                try:
+                    with c.cursor() as cur:
+                        cur.execute(self.QUERY, (mux.MUX_USER,))
+                        conns, stmts = cur.fetchone()
+                except pymysql.err.MySQLError as e:
+                    # Seen on this shared box: information_schema's temporary table under /tmp
+                    # deleted by someone else's cleanup (error 6). One reading lost, not the test.
+                    if not e.args or e.args[0] in (2006, 2013) or len(self.failed) > 100:
+                        raise
+                    self.failed.append(f"{name}: {e.args}")
+                    continue
                 stmts = int(stmts)
                 out[name] = conns
                 self.stmts_max[name] = max(self.stmts_max[name], stmts)
@@ -349,7 +359,8 @@ def test_prepared_stmt_count_stays_within_cap_times_connections(mux_proxy, schem
     print(
         f"\n{tally.cycles:,} prepare/execute/close cycles from {CLIENTS} clients in {elapsed:.1f} s ({tally.cycles / elapsed:,.0f}/s); "
         f"{len(tally.texts)} distinct statement texts; reads {tally.reads:,} ({tally.replica_reads:,} on replicas)\n"
-        f"[pool] max_prepared_statements = {MAX_PREPARED}, max_connections = {CAP} per server; {watch.samples} samples\n"
+        f"[pool] max_prepared_statements = {MAX_PREPARED}, max_connections = {CAP} per server; {watch.samples} samples"
+        f"{f' ({len(watch.failed)} readings refused by a server and skipped: {watch.failed[:3]})' if watch.failed else ''}\n"
         f"max backend connections per server: {peak}\n"
         f"max Prepared_stmt_count per server: {watch.stmts_max} (before: {baseline}; bound cap x connections: {bound})\n"
         f"max (Prepared_stmt_count - cap x connections) in one sample: {watch.excess}\n"
@@ -358,7 +369,7 @@ def test_prepared_stmt_count_stays_within_cap_times_connections(mux_proxy, schem
     assert not tally.errors, f"{len(tally.errors)} errors, e.g. {tally.errors[:5]}"
     assert not tally.wrong, f"{len(tally.wrong)} wrong results, e.g. {tally.wrong[:5]}"
     assert tally.cycles == CYCLES
-    assert watch.samples > 20, watch.samples
+    assert watch.samples > 20 and len(watch.failed) < watch.samples // 10, (watch.samples, watch.failed[:5])
     assert all(n <= CAP for n in peak.values()), peak
     assert all(0 < n for n in peak.values()), f"a server got no connection: {peak}"
     # Every execute reached a server as COM_STMT_EXECUTE, and every client PREPARE as a COM_STMT_PREPARE.
