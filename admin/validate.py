@@ -220,6 +220,8 @@ VARIABLES: tuple[Variable, ...] = (
              doc="a statement waits this long for a backend connection, then ERR"),
     Variable("mysql-pool_validate_after", "pool", "validate_after", "ms", 0, 86_400,
              doc="a connection idle longer than this is pinged before it is lent"),
+    Variable("mysql-auto_increment_delay_multiplex_timeout_ms", "pool", "last_insert_id_hold", "ms", 0, 86_400, proxysql=True,
+             doc="after an insert, an idle session keeps its writer connection this long for LAST_INSERT_ID()"),
     Variable("mysql-max_stmts_per_connection", "pool", "max_prepared_statements", "int", 1, 1_000_000, proxysql=True,
              doc="prepared statements kept per backend connection (LRU closed beyond)"),
 )

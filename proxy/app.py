@@ -132,8 +132,7 @@ class ProxyApp:
         server = await loop.create_server(lambda: ClientSession(self), lst.address, lst.port, reuse_address=True, backlog=4096)
         self._servers.append(server)
         log.info("listening on %s:%d (data)", lst.address, lst.port)
-        if self.config.client_idle_timeout > 0:
-            self._sweeper = loop.create_task(self._sweep_idle())
+        self._sweeper = loop.create_task(self._sweep_idle())
         if self.config.multiplexing:
             self._maintainer = loop.create_task(self._maintain_pools())
 
@@ -199,13 +198,25 @@ class ProxyApp:
 
     async def _sweep_idle(self) -> None:
         timeout = self.config.client_idle_timeout
-        interval = min(timeout / 4, 1.0)
+        hold = self.config.pool.last_insert_id_hold
+        interval = max(0.05, min(timeout / 4 if timeout > 0 else 1.0, hold / 2 if hold > 0 else 1.0, 1.0))
         while True:
             await asyncio.sleep(interval)
             try:
-                self.sweep_idle(self.clock() - timeout)
+                now = self.clock()
+                if timeout > 0:
+                    self.sweep_idle(now - timeout)
+                self.end_insert_id_holds(now - hold)
             except Exception:  # a bug here must not stop the sweeping
                 log.exception("idle sweep failed")
+
+    def end_insert_id_holds(self, cutoff: float) -> None:
+        """Sessions idle since before `cutoff` that keep a writer connection only for LAST_INSERT_ID()
+        give it back ([pool] last_insert_id_hold): a client that inserts and goes quiet must not
+        hold a backend connection."""
+        for sess in self.sessions.values():
+            if sess.holding_insert_id and not sess.busy and sess.last_activity < cutoff:
+                sess.end_insert_id_hold()
 
     def sweep_idle(self, cutoff: float) -> int:
         """Close every logged-in, free session whose last activity is older than `cutoff`."""

@@ -232,6 +232,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         acquire_timeout=pool_sec.get("acquire_timeout", float, 10.0, _between(0.001, 86_400)),
         validate_after=pool_sec.get("validate_after", float, 30.0, _between(0, 86_400)),
         max_prepared=pool_sec.get("max_prepared_statements", int, 64, _between(1, 1_000_000)),
+        last_insert_id_hold=pool_sec.get("last_insert_id_hold", float, 1.0, _between(0, 86_400)),
     )
     pool_sec.finish()
 

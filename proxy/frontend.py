@@ -125,7 +125,8 @@ _STATE_SHOWN = frozenset((
     Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK, Kind.SAVEPOINT, Kind.RELEASE_SAVEPOINT, Kind.XA, Kind.FLUSH,
 ))  # fmt: skip
 _KILL = Kind.KILL
-_CONNECTION_ID = re.compile(r"\bCONNECTION_ID\s*\(\s*\)", re.I)
+# Functions whose value belongs to the client session, not to whichever connection runs the statement.
+_SESSION_VALUE = re.compile(r"\b(CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID)\s*\(\s*\)", re.I)
 _KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*;?\s*$", re.I)
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`", re.S)
 
@@ -193,7 +194,9 @@ class ClientSession(asyncio.Protocol):
         self.pinned_writer = False
         self.pin_reasons: set[PinReason] = set()
         self._temp_tables: set[str] = set()  # "schema.table" of the temporary tables the session created
-        self._hold_writer = False  # keep the writer connection for LAST_INSERT_ID()
+        self.holding_insert_id = False  # keep the writer connection for LAST_INSERT_ID()
+        self.insert_id = 0  # LAST_INSERT_ID() of the session: the last insert id an OK reported
+        self.row_count = -1  # ROW_COUNT() of the session: what its previous statement affected
         self._reset_on_release = False  # the reply in flight left state nobody else may inherit
         # Connections go back to their pool after each statement unless pinned (transaction-level
         # multiplexing); without classification (passthrough) nothing says when that is safe.
@@ -526,7 +529,7 @@ class ClientSession(asyncio.Protocol):
         self.state = SessionState(database, charset_entry(self.collation))
         self.pinned_writer, self.pin_reasons, self.txn_hg, self._lost, self._view = False, set(), None, None, None
         self._temp_tables = set()
-        self._hold_writer = False
+        self.holding_insert_id = False
         self.status = int(ServerStatus.AUTOCOMMIT)
         self._wire = (self.capabilities & MIRRORED_CAPABILITIES, self.collation)
         self._pools = {}
@@ -614,7 +617,7 @@ class ClientSession(asyncio.Protocol):
         hg = conn.hostgroup
         if hg == self.txn_hg or self.infile or (self._cursors and conn in self._cursors.values()):
             return True
-        if hg == self.writer_hg and (self.pinned_writer or self._hold_writer):
+        if hg == self.writer_hg and (self.pinned_writer or self.holding_insert_id):
             return True
         return False
 
@@ -870,12 +873,8 @@ class ClientSession(asyncio.Protocol):
     def _query(self, pkt: Packet) -> None:
         sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
         rewritten = None
-        if _CONNECTION_ID.search(sql):
-            # Under multiplexing the server's own CONNECTION_ID() changes from one statement to
-            # the next: the client's connection id is the proxy's (the one its handshake announced).
-            # (Typed as the server types CONNECTION_ID(): an unsigned integer of display width 10.)
-            proxy_id = f"CAST({self.id:010d} AS UNSIGNED)"
-            rewritten = sql = _outside_strings(sql, lambda part: _CONNECTION_ID.sub(proxy_id, part))
+        if _SESSION_VALUE.search(sql):
+            rewritten = sql = _outside_strings(sql, lambda part: _SESSION_VALUE.sub(self._session_value, part))
         cls, decision = self.router.route(sql, self._session_view())
         if cls.kind is _KILL:
             self._kill(sql)
@@ -893,6 +892,24 @@ class ClientSession(asyncio.Protocol):
             self._send(make_ok(OK(status=self.status, info=action.ok_msg.encode()), self.capabilities), 1)
 
     # ---- KILL [QUERY | CONNECTION] <the proxy's connection id> --------------------------------
+
+    def _session_value(self, m: re.Match) -> str:
+        """The session's own value of CONNECTION_ID() / ROW_COUNT() / LAST_INSERT_ID(), as a literal
+        typed as the server types the function (or the call itself where the server must answer)."""
+        name = m.group(1).upper()
+        if name == "CONNECTION_ID":
+            # Under multiplexing the server's own CONNECTION_ID() changes from one statement to the
+            # next: the client's connection id is the proxy's (the one its handshake announced).
+            return f"CAST({self.id:010d} AS UNSIGNED)"
+        if name == "ROW_COUNT":
+            # What the session's previous statement affected, wherever it ran (from its OK packet;
+            # -1 after a result set or an error, as the server says).
+            return f"CAST({self.row_count} AS SIGNED)"
+        if self.writer_hg in self.conns:
+            return m.group(0)  # the connection that made the value is still the session's: ask it
+        # The writer connection of the insert has gone back to its pool (the session moved on, or
+        # sat idle past [pool] last_insert_id_hold): the value from that insert's OK packet.
+        return f"CAST({self.insert_id} AS UNSIGNED)"
 
     def _kill(self, sql: str) -> None:
         m = _KILL_TARGET.match(sql)
@@ -1058,7 +1075,11 @@ class ClientSession(asyncio.Protocol):
         if conn.hostgroup == self.writer_hg:
             # LAST_INSERT_ID() (any spelling) must run where the insert ran: keep the writer
             # connection until the next statement on it (ProxySQL's auto_increment delay, for one).
-            self._hold_writer = scanner.last_insert_id != 0
+            self.holding_insert_id = scanner.last_insert_id != 0
+            if self.holding_insert_id:
+                self.insert_id = scanner.last_insert_id
+        if scanner.results or scanner.error is not None:
+            self.row_count = scanner.row_count
         if self.multiplexing and not self._holds(conn, status):
             self._release(conn, reset=self._reset_on_release)
         self._reset_on_release = False
@@ -1138,6 +1159,16 @@ class ClientSession(asyncio.Protocol):
         cs = conn.cstate
         if state.gen != before and cs.owner is state and cs.gen == before:
             state.mark_synced(cs)  # the change ran on this connection: it already has it
+
+    def end_insert_id_hold(self) -> None:
+        """[pool] last_insert_id_hold passed with the session idle: give the writer connection back
+        (LAST_INSERT_ID() is answered from the insert's OK packet from now on)."""
+        if not self.holding_insert_id or self.busy or self.closed:
+            return
+        self.holding_insert_id = False
+        conn = self.conns.get(self.writer_hg)
+        if conn is not None and self.multiplexing and not self._holds(conn, self.status):
+            self._release(conn)
 
     def _state_changed_unseen(self) -> None:
         self._pin(PinReason.SERVER_STATE)

@@ -62,6 +62,7 @@ class PoolSettings:
     acquire_timeout: float = 10.0  # how long a session waits for a connection before ERR
     validate_after: float = 30.0  # COM_PING a connection idle longer than this before lending it
     max_prepared: int = 64  # prepared statements kept per connection (least recently used closed first)
+    last_insert_id_hold: float = 1.0  # an idle session keeps its writer connection this long after an insert
 
 
 class ServerBudget:

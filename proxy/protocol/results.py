@@ -107,6 +107,7 @@ class ResultScanner:
         "columns",
         "affected_rows",
         "last_insert_id",
+        "row_count",
         "results",
     )
 
@@ -128,6 +129,7 @@ class ResultScanner:
         self.affected_rows = 0
         self.last_insert_id = 0
         self.results = 0  # number of result sets / OKs seen
+        self.row_count = -1  # ROW_COUNT() after this reply: the last OK's affected rows, -1 after rows or ERR
         self.last_ok: bytes | None = None
         if reply is Reply.RESULT:
             self._state = _FIRST
@@ -231,9 +233,11 @@ class ResultScanner:
         if h == 0x00:
             self.results += 1
             self._ok(data, start, end)
+            self.row_count = self.affected_rows
             return _FIRST if self.status & _MORE_RESULTS else _DONE
         if h == 0xFF:
             self.error = bytes(data[start:end])
+            self.row_count = -1
             return _DONE
         if h == 0xFB:
             self.local_infile = True
@@ -241,6 +245,7 @@ class ResultScanner:
         count, _ = _read_lenenc(data, start)
         self._left = count
         self.results += 1
+        self.row_count = -1
         return _COLUMNS if count else (_ROWS if self.deprecate_eof else _COLUMNS_EOF)
 
     def _columns_eof(self, data, start: int, end: int) -> int:

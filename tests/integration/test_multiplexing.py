@@ -356,6 +356,84 @@ def test_last_insert_id_is_each_sessions_own_under_50_concurrent_inserters(mux_p
     assert cluster.primary.value(f"SELECT COUNT(*) FROM `{schema}`.ai") == str(expected_rows)
 
 
+def test_last_insert_id_after_the_hold_ends_comes_from_the_inserts_ok(mux_proxy, schema, cluster):
+    """A session that inserts and goes quiet keeps its writer connection only [pool]
+    last_insert_id_hold; LAST_INSERT_ID() afterwards is still its own (from the insert's OK), even
+    after others inserted on that very connection."""
+    cluster.primary.sql(f"CREATE TABLE `{schema}`.ai2 (id BIGINT AUTO_INCREMENT PRIMARY KEY, who INT)")
+    cluster.wait_replicated()
+    p = mux_proxy(writer_max=1, pool={"last_insert_id_hold": 0.3})  # one writer connection for everyone
+    a, b = p.connect(autocommit=True, database=schema), p.connect(autocommit=True, database=schema)
+    try:
+        with a.cursor() as cur:
+            cur.execute("INSERT INTO ai2 (who) VALUES (1), (1)")
+            mine = cur.lastrowid
+        # b needs the only writer connection, which a holds for its LAST_INSERT_ID(): it waits for
+        # the hold to end (0.3 s), not for a's next statement.
+        t0 = time.monotonic()
+        with b.cursor() as cur:
+            cur.execute("INSERT INTO ai2 (who) VALUES (2)")
+            theirs = cur.lastrowid
+        waited = time.monotonic() - t0
+        assert 0.15 < waited < 2.0, f"b waited {waited:.2f}s for the writer connection"
+        assert theirs > mine
+        for spelling in LAST_INSERT_ID_SPELLINGS:
+            assert int(one(a, spelling)[0]) == mine, spelling
+        assert int(one(b, "SELECT LAST_INSERT_ID()")[0]) == theirs
+        # Inside a transaction the server answers (the connection is the session's).
+        a.begin()
+        with a.cursor() as cur:
+            cur.execute("INSERT INTO ai2 (who) VALUES (3)")
+            newer = cur.lastrowid
+        assert one(a, "SELECT LAST_INSERT_ID()") == (newer,)
+        a.commit()
+    finally:
+        close(a, b)
+
+
+def test_row_count_is_the_sessions_previous_statements(mux_proxy, schema, cluster, direct):
+    """ROW_COUNT() means the session's previous statement, whichever connection ran it (answered
+    from that statement's OK), as it does connected directly."""
+    cluster.primary.sql(f"CREATE TABLE `{schema}`.rc (id INT PRIMARY KEY, v INT)")
+    cluster.wait_replicated()
+    p = mux_proxy(writer_max=3)
+
+    def others(cur: Any, i: int) -> None:
+        cur.execute(f"{W}DO 1")  # ROW_COUNT() 0 on whatever connection this ran on
+
+    steps = [
+        ("INSERT INTO rc VALUES ({k}1, 1), ({k}2, 2), ({k}3, 3)", None),
+        ("SELECT ROW_COUNT()", 3),
+        ("UPDATE rc SET v = v + 1 WHERE id IN ({k}1, {k}2)", None),
+        ("select row_count() AS n", 2),
+        ("SELECT COUNT(*) FROM rc", None),
+        ("SELECT ROW_COUNT() FROM DUAL;", -1),
+        ("DELETE FROM rc WHERE id = {k}3", None),
+        ("SELECT 10 + ROW_COUNT()", 11),
+        ("UPDATE rc SET v = v WHERE id = {k}1", None),
+        ("SELECT ROW_COUNT()", None),  # 0 or 1: depends on CLIENT_FOUND_ROWS; compared with direct
+    ]
+    a = p.connect(autocommit=True, database=schema)
+    try:
+        with Load(p, 6, others):
+            results = {}
+            for name, conn, k in (("proxy", a, 1), ("direct", direct, 2)):
+                conn.select_db(schema)
+                got = []
+                for sql, _ in steps:
+                    with conn.cursor() as cur:
+                        cur.execute(sql.format(k=k))
+                        if sql.upper().startswith("SELECT") and "ROW_COUNT" in sql.upper():
+                            got.append(int(cur.fetchone()[0]))
+                        time.sleep(0.01)
+                results[name] = got
+        expected = [want for sql, want in steps if "ROW_COUNT" in sql.upper()]
+        assert results["proxy"] == results["direct"], results
+        assert [g for g, w in zip(results["proxy"], expected) if w is not None] == [w for w in expected if w is not None]
+    finally:
+        close(a)
+
+
 def test_found_rows_after_sql_calc_found_rows(mux_proxy, schema, cluster):
     cluster.primary.sql(f"CREATE TABLE `{schema}`.fr (id INT PRIMARY KEY); INSERT INTO `{schema}`.fr SELECT seq FROM `{schema}`.seq_1_to_40")
     cluster.wait_replicated()
