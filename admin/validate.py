@@ -572,7 +572,8 @@ def build_config(
         table = {"servers": "mysql_servers", "users": "mysql_users", "query_rules": "mysql_query_rules",
                  "replication_hostgroups": "mysql_replication_hostgroups"}.get(e.key.split("[")[0].split(".")[0], "global_variables")
         return BuildResult(sections, None, (ValidationError(table, "", None, f"{e.key}: {e.reason}", layers.get(table, Layer.MEMORY)),), used)
-    return BuildResult(sections, dataclasses.replace(config, path=base.path), (), used)
+    # Sections the admin tables do not hold ([admin], [stats], listeners) stay as they are live.
+    return BuildResult(sections, dataclasses.replace(config, path=base.path, admin=base.admin, stats=base.stats), (), used)
 
 
 def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], base: Config) -> dict[str, Any]:

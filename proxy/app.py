@@ -37,6 +37,7 @@ from .frontend import ClientSession
 from .pool import Pool, ServerBudget
 from .session import ConnState, PinReason, charset_entry
 from .router import Router
+from .stats import StatsRegistry
 
 log = logging.getLogger("rwproxy")
 
@@ -64,6 +65,17 @@ class ProxyApp:
         self.pools: dict[tuple, Pool] = {}
         self._maintainer: asyncio.Task | None = None
         self.pins: collections.Counter[PinReason] = collections.Counter()  # sessions pinned, by reason
+        # One stats registry per process: the data path bumps it, admin stats_* tables and
+        # Prometheus read it (computed on read).
+        self.stats = StatsRegistry(config.stats.max_digests, max_digest_text=config.stats.max_digest_text)
+        self.stats.bind(
+            sessions=lambda: list(self.sessions.values()),
+            pools=lambda: list(self.pools.values()),
+            servers=lambda: [(s.hostgroup_id, s) for s in self.config.servers],
+            users=lambda: list(self.config.users.values()),
+            rules=lambda: [r.rule_id for r in self.config.ruleset.rules],
+        )
+        self.store = None  # admin.store.ConfigStore when the admin port is configured (set by __main__)
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
         """The pool of `server` connections for this backend user and wire settings."""
@@ -133,8 +145,49 @@ class ProxyApp:
         self._servers.append(server)
         log.info("listening on %s:%d (data)", lst.address, lst.port)
         self._sweeper = loop.create_task(self._sweep_idle())
+        if "admin" in self.config.listeners:
+            from admin.server import start_admin  # the control plane, wired in by the composition root
+
+            lst = self.config.listeners["admin"]
+            self._servers.append(await start_admin(self, lst.address, lst.port))
+            log.info("listening on %s:%d (admin)", lst.address, lst.port)
+        if "metrics" in self.config.listeners:
+            from .metrics import start_metrics_server
+
+            lst = self.config.listeners["metrics"]
+            self._servers.append(await start_metrics_server(self.stats, lst.address, lst.port))
+            log.info("listening on %s:%d (metrics)", lst.address, lst.port)
         if self.config.multiplexing:
             self._maintainer = loop.create_task(self._maintain_pools())
+
+    # ---- runtime configuration ------------------------------------------------------------------
+
+    def apply_config(self, config: Config) -> None:
+        """Make `config` live (the admin port's LOAD ... TO RUNTIME, already validated).
+
+        Synchronous on the event loop, so no statement sees half of it: every session's next
+        statement routes by the new rules and servers; statements and transactions in flight finish
+        where they run. Pools of servers that are gone (or OFFLINE_HARD) stop lending: their idle
+        connections close now, lent ones when they come back. Listeners and [admin] are not changed
+        at runtime (a restart applies them)."""
+        self.config = config
+        self.router = router = Router(config)
+        limits: dict[str, int] = {}
+        for s in config.servers:
+            if s.status != "OFFLINE_HARD":
+                limits[s.address] = max(limits.get(s.address, 0), s.max_connections)
+        for address, budget in self.budgets.items():
+            budget.settings = config.pool
+            if address in limits:
+                budget.max_connections = limits[address]
+            budget.wake()  # a raised limit lets waiting sessions in
+        for key, pool in list(self.pools.items()):
+            pool.settings = config.pool
+            if key[0] not in limits:
+                pool.close(f"server {key[0]} was taken out of the configuration")
+                del self.pools[key]
+        for sess in self.sessions.values():
+            sess.config_changed(router)
 
     def _raise_fd_limit(self) -> None:
         """Like mysqld with open_files_limit: make room for max_connections clients and their backends."""

@@ -68,6 +68,23 @@ class Server:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin port's login and where its disk layer lives ([admin])."""
+
+    username: str = "admin"
+    password: str = field(default="admin", repr=False)
+    data_dir: str = "."  # the disk layer is <data_dir>/rwproxy.db
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSettings:
+    """[stats]: what the stats registry keeps."""
+
+    max_digests: int = 10_000  # rows of stats_mysql_query_digest; the least recently seen go first
+    max_digest_text: int = 2048  # characters of digest_text kept per row
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     log_level: str
@@ -86,6 +103,10 @@ class Config:
     # per client session (multiplexing = false).
     multiplexing: bool = True
     pool: PoolSettings = field(default_factory=PoolSettings)
+    # Control plane: [listeners.admin] (the SQL admin port) and [listeners.metrics] (Prometheus)
+    # are optional listeners; [admin] holds the admin login, [stats] the registry's bounds.
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    stats: StatsSettings = field(default_factory=StatsSettings)
 
     def hostgroup(self, hostgroup_id: int) -> tuple[Server, ...]:
         return tuple(s for s in self.servers if s.hostgroup_id == hostgroup_id)
@@ -159,6 +180,19 @@ class _Section:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
             raise ConfigError(self.file, self._k(unknown[0]), "unknown key (check the spelling against config/rwproxy.example.toml)")
+
+
+# Listeners this version has, with their default ports (None: the port must be given).
+LISTENER_PORTS = {"data": None, "admin": 6032, "metrics": 6070}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _port(v: int) -> str | None:
@@ -240,13 +274,37 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     ls = _Section(file, "listeners", root.get("listeners", dict, hint="at least [listeners.data]"))
     for name in ls.table:
         sec = _Section(file, f"listeners.{name}", ls.get(name, dict))
-        if name != "data":
-            raise ConfigError(file, f"listeners.{name}", "unknown listener (this version has: data)")
-        listeners[name] = Listener(name, sec.get("address", str, "127.0.0.1", _address), sec.get("port", int, check=_port))
+        if name not in LISTENER_PORTS:
+            raise ConfigError(file, f"listeners.{name}", f"unknown listener (this version has: {', '.join(LISTENER_PORTS)})")
+        port = LISTENER_PORTS[name]
+        listeners[name] = Listener(name, sec.get("address", str, "127.0.0.1", _address), sec.get("port", int, ... if port is None else port, _port))
         sec.finish()
     if "data" not in listeners:
         raise ConfigError(file, "listeners.data", "required: the port clients connect to")
     ls.finish()
+
+    admin_sec = _Section(file, "admin", root.get("admin", dict, default={}))
+    admin = AdminSettings(
+        username=admin_sec.get("username", str, "admin", lambda v: None if v else "must not be empty"),
+        password=admin_sec.secret("password", default="admin"),
+        data_dir=admin_sec.get("data_dir", str, str(Path(file).parent) if file != "<config>" else "."),
+    )
+    admin_sec.finish()
+    if "admin" in listeners:
+        host = listeners["admin"].address
+        if not _is_loopback(host) and admin.password in ("", "admin"):
+            raise ConfigError(
+                file, "admin.password",
+                f"the admin port listens on {host}, beyond this machine, with "
+                + ("an empty password" if not admin.password else "the default password") + ": set a strong one "
+                "(password, password_env or password_file) or bind [listeners.admin] to 127.0.0.1",
+            )  # fmt: skip
+    stats_sec = _Section(file, "stats", root.get("stats", dict, default={}))
+    stats = StatsSettings(
+        max_digests=stats_sec.get("max_digests", int, 10_000, _between(0, 10_000_000, " (0 = no digest table)")),
+        max_digest_text=stats_sec.get("max_digest_text", int, 2048, _between(16, 1_048_576)),
+    )
+    stats_sec.finish()
 
     servers = []
     for sec in _list_of_tables(file, root, "servers"):
@@ -334,4 +392,6 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         shutdown_timeout=shutdown_timeout,
         multiplexing=multiplexing,
         pool=pool,
+        admin=admin,
+        stats=stats,
     )

@@ -81,6 +81,7 @@ from .session import ConnState, PinReason, SessionState, charset_entry, pin_reas
 
 if TYPE_CHECKING:
     from .app import ProxyApp
+    from .router import Router
 
 log = logging.getLogger("rwproxy.session")
 T = TypeVar("T")
@@ -201,6 +202,8 @@ class ClientSession(asyncio.Protocol):
         # Connections go back to their pool after each statement unless pinned (transaction-level
         # multiplexing); without classification (passthrough) nothing says when that is safe.
         self.multiplexing = app.config.multiplexing and not app.router.passthrough
+        # Statements go unclassified to the writer (one hostgroup, nothing to decide, no pooling).
+        self.passthrough = app.router.passthrough
         self._wire: tuple[int, int] = (0, 0)  # mirrored capabilities and collation: part of the pool key
         self._pools: dict[str, Pool] = {}
         self._preferred: dict[int, Server] = {}  # hostgroup -> the server this session prefers there
@@ -546,6 +549,16 @@ class ClientSession(asyncio.Protocol):
             self._release(conn)
         return not self.closed
 
+    def config_changed(self, router: Router) -> None:
+        """A new runtime configuration is live (ProxyApp.apply_config): the next statement uses it."""
+        self.router = router
+        # A multiplexing session keeps classifying even if the new config needs none: its state
+        # (pins, variables) must still be tracked.
+        self.passthrough = router.passthrough and not self.multiplexing
+        self._preferred.clear()  # servers are chosen again, by the new weights and statuses
+        self._pools.clear()
+        self._view = None
+
     def _pool(self, server: Server) -> Pool:
         pool = self._pools.get(server.address)
         if pool is None:
@@ -680,7 +693,7 @@ class ClientSession(asyncio.Protocol):
             self.close()
             return
         if cmd == Command.QUERY:
-            if self.router.passthrough:
+            if self.passthrough:
                 self._run(self.writer_hg, pkt.raw, Reply.RESULT, None)
             else:
                 self._query(pkt)
@@ -1239,7 +1252,7 @@ class ClientSession(asyncio.Protocol):
             # be if the client had been connected to the server directly.
             self._log(logging.WARNING, "backend %s (hostgroup %d) lost during a reply: %s", conn.server.address, hg, why)
             self.close()
-        elif hg == self.txn_hg or (hg == self.writer_hg and (self.pinned_writer or self.router.passthrough)):
+        elif hg == self.txn_hg or (hg == self.writer_hg and (self.pinned_writer or self.passthrough)):
             # (In passthrough mode nothing is classified, so what the writer held is unknown.)
             self._log(logging.WARNING, "backend %s (hostgroup %d) lost with session state on it: %s", conn.server.address, hg, why)
             self._lost = (

@@ -308,14 +308,15 @@ class Pool:
             self.lent -= 1
             self._give(conn)
 
-    def close(self) -> None:
+    def close(self, why: str = "proxy shutting down") -> None:
+        """No more lending: idle connections close now, lent ones when they come back."""
         self._closed = True
         for conn, _ in self.idle:
             self._discard(conn)
         self.idle = []
         for w in self._waiters:
             if not w.done():
-                w.set_exception(PoolTimeout(self.budget.address, 0, "proxy shutting down"))
+                w.set_exception(PoolTimeout(self.budget.address, 0, why))
 
     @property
     def size(self) -> int:
