@@ -117,6 +117,7 @@ _AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _LAST_ROW_SENT = int(ServerStatus.LAST_ROW_SENT)
 _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
+_PREPARE_REPLY = Reply.PREPARE
 _USE = Kind.USE
 _SET = Kind.SET
 # Statements whose own text says which session state they change (and which the session records or
@@ -320,6 +321,8 @@ class ClientSession(asyncio.Protocol):
         self.current = conn
         if self._write_paused:
             self._pause_backend(conn)  # the client has not drained the previous reply yet
+        if reply is _PREPARE_REPLY and self.multiplexing:
+            self._make_room(conn)
         conn.relay(raw, ResultScanner(reply, self._deprecate_eof, self._strip_state))
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -818,6 +821,7 @@ class ClientSession(asyncio.Protocol):
             conn = await self._ready(hostgroup)
             entry = conn.prepared.get(stmt.key)
             if entry is None:
+                self._make_room(conn)
                 try:
                     res = await asyncio.wait_for(conn.prepare(stmt.payload), self.app.config.connect_timeout)
                 except (asyncio.TimeoutError, ConnectionError) as e:
@@ -854,6 +858,16 @@ class ClientSession(asyncio.Protocol):
         out = bytearray(raw)
         out[5:9] = backend_id.to_bytes(4, "little")
         return out
+
+    def _make_room(self, conn: BackendConnection) -> None:
+        """Before a statement is prepared on `conn`: close its least recently used ones so that,
+        with the new one, it keeps at most [pool] max_prepared_statements (the server's
+        Prepared_stmt_count never exceeds that times the connections)."""
+        cache = conn.prepared
+        limit = self.app.config.pool.max_prepared
+        while len(cache) >= limit:
+            _, (evicted, _) = cache.popitem(last=False)
+            conn.write(make_packet(b"\x19" + evicted.to_bytes(4, "little"), 0))
 
     def _remember_prepared(self, conn: BackendConnection, key: tuple, backend_id: int) -> list:
         cache = conn.prepared
