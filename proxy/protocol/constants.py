@@ -224,3 +224,45 @@ CACHING_SHA2_REQUEST_PUBLIC_KEY = 0x02
 NATIVE_PASSWORD = "mysql_native_password"
 CACHING_SHA2_PASSWORD = "caching_sha2_password"
 SUPPORTED_AUTH_PLUGINS = (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD)
+
+
+class ColumnType(enum.IntEnum):
+    """Column types of a ColumnDefinition41 (the ones the proxy itself sends, and their neighbours)
+    (https://dev.mysql.com/doc/dev/mysql-server/latest/field__types_8h.html)."""
+
+    DECIMAL = 0x00
+    TINY = 0x01
+    SHORT = 0x02
+    LONG = 0x03
+    FLOAT = 0x04
+    DOUBLE = 0x05
+    NULL = 0x06
+    TIMESTAMP = 0x07
+    LONGLONG = 0x08
+    INT24 = 0x09
+    DATE = 0x0A
+    TIME = 0x0B
+    DATETIME = 0x0C
+    YEAR = 0x0D
+    VARCHAR = 0x0F
+    BIT = 0x10
+    JSON = 0xF5
+    NEWDECIMAL = 0xF6
+    BLOB = 0xFC
+    VAR_STRING = 0xFD
+    STRING = 0xFE
+
+
+class ColumnFlag(enum.IntFlag):
+    """Column definition flags (the ones the proxy sets)."""
+
+    NOT_NULL = 0x0001
+    PRI_KEY = 0x0002
+    BLOB = 0x0010
+    UNSIGNED = 0x0020
+    BINARY = 0x0080
+    NUM = 0x8000
+
+
+BINARY_COLLATION = 63  # the "binary" character set: numbers and byte strings
+UTF8MB4_COLLATION = 45  # utf8mb4_general_ci

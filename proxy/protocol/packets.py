@@ -11,15 +11,21 @@ MariaDB differences are named where they matter.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .constants import (
     AUTH_SWITCH_HEADER,
+    BINARY_COLLATION,
     EOF_HEADER,
     ERR_HEADER,
     OK_HEADER,
     SQLSTATE,
+    UTF8MB4_COLLATION,
     Capability,
+    ColumnFlag,
+    ColumnType,
     ServerStatus,
 )
 from .framing import ProtocolError
@@ -449,3 +455,131 @@ def parse_eof(payload: bytes | memoryview) -> EOF:
 
 def make_eof(status: int, warnings: int = 0) -> bytes:
     return b"\xfe" + struct.pack("<HH", warnings, status)
+
+
+# --------------------------------------------------------------------------------------------
+# Result sets, text protocol (what a server sends for COM_QUERY; the proxy's admin port answers
+# with these). https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_query_response_text_resultset.html
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnDefinition:
+    """ColumnDefinition41 (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_query_response_text_resultset_column_definition.html)."""
+
+    name: str
+    type: int = ColumnType.VAR_STRING
+    charset: int = UTF8MB4_COLLATION
+    length: int = 0  # maximum display length of the column's values
+    flags: int = 0
+    decimals: int = 0
+    schema: str = ""
+    table: str = ""
+    org_table: str = ""
+    org_name: str = ""
+    catalog: str = "def"
+
+
+def make_column_definition(c: ColumnDefinition) -> bytes:
+    return b"".join(
+        (
+            lenenc_bytes(c.catalog.encode()),
+            lenenc_bytes(c.schema.encode()),
+            lenenc_bytes(c.table.encode()),
+            lenenc_bytes(c.org_table.encode()),
+            lenenc_bytes(c.name.encode()),
+            lenenc_bytes(c.org_name.encode()),
+            b"\x0c",  # length of the fixed-length fields that follow
+            struct.pack("<HIBHB", c.charset, min(c.length, 0xFFFFFFFF), c.type, c.flags, c.decimals),
+            b"\0\0",  # filler
+        )
+    )
+
+
+def parse_column_definition(payload: bytes | memoryview) -> ColumnDefinition:
+    r = Reader(payload, "column definition")
+    catalog, schema, table, org_table, name, org_name = (_text(r.lenenc_bytes(), "column definition") for _ in range(6))
+    if r.lenenc_int() != 0x0C:
+        raise ProtocolError("malformed column definition: fixed-length fields are not 12 bytes")
+    charset, length, ctype, flags, decimals = struct.unpack("<HIBHB", r.fixed(10))
+    return ColumnDefinition(name, ctype, charset, length, flags, decimals, schema, table, org_table, org_name, catalog)
+
+
+def _text_value(v: Any) -> bytes:
+    """A value as a text-protocol cell (MySQL's text form: 1, 0.5, 'abc')."""
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, str):
+        return v.encode("utf-8")
+    if isinstance(v, bool):
+        return b"1" if v else b"0"
+    if isinstance(v, (bytearray, memoryview)):
+        return bytes(v)
+    if isinstance(v, float):
+        return repr(v).encode()
+    return str(v).encode("utf-8")
+
+
+def make_text_row(values: Iterable[Any]) -> bytes:
+    """A ResultsetRow: NULL as 0xFB, anything else length-encoded in its text form."""
+    return b"".join(b"\xfb" if v is None else lenenc_bytes(_text_value(v)) for v in values)
+
+
+def parse_text_row(payload: bytes | memoryview, columns: int) -> list[bytes | None]:
+    r = Reader(payload, "text row")
+    out: list[bytes | None] = []
+    for _ in range(columns):
+        if r.remaining() and r.buf[r.pos] == 0xFB:
+            r.u8()
+            out.append(None)
+        else:
+            out.append(r.lenenc_bytes())
+    if r.remaining():
+        raise ProtocolError(f"malformed text row: {r.remaining()} byte(s) after {columns} column(s)")
+    return out
+
+
+def column_definitions(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[ColumnDefinition]:
+    """Column definitions for Python values: a column of ints (bools) is LONGLONG, of numbers DOUBLE,
+    of bytes BLOB (binary), anything else (text, or only NULLs) VAR_STRING in utf8mb4. Drivers
+    convert by these types (PyMySQL returns int for LONGLONG)."""
+    out = []
+    for i, name in enumerate(names):
+        kinds = set()
+        width = 0
+        for row in rows:
+            v = row[i]
+            if v is None:
+                continue
+            kinds.add(bytes if isinstance(v, (bytes, bytearray, memoryview)) else int if isinstance(v, int) else float if isinstance(v, float) else str)
+            width = max(width, len(_text_value(v)))
+        if kinds and kinds <= {int}:
+            c = ColumnDefinition(name, ColumnType.LONGLONG, BINARY_COLLATION, max(width, 1), ColumnFlag.NUM | ColumnFlag.BINARY)
+        elif kinds and kinds <= {int, float}:
+            c = ColumnDefinition(name, ColumnType.DOUBLE, BINARY_COLLATION, max(width, 1), ColumnFlag.NUM | ColumnFlag.BINARY, 31)
+        elif kinds == {bytes}:
+            c = ColumnDefinition(name, ColumnType.BLOB, BINARY_COLLATION, max(width, 1), ColumnFlag.BLOB | ColumnFlag.BINARY)
+        else:
+            # utf8mb4: up to 4 bytes a character, as servers report the length
+            c = ColumnDefinition(name, ColumnType.VAR_STRING, UTF8MB4_COLLATION, max(width, 1) * 4)
+        out.append(c)
+    return out
+
+
+def make_result_terminator(caps: int, status: int, warnings: int = 0) -> bytes:
+    """What ends a result set's rows (and a COM_FIELD_LIST reply): an EOF packet, or with
+    CLIENT_DEPRECATE_EOF an OK packet with the 0xFE header."""
+    if caps & Capability.DEPRECATE_EOF:
+        return b"\xfe" + make_ok(OK(status=status, warnings=warnings), caps & ~Capability.SESSION_TRACK)[1:]
+    return make_eof(status, warnings)
+
+
+def make_result_set(columns: Sequence[ColumnDefinition], rows: Iterable[Sequence[Any]], caps: int, status: int) -> list[bytes]:
+    """A whole text-protocol result set as payloads, in order (frame them with consecutive sequence
+    ids): column count, column definitions, EOF (not with CLIENT_DEPRECATE_EOF), rows, terminator."""
+    out = [lenenc_int(len(columns))]
+    out.extend(make_column_definition(c) for c in columns)
+    if not caps & Capability.DEPRECATE_EOF:
+        out.append(make_eof(status))
+    out.extend(make_text_row(r) for r in rows)
+    out.append(make_result_terminator(caps, status))
+    return out
