@@ -20,9 +20,10 @@ On top of the cluster:
   ``proxy.log_path``, whose tail is attached to the report of a failing test.
 * ``start_proxy`` (function) — factory for proxies with a custom config:
   ``start_proxy(extra_toml="", users=None, servers=None, replication_hostgroups=None,
-  proxy_settings=None)``; ``users``, ``servers`` and ``replication_hostgroups`` replace the default
+  proxy_settings=None, metrics=False)``; ``users``, ``servers`` and ``replication_hostgroups`` replace the default
   rows (lists of dicts; the default pair 0 -> 1 only comes with the default servers), ``proxy_settings``
-  merges into [proxy], ``extra_toml`` is appended (new tables only). Stopped after the test.
+  merges into [proxy], ``extra_toml`` is appended (new tables only); ``metrics=True`` adds
+  [listeners.metrics] on a free port (``handle.metrics_port``). Stopped after the test.
 * ``direct`` (function) — a PyMySQL connection (autocommit) to the primary as the app user.
 """
 
@@ -68,6 +69,7 @@ class ProxyHandle(ProxyProcess):
 
     user: str = "app"
     password: str = "app_pw"
+    metrics_port: int | None = None  # [listeners.metrics] port when started with metrics=True
 
     def connect(self, **kw: Any) -> pymysql.connections.Connection:
         """A PyMySQL connection through the proxy (keyword arguments override the defaults)."""
@@ -86,8 +88,12 @@ def _launch_proxy(
     servers: list[dict[str, Any]] | None = None,
     replication_hostgroups: list[dict[str, Any]] | None = None,
     proxy_settings: dict[str, Any] | None = None,
+    metrics: bool = False,
 ) -> ProxyHandle:
     port = free_port()
+    metrics_port = free_port() if metrics else None
+    if metrics_port is not None:  # Prometheus endpoint (proxy.metrics) on a free loopback port
+        extra_toml = f'{extra_toml}\n[listeners.metrics]\naddress = "127.0.0.1"\nport = {metrics_port}\n'
     config_path = workdir / f"{name}.toml"
     config_path.write_text(
         render_proxy_config(
@@ -108,6 +114,7 @@ def _launch_proxy(
         log_path=workdir / f"{name}.log",
         user=first.get("username", cluster.app_user),
         password=first.get("password", cluster.app_password),
+        metrics_port=metrics_port,
     )
     handle.start(timeout=60)  # generous: only a loaded machine needs it
     return handle
@@ -132,6 +139,7 @@ def start_proxy(cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ProxyHan
         servers: list[dict[str, Any]] | None = None,
         replication_hostgroups: list[dict[str, Any]] | None = None,
         proxy_settings: dict[str, Any] | None = None,
+        metrics: bool = False,
     ) -> ProxyHandle:
         handle = _launch_proxy(
             cluster,
@@ -142,6 +150,7 @@ def start_proxy(cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ProxyHan
             servers=servers,
             replication_hostgroups=replication_hostgroups,
             proxy_settings=proxy_settings,
+            metrics=metrics,
         )
         started.append(handle)
         return handle
