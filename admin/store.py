@@ -102,6 +102,7 @@ SCHEMA_VERSION = 1
 ADMIN_TABLES: tuple[str, ...] = tuple(TABLE_COLUMNS)
 RUNTIME_TABLES: tuple[str, ...] = tuple(f"runtime_{t}" for t in ADMIN_TABLES)
 SAVED_TABLE = "rwproxy_saved_sections"
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_COLUMNS = frozenset({"password", "backend_password"})
 
 
@@ -391,6 +392,7 @@ class ConfigStore:
         self.statement_timeout = 1.0  # seconds a client statement may run (see execute)
         self._db = sqlite3.connect(":memory:", isolation_level=None)
         self._runtime_set: set[Section] = set()
+        self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]] = {}
         for t in ADMIN_TABLES:
             self._db.execute(_ddl("main", t, t))
             self._db.execute(_ddl("main", f"runtime_{t}", t))
@@ -424,6 +426,36 @@ class ConfigStore:
 
     def close(self) -> None:
         self._db.close()
+
+    # -- the stats schema ---------------------------------------------------------------------------
+
+    def attach_stats(self, tables: Mapping[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]]) -> None:
+        """Serve the running proxy's stats tables as schema `stats` (ProxySQL's): `tables` maps a table
+        name to a reader returning (columns, rows) as of now. A statement that names a stats table
+        gets it materialised (read, into the in-memory `stats` schema) just before it runs, so any
+        SQL works on it: WHERE, ORDER BY, GROUP BY, COUNT(*), joins with the config tables. Only
+        the tables a statement names are read, so reading stats_mysql_query_digest_reset (which
+        empties the digest table) happens only when a client asks for it."""
+        if not self._stats:
+            self._db.execute("ATTACH DATABASE ':memory:' AS stats")
+        self._stats.update({name.lower(): read for name, read in tables.items()})
+
+    def _materialise_stats(self, sql: str) -> list[str]:
+        """Fill the stats tables `sql` names; returns their names (emptied again after the statement)."""
+        if not self._stats:
+            return []
+        names = [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._stats]
+        for name in names:
+            columns, rows = self._stats[name]()
+            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+            self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
+            self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
+            self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
+        return names
+
+    def _clear_stats(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._db.execute(f'DELETE FROM stats."{name}"')
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -632,6 +664,10 @@ class ConfigStore:
         is then interrupted: a runaway query (an unbounded recursive CTE) must not stall the proxy."""
         guard = _Guard()
         deadline = time.monotonic() + self.statement_timeout
+        try:
+            materialised = self._materialise_stats(sql)
+        except sqlite3.Error as e:  # a stats reader returned something SQLite cannot store: a bug
+            raise StoreError(f"cannot read the stats tables: {e}") from None
         self._db.set_authorizer(guard)
         self._db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
         try:
@@ -652,6 +688,7 @@ class ConfigStore:
             self._db.set_progress_handler(None, 0)
             if self._db.in_transaction:  # cannot happen (transactions are refused); never leave one open
                 self._db.execute("ROLLBACK")
+            self._clear_stats(materialised)
 
     def set_variable(self, name: str, value: str) -> Affected:
         """SET mysql-<name> = value: checked now, takes effect at LOAD MYSQL VARIABLES TO RUNTIME."""
@@ -671,7 +708,9 @@ class ConfigStore:
         elif schema == "disk":
             self._need_disk("show the disk layer")
             names = [*ADMIN_TABLES, SAVED_TABLE]
-        elif schema in ("stats", "monitor"):
+        elif schema == "stats":
+            names = list(self._stats)
+        elif schema == "monitor":
             names = []
         else:
             raise StoreError(f"Unknown database '{schema}'", 1049, "42000")
@@ -695,6 +734,8 @@ class ConfigStore:
         out = [(0, "main", "")]
         if self.disk_path is not None:
             out.append((2, "disk", str(self.disk_path)))
+        if self._stats:
+            out.append((3, "stats", ""))
         return Rows(("seq", "name", "file"), out)
 
     # -- dispatch ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 
@@ -15,6 +16,12 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rwproxy", description="MySQL read/write-splitting proxy (subcommand: explain)")
     p.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides [proxy].log_level")
+    p.add_argument(
+        "--initial",
+        action="store_true",
+        help="with the admin port: take every section from the config file, ignoring what was saved to the "
+        "disk layer (ProxySQL's --initial); the disk layer is kept until the next SAVE ... TO DISK",
+    )
     return p
 
 
@@ -68,6 +75,44 @@ def explain_main(argv: list[str]) -> int:
     return 0
 
 
+def _admin_startup(path: str, config: Config, initial: bool) -> tuple[Config, object] | None:
+    """With [listeners.admin]: the config store, filled per section from the disk layer or the file
+    (the precedence is printed, section by section), validated as LOAD MYSQL ALL TO RUNTIME would.
+    Returns (the config to run, the store), or None after printing why the proxy cannot start."""
+    from admin.commands import ALL_SECTIONS
+    from admin.store import ConfigStore, StoreError
+    from admin.validate import read_config_file
+
+    startup_log = logging.getLogger("rwproxy.startup")
+    startup_log.setLevel(logging.INFO)  # the precedence is printed at every start, whatever the log level
+    disk = Path(config.admin.data_dir) / "rwproxy.db"
+    try:
+        cf = read_config_file(path)
+        store = ConfigStore(disk)
+        report = store.startup(cf, initial=initial)
+    except ConfigError as e:  # the file changed since it was read a moment ago
+        print(f"rwproxy: configuration error: {e}", file=sys.stderr)
+        return None
+    except StoreError as e:
+        print(f"rwproxy: admin disk layer: {e.message} (set [admin] data_dir to a writable directory)", file=sys.stderr)
+        return None
+    startup_log.info("configuration sources (admin port enabled; disk layer %s%s):", disk, ", --initial" if initial else "")
+    for line in report.lines():
+        if line.startswith("WARNING: "):
+            startup_log.warning("%s", line.removeprefix("WARNING: "))
+        else:
+            startup_log.info("%s", line)
+    result = store.build(ALL_SECTIONS, cf.config)
+    if not result.ok:
+        print(f"rwproxy: {result.message('startup (LOAD MYSQL ALL TO RUNTIME)')}", file=sys.stderr)
+        print("rwproxy: fix the rows (disk layer sections) or start with --initial to use the config file", file=sys.stderr)
+        store.close()
+        return None
+    store.set_runtime(result)
+    assert result.config is not None
+    return result.config, store
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "explain":
@@ -83,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    store = None
+    if "admin" in config.listeners:
+        started = _admin_startup(args.config, config, args.initial)
+        if started is None:
+            return 2
+        config, store = started
+    elif args.initial:
+        logging.getLogger("rwproxy").info("--initial has no effect without [listeners.admin]: the config file is the only source")
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a declared dependency
@@ -92,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from .app import serve
 
     try:
-        runner(serve(config))
+        runner(serve(config, store))
     except OSError as e:
         logging.getLogger("rwproxy").error("cannot start: %s", e)
         return 1

@@ -74,6 +74,7 @@ class ProxyApp:
             servers=lambda: [(s.hostgroup_id, s) for s in self.config.servers],
             users=lambda: list(self.config.users.values()),
             rules=lambda: [r.rule_id for r in self.config.ruleset.rules],
+            session_clock=lambda: self.clock(),  # the clock of ClientSession.last_activity
         )
         self.store = None  # admin.store.ConfigStore when the admin port is configured (set by __main__)
 
@@ -88,11 +89,15 @@ class ProxyApp:
             config = self.config
 
             async def connector() -> BackendConnection:
-                conn = await backend_connect(
-                    server, username, password, database=None, client_capabilities=capabilities, collation=collation,
-                    attributes={"_client_name": "rwproxy", "program_name": "rwproxy"},
-                    timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
-                )  # fmt: skip
+                try:
+                    conn = await backend_connect(
+                        server, username, password, database=None, client_capabilities=capabilities, collation=collation,
+                        attributes={"_client_name": "rwproxy", "program_name": "rwproxy"},
+                        timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
+                    )  # fmt: skip
+                except BackendError:
+                    self.stats.connect_error(server.address)  # ProxySQL's ConnERR
+                    raise
                 self.learn_server(conn)
                 conn.cstate = ConnState(login_charset=charset_entry(collation), tracking=not conn.tracks)
                 return conn
@@ -260,6 +265,7 @@ class ProxyApp:
                 if timeout > 0:
                     self.sweep_idle(now - timeout)
                 self.end_insert_id_holds(now - hold)
+                self.stats.sample()  # MaxConnUsed: the pools' high-water mark, sampled
             except Exception:  # a bug here must not stop the sweeping
                 log.exception("idle sweep failed")
 
@@ -335,8 +341,9 @@ class ProxyApp:
             self._drained.set()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, store: object | None = None) -> None:
     app = ProxyApp(config)
+    app.store = store  # the admin port's config store (admin.store.ConfigStore), built by __main__
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,541 @@
+"""The admin listener: ProxySQL's admin port, on the MySQL protocol, over the config store.
+
+Theory of operation
+-------------------
+`start_admin(app, address, port)` listens for admin clients (any MySQL client: the `mariadb` CLI,
+PyMySQL, GUI tools). One `AdminSession` (an asyncio.Protocol) per client:
+
+* connection phase: HandshakeV10 (mysql_native_password), HandshakeResponse41, an AuthSwitchRequest
+  when the client answered for another plugin, then OK or ERR 1045. The login is [admin]'s
+  username/password from the config file (resolved like every secret there). A client that does not
+  finish within [proxy] handshake_timeout is closed.
+* command phase: COM_QUERY -> `admin.commands.parse` -> executed -> OK (affected rows, info message),
+  a text result set, or ERR with the AdminError's errno and SQLSTATE. COM_PING, COM_INIT_DB (the admin
+  schemas), COM_FIELD_LIST (an empty list: the CLI sends it) and COM_QUIT are answered; any other
+  command gets ERR 1047.
+
+What runs where: the config store (`app.store`, admin.store.ConfigStore) answers everything about
+the layers and the tables (`store.run`); LOAD ... TO RUNTIME passes `app.config` and
+`app.apply_config`, the application's atomic swap, so a refused load changes nothing and an accepted
+one is live for every session's next statement. The commands that need the running proxy are
+executed here: EXPLAIN ROUTE (`admin.validate.explain_route` with the live config and hostgroup
+health), DIFF MYSQL ROUTES (the digest table from the stats registry routed by runtime and by
+memory), SHOW PROCESSLIST (the stats registry's processlist), KILL (client sessions of the data port,
+by the id of SHOW PROCESSLIST / CONNECTION_ID()). The stats registry's tables are attached to the
+store as schema `stats`, so clients run any SELECT on them.
+
+Everything runs synchronously on the event loop, statement by statement: the store's SQL is local
+SQLite with a statement timeout, so an admin client never waits on I/O and never stalls the data
+port for long. The only awaited work is KILL's statement kill on a backend server (a short-lived
+connection of its own). A session's error is an ERR to that session only; anything unexpected is
+logged with the statement and answered ERR 1105, and the session, the other sessions and the data
+port carry on. SHOW WARNINGS after an error lists it (for a refused LOAD: one row per validation
+error, since C clients cut error messages at 512 bytes).
+
+Never: block, write to a data-port session's transport, log a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from proxy import backend as backend_mod
+from proxy.backend import BackendError, set_nodelay
+from proxy.protocol import auth
+from proxy.protocol.constants import (
+    NATIVE_PASSWORD,
+    PROXY_CAPABILITIES,
+    Capability,
+    Command,
+    ErrorCode,
+    ServerStatus,
+)
+from proxy.protocol.framing import PacketFramer, ProtocolError, make_packet
+from proxy.protocol.packets import (
+    OK,
+    AuthSwitchRequest,
+    HandshakeV10,
+    column_definitions,
+    make_auth_switch,
+    make_err,
+    make_handshake_v10,
+    make_ok,
+    make_result_set,
+    make_result_terminator,
+    parse_handshake_response,
+)
+
+from .commands import (
+    ADMIN_SCHEMAS,
+    ADMIN_SESSION_DEFAULTS,
+    ALL_SECTIONS,
+    AdminError,
+    Answer,
+    Command as AdminCommand,
+    DiffRoutes,
+    ExplainRoute,
+    Kill,
+    Load,
+    Save,
+    SelectVariables,
+    ShowProcesslist,
+    parse,
+)
+from .store import Affected, ConfigStore, Rows, ValidationFailed
+from .validate import ROUTE_CHANGE_COLUMNS, digests_from_table, explain_route
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
+    from proxy.frontend import ClientSession
+
+__all__ = ["ADMIN_CAPABILITIES", "ADMIN_VERSION", "AdminServer", "AdminSession", "start_admin"]
+
+log = logging.getLogger("rwproxy.admin")
+
+ADMIN_VERSION = str(ADMIN_SESSION_DEFAULTS["version"])
+# What the admin port offers: the data port's flags minus what it does not do (multi-statements,
+# LOAD DATA LOCAL, session tracking). CLIENT_DEPRECATE_EOF is honoured (make_result_set).
+ADMIN_CAPABILITIES = PROXY_CAPABILITIES & ~(
+    Capability.MULTI_STATEMENTS
+    | Capability.MULTI_RESULTS
+    | Capability.PS_MULTI_RESULTS
+    | Capability.LOCAL_FILES
+    | Capability.SESSION_TRACK
+)
+_STATUS = int(ServerStatus.AUTOCOMMIT)  # nothing is ever open on the admin port
+_MAX_PACKET = 16 << 20  # admin statements are small; a bigger one is a protocol error
+_PROCESSLIST = ("SessionID", "user", "db", "cli_host", "hostgroup", "command", "time_ms", "info", "pin_reasons")
+_WARNING_COLUMNS = ("Level", "Code", "Message")
+_COMMANDS_ACCEPTED = "the admin port accepts COM_QUERY, COM_PING, COM_INIT_DB, COM_FIELD_LIST and COM_QUIT"
+
+_ids = itertools.count(1)
+
+
+class _Phase(enum.Enum):
+    GREETING = 1  # handshake sent, awaiting the client's response
+    AUTH_SWITCH = 2  # AuthSwitchRequest sent, awaiting the token
+    COMMAND = 3
+    CLOSED = 4
+
+
+class AdminServer(asyncio.AbstractServer):
+    """The listening server, plus its sessions: closing it (app.stop) closes them too."""
+
+    def __init__(self, app: ProxyApp, store: ConfigStore) -> None:
+        self.app = app
+        self.store = store
+        self.sessions: set[AdminSession] = set()
+        self.tasks: set[asyncio.Task] = set()  # background work (a backend KILL after KILL CONNECTION)
+        self.server: asyncio.AbstractServer | None = None
+
+    @property
+    def sockets(self) -> Sequence[Any]:
+        return getattr(self.server, "sockets", ())
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for s in list(self.sessions):
+            s.close()
+
+    async def wait_closed(self) -> None:
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        assert self.server is not None
+        return self.server.get_loop()
+
+    def is_serving(self) -> bool:
+        return self.server is not None and self.server.is_serving()
+
+    async def start_serving(self) -> None:
+        assert self.server is not None
+        await self.server.start_serving()
+
+    async def serve_forever(self) -> None:
+        assert self.server is not None
+        await self.server.serve_forever()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+def _own_store(app: ProxyApp) -> ConfigStore:
+    """A store when the composition root gave none: memory from the running config, no disk layer."""
+    store = ConfigStore(None)
+    store.startup(app.config)
+    result = store.build(ALL_SECTIONS, app.config)
+    if result.ok:
+        store.set_runtime(result)
+    else:  # cannot happen for a config the proxy runs; runtime_* then stays empty
+        log.warning("admin: the running configuration does not validate as admin rows: %s", result.message("startup"))
+    log.info("admin: no data directory given to the admin port: memory holds the running configuration, no disk layer")
+    return store
+
+
+async def start_admin(app: ProxyApp, address: str, port: int) -> asyncio.AbstractServer:
+    """Listen for admin clients on address:port; returns the server (close() also ends its sessions)."""
+    store = app.store if app.store is not None else _own_store(app)
+    app.store = store
+    stats = app.stats
+    from proxy.stats import TABLES  # the registry's table names
+
+    store.attach_stats({name: (lambda name=name: stats.table(name)) for name in TABLES})
+    admin = AdminServer(app, store)
+    loop = asyncio.get_running_loop()
+    admin.server = await loop.create_server(lambda: AdminSession(admin), address, port, reuse_address=True)
+    return admin
+
+
+class AdminSession(asyncio.Protocol):
+    def __init__(self, server: AdminServer) -> None:
+        self.server = server
+        self.app = server.app
+        self.store = server.store
+        self.id = next(_ids)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.host = "?"
+        self.username = "-"
+        self.framer = PacketFramer(_MAX_PACKET)
+        self.phase = _Phase.GREETING
+        self.capabilities = 0
+        self.scramble = auth.new_scramble()
+        self.busy = False  # a command is being answered asynchronously (KILL QUERY)
+        self.schema = "main"
+        self._database: str | None = None  # asked for in the handshake response
+        self.warnings: list[tuple[str, int, str]] = []  # what SHOW WARNINGS answers
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+
+    # ---- logging ----------------------------------------------------------------------------------
+
+    def _log(self, level: int, msg: str, *args: object) -> None:
+        if log.isEnabledFor(level):
+            log.log(level, "admin session=%d client=%s user=%s " + msg, self.id, self.peer, self.username, *args)
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+            self.host = str(peer[0])
+        set_nodelay(transport)
+        self.server.sessions.add(self)
+        hs = HandshakeV10(
+            server_version=ADMIN_VERSION,
+            connection_id=self.id & 0xFFFFFFFF,
+            auth_data=self.scramble,
+            capabilities=ADMIN_CAPABILITIES,
+            collation=self.app.collation,
+            status=_STATUS,
+            auth_plugin=NATIVE_PASSWORD,
+        )
+        self._send(make_handshake_v10(hs), 0)
+        self._timer = asyncio.get_running_loop().call_later(self.app.config.handshake_timeout, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.framer.feed(data)
+        self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._teardown()
+
+    def pause_writing(self) -> None:
+        # A client that does not read its results: stop reading its commands until it does.
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self._reading_paused and self.phase is not _Phase.CLOSED:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # ---- helpers ------------------------------------------------------------------------------------
+
+    def _send(self, payload: bytes, seq: int) -> None:
+        if self.phase is not _Phase.CLOSED and self.transport is not None:
+            self.transport.write(make_packet(payload, seq))
+
+    def _send_err(self, seq: int, code: int, message: str, sqlstate: str | None = None) -> None:
+        self._send(make_err(code, message, sqlstate), seq)
+
+    def _send_ok(self, seq: int, affected: int = 0, info: str = "") -> None:
+        # The info message is length-encoded, as servers send it whatever the client's
+        # CLIENT_SESSION_TRACK (libmariadb reads it so; the raw string<EOF> of the docs is misread).
+        self._send(make_ok(OK(affected_rows=affected, status=_STATUS, info=info.encode("utf-8")), self.capabilities | Capability.SESSION_TRACK), seq)
+
+    def _send_rows(self, seq: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        payloads = make_result_set(column_definitions(columns, rows), rows, self.capabilities, _STATUS)
+        if self.transport is None or self.phase is _Phase.CLOSED:
+            return
+        out = []
+        for p in payloads:
+            out.append(make_packet(p, seq))
+            seq = (seq + len(p) // 0xFFFFFF + 1) & 0xFF
+        self.transport.write(b"".join(out))
+
+    def close(self) -> None:
+        if self.transport is not None and self.phase is not _Phase.CLOSED:
+            self.transport.close()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        if self.phase is _Phase.CLOSED:
+            return
+        self.phase = _Phase.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.sessions.discard(self)
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self.phase in (_Phase.GREETING, _Phase.AUTH_SWITCH):
+            self._log(logging.WARNING, "handshake timeout after %gs", self.app.config.handshake_timeout)
+            self._send_err(2, ErrorCode.NET_READ_INTERRUPTED, "Got timeout reading communication packets (handshake not completed in time)")
+            self.close()
+
+    # ---- packets ------------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        while self.phase is not _Phase.CLOSED and not self.busy:
+            try:
+                pkt = self.framer.next_packet()
+                if pkt is None:
+                    return
+                if self.phase is _Phase.GREETING:
+                    self._greeting_response(bytes(pkt.payload), pkt.seq)
+                elif self.phase is _Phase.AUTH_SWITCH:
+                    self._verify(bytes(pkt.payload), (pkt.seq + 1) & 0xFF)
+                else:
+                    self._command(bytes(pkt.payload), (pkt.last_seq + 1) & 0xFF)
+            except ProtocolError as e:
+                self._log(logging.WARNING, "protocol error from client: %s", e)
+                code = e.code if self.phase is _Phase.COMMAND else ErrorCode.HANDSHAKE_ERROR
+                self._send_err(1 if self.phase is _Phase.COMMAND else 2, code, f"Bad packet: {e}" if self.phase is _Phase.COMMAND else f"Bad handshake: {e}")
+                self.close()
+                return
+
+    def _greeting_response(self, payload: bytes, seq: int) -> None:
+        if seq != 1:
+            raise ProtocolError(f"Got packets out of order (expected sequence id 1, got {seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
+        resp = parse_handshake_response(payload)
+        self.username = resp.username
+        self.capabilities = resp.capabilities & ADMIN_CAPABILITIES
+        self._database = resp.database
+        if resp.auth_plugin and resp.auth_plugin != NATIVE_PASSWORD:
+            # The admin login is mysql_native_password; a client that tried another plugin switches.
+            self.scramble = auth.new_scramble()
+            self.phase = _Phase.AUTH_SWITCH
+            self._send(make_auth_switch(AuthSwitchRequest(NATIVE_PASSWORD, self.scramble)), 2)
+            return
+        self._verify(resp.auth_response, 2)
+
+    def _verify(self, token: bytes, seq: int) -> None:
+        settings = self.app.config.admin
+        if self.username != settings.username or not auth.verify(NATIVE_PASSWORD, settings.password, self.scramble, token):
+            self._log(logging.WARNING, "access denied")
+            using = "YES" if token not in (b"", b"\0") else "NO"
+            self._send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{self.username}'@'{self.host}' (using password: {using})")
+            self.close()
+            return
+        database = self._database
+        if database and database.lower() not in ADMIN_SCHEMAS:
+            self._send_err(seq, ErrorCode.BAD_DB_ERROR, f"Unknown database '{database}' (the admin schemas are {', '.join(ADMIN_SCHEMAS)})")
+            self.close()
+            return
+        if database:
+            self.schema = database.lower()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.phase = _Phase.COMMAND
+        self._send_ok(seq)
+        self._log(logging.INFO, "logged in")
+
+    def _command(self, payload: bytes, seq: int) -> None:
+        if not payload:
+            raise ProtocolError("empty command packet")
+        cmd = payload[0]
+        if cmd == Command.QUERY:
+            self._query(payload[1:], seq)
+        elif cmd == Command.PING:
+            self._send_ok(seq)
+        elif cmd == Command.QUIT:
+            self.close()
+        elif cmd == Command.INIT_DB:
+            name = payload[1:].decode("utf-8", "replace").strip("`")
+            if name.lower() in ADMIN_SCHEMAS:
+                self.schema = name.lower()
+                self._send_ok(seq)
+            else:
+                self._send_err(seq, ErrorCode.BAD_DB_ERROR, f"Unknown database '{name}' (the admin schemas are {', '.join(ADMIN_SCHEMAS)})")
+        elif cmd == Command.FIELD_LIST:
+            # The CLI asks for every table's columns for its completion; none are offered.
+            self._send(make_result_terminator(self.capabilities, _STATUS), seq)
+        else:
+            try:
+                name = f"COM_{Command(cmd).name}"
+            except ValueError:
+                name = f"command 0x{cmd:02x}"
+            self._send_err(seq, ErrorCode.UNKNOWN_COM_ERROR, f"Unknown command: {name} is not supported on the admin port; {_COMMANDS_ACCEPTED}")
+
+    # ---- statements ---------------------------------------------------------------------------------
+
+    def _query(self, raw: bytes, seq: int) -> None:
+        try:
+            sql = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self._fail(seq, AdminError(f"the statement is not valid UTF-8 (byte {e.start}); send it as utf8mb4", 1300, "HY000"))
+            return
+        try:
+            cmd = parse(sql)
+            if isinstance(cmd, Answer) and cmd.columns == _WARNING_COLUMNS:
+                self._send_rows(seq, _WARNING_COLUMNS, list(self.warnings))  # SHOW WARNINGS keeps them
+                return
+            self.warnings = []
+            if isinstance(cmd, Kill):
+                self._kill(cmd, seq)
+                return
+            result = self._execute(cmd)
+        except AdminError as e:
+            self._fail(seq, e, sql)
+            return
+        except Exception as e:  # a bug: say so, keep the session and the proxy going
+            log.exception("admin session=%d: unexpected error running %r", self.id, sql[:200])
+            self._fail(seq, AdminError(f"internal error in the admin port ({type(e).__name__}: {e}); nothing else is affected; please report it with the proxy log"), sql)
+            return
+        if isinstance(result, Rows):
+            self._send_rows(seq, result.columns, result.rows)
+        else:
+            self._send_ok(seq, result.count, result.message)
+
+    def _fail(self, seq: int, e: AdminError, sql: str = "") -> None:
+        message = e.message
+        if isinstance(e, ValidationFailed):
+            head, _, rest = message.partition("\n")
+            message = f"{head} (SHOW WARNINGS lists each)\n{rest}" if rest else head
+            self.warnings = [("Error", e.errno, str(v)) for v in e.errors]
+            self._log(logging.WARNING, "%s", e.message.replace("\n", ";"))
+        else:
+            self.warnings = [("Error", e.errno, message)]
+        self._send_err(seq, e.errno, message, e.sqlstate)
+
+    def _execute(self, cmd: AdminCommand) -> Rows | Affected:
+        app = self.app
+        if isinstance(cmd, ExplainRoute):
+            explanation = explain_route(cmd, app.config, app.router.online)
+            return Rows(("step", "detail"), list(explanation.rows()))
+        if isinstance(cmd, DiffRoutes):
+            changes = self.store.diff_routes(digests_from_table(*app.stats.query_digest()), app.config)
+            return Rows(ROUTE_CHANGE_COLUMNS, [c.row() for c in changes])
+        if isinstance(cmd, ShowProcesslist):
+            return self._processlist(cmd.full)
+        if isinstance(cmd, SelectVariables):
+            columns, rows = cmd.answer({
+                "version": ADMIN_VERSION,
+                "version()": ADMIN_VERSION,
+                "user()": f"{self.username}@{self.host}",
+                "connection_id()": self.id,
+                "database()": self.schema,
+            })  # fmt: skip
+            return Rows(columns, list(rows))
+        result = self.store.run(cmd, runtime=app.config, apply=app.apply_config)
+        if isinstance(cmd, (Load, Save)):
+            self._log(logging.INFO, "%s: %s", cmd, result.message if isinstance(result, Affected) else "done")
+        return result
+
+    def _processlist(self, full: bool) -> Rows:
+        table = self.app.stats.table("stats_mysql_processlist")
+        if full:
+            return Rows(table.columns, list(table.rows))
+        idx = [table.columns.index(c) for c in _PROCESSLIST]
+        info = _PROCESSLIST.index("info")
+        rows = []
+        for r in table.rows:
+            row = [r[i] for i in idx]
+            if isinstance(row[info], str) and len(row[info]) > 100:
+                row[info] = row[info][:100]  # as MySQL's SHOW PROCESSLIST; FULL shows it all
+            rows.append(tuple(row))
+        return Rows(_PROCESSLIST, rows)
+
+    # ---- KILL ---------------------------------------------------------------------------------------
+
+    def _kill(self, cmd: Kill, seq: int) -> None:
+        target = self.app.sessions.get(cmd.connection_id)
+        if target is None or target.closed:
+            raise AdminError(
+                f"Unknown thread id: {cmd.connection_id} (KILL takes a client session id of the data port, "
+                "as SHOW PROCESSLIST lists them: SessionID)", 1094, "HY000",
+            )  # fmt: skip
+        conn = target.current if target.busy else None
+        running = conn is not None and not conn.closed and target.user is not None
+        if cmd.query_only:
+            if not running:
+                self._send_ok(seq, 0, f"session {target.id} is not running a statement")
+                return
+            self.busy = True
+            self.server.spawn(self._kill_query(target, seq))
+            return
+        self._log(logging.INFO, "KILL CONNECTION %d (%s, client %s)", target.id, target.username, target.peer)
+        if running:
+            # The client session goes now; its statement is stopped on the server in the background
+            # (closing the backend connection alone would leave e.g. a SLEEP running there).
+            self.server.spawn(_kill_backend_statement(self.app, conn.server, conn.thread_id, target.user))
+        target.close()
+        self._send_ok(seq)
+
+    async def _kill_query(self, target: ClientSession, seq: int) -> None:
+        conn = target.current
+        try:
+            err = None
+            if conn is not None and not conn.closed and target.user is not None:
+                err = await _kill_backend_statement(self.app, conn.server, conn.thread_id, target.user, quiet=False)
+            if err is not None:
+                self._send_err(seq, err[0], err[1], err[2])
+            else:
+                self._log(logging.INFO, "KILL QUERY %d", target.id)
+                self._send_ok(seq)
+        except Exception as e:  # noqa: BLE001 - a bug: answer, keep going
+            log.exception("admin session=%d: KILL QUERY %d failed", self.id, target.id)
+            self._send_err(seq, 1105, f"internal error in the admin port during KILL QUERY ({type(e).__name__}: {e})")
+        finally:
+            self.busy = False
+            self._process()
+
+
+async def _kill_backend_statement(app: ProxyApp, server: Any, thread_id: int, user: Any, quiet: bool = True) -> tuple[int, str, str] | None:
+    """KILL QUERY <thread_id> on `server`, over a short-lived connection with `user`'s backend
+    credentials. Returns None, or (errno, message, sqlstate) of the failure."""
+    timeout = app.config.connect_timeout
+    try:
+        killer = await backend_mod.connect(
+            server, user.backend_username, user.backend_password, database=None, client_capabilities=0,
+            collation=app.collation, attributes={"_client_name": "rwproxy", "program_name": "rwproxy-admin-kill"},
+            timeout=timeout,
+        )  # fmt: skip
+        try:
+            err = await asyncio.wait_for(killer.replay([b"\x03" + f"KILL QUERY {thread_id}".encode()]), timeout)
+        finally:
+            killer.close()
+    except (BackendError, asyncio.TimeoutError, ConnectionError, OSError) as e:
+        log.warning("admin: could not reach %s to stop thread %d: %s", server.address, thread_id, e)
+        return (ErrorCode.CONN_HOST_ERROR, f"rwproxy admin: could not reach {server.address} to kill the statement: {e}", "HY000")
+    if err is not None:
+        if err.code == 1094:  # the statement ended (and its connection with it) in the meantime
+            return None
+        log.log(logging.INFO if quiet else logging.WARNING, "admin: KILL QUERY %d on %s: %d %s", thread_id, server.address, err.code, err.message)
+        return (err.code, err.message, err.sqlstate)
+    return None
