@@ -481,31 +481,42 @@ def run_sysbench_once(target: str, where: tuple[str, int], primary: rs.Primary, 
 
 def phase_sysbench(cluster, primary: rs.Primary, args, base_dir: Path, procs: rs.Processes, sampler: Sampler) -> dict[str, Any]:
     """sysbench oltp_read_write with args.sb_threads threads, direct and through a proxy capping every
-    server at args.sb_max_connections, interleaved over args.sb_rounds rounds."""
+    server at args.sb_max_connections, interleaved over args.sb_rounds rounds. Each proxy run gets a
+    proxy of its own, started cold and stopped after the run, so no proxy connection is open during
+    a direct run (its `app` rows are sysbench's alone) and every proxy run starts from empty pools."""
     out: dict[str, Any] = {"runs": [], "config": "", "log": []}
     sb = sysbench_load(args)
     rs.prepare(primary, sb)
     cluster.wait_replicated(timeout=300)
-    where, out["config"] = start_proxy("sysbench", cluster, args, base_dir, procs, max_connections=args.sb_max_connections)
-    if isinstance(where, str):
-        out["problem"] = f"proxy did not start: {where}"
-        return out
-    targets = {"direct": (primary.host, primary.port), "rwproxy": where}
-    order = list(targets)
+    order = ["direct", "rwproxy"]
+    log: Counter = Counter()
     for rnd in range(args.sb_rounds):
         for target in order[rnd % 2:] + order[:rnd % 2]:
-            time.sleep(2)  # let the previous run's connections go
+            if target == "direct":
+                where: tuple[str, int] | str = (primary.host, primary.port)
+            else:
+                name = f"sysbench{rnd + 1}"
+                where, out["config"] = start_proxy(name, cluster, args, base_dir, procs, max_connections=args.sb_max_connections)
+                if isinstance(where, str):
+                    out["problem"] = f"proxy did not start: {where}"
+                    return out
+            time.sleep(2)  # the previous run's server threads gone, the new proxy settled
             ours = {os.getpid(), *(p.pid for _, p in procs.procs), *(s.pid for s in cluster.servers if s.pid)}
-            print(f"phase sysbench: round {rnd + 1}/{args.sb_rounds} {target}: {shlex.join(rs.sysbench_argv('oltp_read_write', *targets[target], primary, sb, 'run', extra=('--verbosity=5',)))}", flush=True)
-            run = run_sysbench_once(target, targets[target], primary, args, rnd, sampler, ours)
+            argv = rs.sysbench_argv("oltp_read_write", *where, primary, sb, "run", extra=("--verbosity=5",))
+            print(f"phase sysbench: round {rnd + 1}/{args.sb_rounds} {target}: {shlex.join(argv)}", flush=True)
+            run = run_sysbench_once(target, where, primary, args, rnd, sampler, ours)
             out["runs"].append(run)
+            if target == "rwproxy":
+                stop_last(procs)
+                for w in log_warnings(base_dir / f"{name}.log", limit=20):
+                    n, text = w.split("× ", 1)
+                    log[text] += int(n)
             r = run.result
             status = "ok" if r.ok else f"FAILED ({r.note or (r.fatal[0] if r.fatal else f'exit {r.exit_status}')})"
             print(f"  qps={rs.fmt(r.qps, ',.0f')} p95={rs.fmt(r.p95_ms, '.2f')} ms ignored={r.ignored_errors} {dict(Counter(run.ignored_codes)) or ''} "
                   f"reconnects={r.reconnects} fatal={dict(Counter(run.fatal_codes)) or len(r.fatal)} max app connections {run.app_peak} "
                   f"max Prepared_stmt_count {run.prepared_peak} others_cpu={sum(run.other_cpu.values()):.1f}s {status}", flush=True)
-    stop_last(procs)
-    out["log"] = log_warnings(base_dir / "sysbench.log", limit=20)
+    out["log"] = [f"{n}× {text}" for text, n in log.most_common(20)]
     return out
 
 
@@ -726,15 +737,15 @@ def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, A
         f"`--db-ps-mode=auto`) with {args.sb_threads} threads, straight to the primary (`direct`: {args.sb_threads} server",
         "connections) and through rwproxy splitting (primary in hostgroup 0, both replicas in hostgroup 1,",
         f"`[[replication_hostgroups]]` 0 → 1) with every `[[servers]]` `max_connections = {cap}`, the two targets",
-        "alternating over the rounds. Every transaction runs wholly on the writer, so the proxy multiplexes",
+        "alternating over the rounds; each proxy run has a proxy of its own, started cold and stopped after it.",
+        "Every transaction runs wholly on the writer, so the proxy multiplexes",
         f"{args.sb_threads} client sessions over at most {cap} primary connections, each lent for one transaction.",
         "",
         "Server connections are counted by the servers: a sampler thread (logged in as `monitor`) reads every",
         "100 ms each server's information_schema.PROCESSLIST rows of user `app` (and Prepared_stmt_count).",
         "During a proxy run sysbench talks only to the proxy, so `app` rows are exactly the proxy's backend",
         "connections; `Threads_connected` minus a baseline would also count the sampler and the replicas'",
-        "binlog dump threads, and could not tell a stray client from the proxy. The proxy is a new process",
-        "started cold, with the `[pool]` settings below.",
+        "binlog dump threads, and could not tell a stray client from the proxy.",
         "",
         f"- Date: {info['date']}",
         (f"- Machine: {info['nproc']} CPUs (nproc), {info['cpu']}, Linux {info['kernel']}; load average at start "
@@ -769,6 +780,11 @@ def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, A
         if d and x:
             paired.append((rnd, x.result.qps / d.result.qps, x.result.p95_ms / d.result.p95_ms if d.result.p95_ms else None))
     qps_ratios = [q for _, q, _ in paired]
+    quiet = []  # rounds in which other processes used under 10% of the CPUs during both runs
+    for rnd, q, p in paired:
+        shares = [r.other_share(ncpu) for r in runs if r.result.round == rnd]
+        if all(x is not None and x < 0.10 for x in shares):
+            quiet.append((rnd, q, p))
     out = head + [
         "The sysbench runs (host/port vary by target):",
         "",
@@ -794,6 +810,10 @@ def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, A
          + ", ".join(f"{q:.2f}" for q in qps_ratios) + (f", median {statistics.median(qps_ratios):.2f}" if qps_ratios else "")
          + f". p95 proxy/direct: {rs.ratio(p95['rwproxy'], p95['direct'])} (medians); per round "
          + ", ".join(f"{p:.2f}" if p is not None else "—" for _, _, p in paired) + "."),
+        (f"- Rounds in which other processes used under 10% of the CPUs during both runs ({len(quiet)} of {len(paired)}): QPS ratio "
+         + (", ".join(f"{q:.2f}" for _, q, _ in quiet) + f" (median {statistics.median(q for _, q, _ in quiet):.2f}), p95 ratio "
+            + ", ".join(f"{p:.2f}" if p is not None else "—" for _, _, p in quiet) if quiet else "—")
+         + ". On a shared box these are the comparable ones; every round is listed below."),
         ("- sysbench errors: *ignored* errors are the ones sysbench retries by default (`--mysql-ignore-errors` "
         "1213, 1020, 1205: deadlock, record changed, lock wait timeout), listed by code; any other error is a "
         "FATAL line that stops its thread and fails the run."),
@@ -810,7 +830,7 @@ def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, A
     if sb.get("skipped"):
         out += ["", f"Sampler: {len(sb['skipped'])} sample(s) refused by a server and skipped (over the whole benchmark), e.g. `{sb['skipped'][0]}`."]
     log = sb.get("log", [])
-    out += ["", "Proxy log: " + ("no WARNING/ERROR lines" if not log else f"{len(log)} distinct WARNING/ERROR line(s):")]
+    out += ["", "Proxy logs (all proxy runs): " + ("no WARNING/ERROR lines" if not log else f"{len(log)} distinct WARNING/ERROR line(s):")]
     if log:
         out += ["", *(f"- `{rs.md_escape(line).replace('`', chr(39))}`" for line in log)]
     text = sb.get("config", "")
