@@ -580,12 +580,16 @@ def render_proxy_config(
     replication_hostgroups: list[dict[str, Any]] | None = None,
     proxy_settings: dict[str, Any] | None = None,
     extra_toml: str = "",
+    admin_port: int | None = None,
+    admin_settings: dict[str, Any] | None = None,
 ) -> str:
     """rwproxy TOML (see config/rwproxy.example.toml) for `cluster` (anything with primary/replicas).
 
     `users`/`servers` replace the defaults (app user; primary hg 0, replicas hg 1);
     `replication_hostgroups` defaults to the 0 -> 1 pair with the default servers, none with custom ones;
-    `proxy_settings` are merged into [proxy]; `extra_toml` is appended verbatim (new tables only).
+    `proxy_settings` are merged into [proxy]; `extra_toml` is appended verbatim (new tables only);
+    `admin_port` adds [listeners.admin] on 127.0.0.1 (the SQL admin port, docs/admin.md) and
+    `admin_settings` an [admin] table (username, password, data_dir).
     """
     proxy = {"log_level": "info", **(proxy_settings or {})}
     parts = [
@@ -593,6 +597,10 @@ def render_proxy_config(
         _toml_table("[proxy]", proxy),
         _toml_table("[listeners.data]", {"address": listen_host, "port": listen_port}),
     ]
+    if admin_port is not None:
+        parts.append(_toml_table("[listeners.admin]", {"address": "127.0.0.1", "port": admin_port}))
+    if admin_settings:
+        parts.append(_toml_table("[admin]", admin_settings))
     parts += [_toml_table("[[users]]", u) for u in (users if users is not None else default_users(cluster))]
     parts += [_toml_table("[[servers]]", s) for s in (servers if servers is not None else default_servers(cluster))]
     if replication_hostgroups is None:
@@ -682,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("sandbox-data"), help="wiped and recreated (default: %(default)s)")
     parser.add_argument("--replicas", type=int, default=1, help="number of replicas (default: %(default)s)")
     parser.add_argument("--port", type=int, default=6033, help="proxy listener port (default: %(default)s)")
+    parser.add_argument("--admin-port", type=int, help="admin port (default: 6032 if free, else a free port)")
     parser.add_argument("--primary-port", type=int, help="primary's port; replicas take the next ones (default: free ports)")
     parser.add_argument("--no-proxy", action="store_true", help="only the servers; do not start the proxy")
     args = parser.parse_args(argv)
@@ -721,11 +730,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sandbox: servers up in {time.monotonic() - t0:.1f}s", flush=True)
         if not args.no_proxy:
             config = data_dir / "rwproxy.toml"
-            config.write_text(render_proxy_config(cluster, args.port))
+            admin_port = args.admin_port or (6032 if _port_free(6032) else free_port())
+            # The admin login is ProxySQL's default (admin/admin): accepted on loopback only.
+            config.write_text(render_proxy_config(cluster, args.port, admin_port=admin_port, admin_settings={"data_dir": str(data_dir)}))
             proxy = ProxyProcess(config_path=config, host="127.0.0.1", port=args.port)
             print(f"sandbox: starting python -m proxy --config {config}", flush=True)
             proxy.start(timeout=20)
-        _print_banner(cluster, args.port if proxy else None, data_dir)
+            wait_for_port("127.0.0.1", admin_port, 10, process=proxy.process, what="proxy admin port")
+        _print_banner(cluster, args.port if proxy else None, data_dir, admin_port if proxy else None)
         while True:
             time.sleep(0.2)
             if proxy is not None and proxy.process is not None and proxy.process.poll() is not None:
@@ -748,13 +760,28 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _print_banner(cluster: Cluster, proxy_port: int | None, data_dir: Path) -> None:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _print_banner(cluster: Cluster, proxy_port: int | None, data_dir: Path, admin_port: int | None = None) -> None:
     c = cluster
     lines = [""]
     if proxy_port is not None:
         lines += [
             "Connect through the proxy:",
             f"  mariadb -h127.0.0.1 -P{proxy_port} -u{c.app_user} -p{c.app_password}",
+            "",
+        ]
+    if admin_port is not None:
+        lines += [
+            "Admin port (ProxySQL-style SQL: SELECT * FROM mysql_servers; LOAD MYSQL SERVERS TO RUNTIME; docs/admin.md):",
+            f"  mariadb -h127.0.0.1 -P{admin_port} -uadmin -padmin",
             "",
         ]
     lines.append("Servers directly:")

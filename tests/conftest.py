@@ -23,7 +23,10 @@ On top of the cluster:
   proxy_settings=None, metrics=False)``; ``users``, ``servers`` and ``replication_hostgroups`` replace the default
   rows (lists of dicts; the default pair 0 -> 1 only comes with the default servers), ``proxy_settings``
   merges into [proxy], ``extra_toml`` is appended (new tables only); ``metrics=True`` adds
-  [listeners.metrics] on a free port (``handle.metrics_port``). Stopped after the test.
+  [listeners.metrics] on a free port (``handle.metrics_port``); ``admin=True`` adds
+  [listeners.admin] on a free port (``handle.admin_port``, login ``handle.admin_user`` /
+  ``admin_password``, ``handle.admin_connect()``) with its own [admin] data_dir
+  (``handle.admin_data_dir``). Stopped after the test.
 * ``direct`` (function) — a PyMySQL connection (autocommit) to the primary as the app user.
 """
 
@@ -40,7 +43,7 @@ from typing import Any, Callable, Iterator
 import pymysql
 import pytest
 
-from proxy.sandbox import ProxyProcess, SandboxError, free_port, render_proxy_config, start_cluster
+from proxy.sandbox import ProxyProcess, SandboxError, free_port, render_proxy_config, start_cluster, wait_for_port
 
 USE_DOCKER = os.environ.get("RWPROXY_TEST_DOCKER") == "1"
 
@@ -70,6 +73,20 @@ class ProxyHandle(ProxyProcess):
     user: str = "app"
     password: str = "app_pw"
     metrics_port: int | None = None  # [listeners.metrics] port when started with metrics=True
+    admin_port: int | None = None  # [listeners.admin] port when started with admin=True
+    admin_data_dir: Path | None = None  # its [admin] data_dir (the disk layer rwproxy.db lives there)
+    admin_user: str = "admin"
+    admin_password: str = "admin"
+
+    def start(self, timeout: float = 20.0) -> None:
+        super().start(timeout)
+        if self.admin_port is not None:  # opened right after the data port
+            wait_for_port(self.host, self.admin_port, timeout, process=self.process, what="proxy admin port", log_path=self.log_path)
+
+    def admin_connect(self, **kw: Any) -> pymysql.connections.Connection:
+        """A PyMySQL connection to the admin port."""
+        args = {"host": self.host, "port": self.admin_port, "user": self.admin_user, "password": self.admin_password, "connect_timeout": 10, "read_timeout": 60}
+        return pymysql.connect(**(args | kw))
 
     def connect(self, **kw: Any) -> pymysql.connections.Connection:
         """A PyMySQL connection through the proxy (keyword arguments override the defaults)."""
@@ -89,8 +106,13 @@ def _launch_proxy(
     replication_hostgroups: list[dict[str, Any]] | None = None,
     proxy_settings: dict[str, Any] | None = None,
     metrics: bool = False,
+    admin: bool = False,
 ) -> ProxyHandle:
     port = free_port()
+    admin_port = free_port() if admin else None
+    admin_data_dir = workdir / f"{name}-admin" if admin else None
+    if admin_data_dir is not None:  # each proxy its own disk layer; kept across restarts of the handle
+        admin_data_dir.mkdir(exist_ok=True)
     metrics_port = free_port() if metrics else None
     if metrics_port is not None:  # Prometheus endpoint (proxy.metrics) on a free loopback port
         extra_toml = f'{extra_toml}\n[listeners.metrics]\naddress = "127.0.0.1"\nport = {metrics_port}\n'
@@ -104,6 +126,8 @@ def _launch_proxy(
             replication_hostgroups=replication_hostgroups,
             proxy_settings=proxy_settings,
             extra_toml=extra_toml,
+            admin_port=admin_port,
+            admin_settings={"data_dir": str(admin_data_dir)} if admin_data_dir is not None else None,
         )
     )
     first = (users or [{}])[0]
@@ -115,6 +139,8 @@ def _launch_proxy(
         user=first.get("username", cluster.app_user),
         password=first.get("password", cluster.app_password),
         metrics_port=metrics_port,
+        admin_port=admin_port,
+        admin_data_dir=admin_data_dir,
     )
     handle.start(timeout=60)  # generous: only a loaded machine needs it
     return handle
@@ -140,6 +166,7 @@ def start_proxy(cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ProxyHan
         replication_hostgroups: list[dict[str, Any]] | None = None,
         proxy_settings: dict[str, Any] | None = None,
         metrics: bool = False,
+        admin: bool = False,
     ) -> ProxyHandle:
         handle = _launch_proxy(
             cluster,
@@ -151,6 +178,7 @@ def start_proxy(cluster: Any, tmp_path: Path) -> Iterator[Callable[..., ProxyHan
             replication_hostgroups=replication_hostgroups,
             proxy_settings=proxy_settings,
             metrics=metrics,
+            admin=admin,
         )
         started.append(handle)
         return handle
