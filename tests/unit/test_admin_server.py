@@ -321,3 +321,93 @@ def test_closing_the_server_closes_its_sessions():
 
     asyncio.run(main())
 
+
+
+# ---- the entry point's startup: which source per section ----------------------------------------
+
+
+CONFIG_TOML = """
+[listeners.data]
+port = 1
+[listeners.admin]
+port = 2
+[admin]
+data_dir = "{data_dir}"
+[[users]]
+username = "app"
+password = "pw"
+[[servers]]
+hostgroup_id = 0
+hostname = "192.0.2.1"
+"""
+
+
+def _startup(path, initial=False):
+    from proxy.__main__ import _admin_startup
+    from proxy.config import load_config
+
+    return _admin_startup(str(path), load_config(path), initial)
+
+
+def test_startup_precedence_is_printed_and_saved_sections_win(tmp_path, caplog):
+    from admin.commands import Section
+
+    path = tmp_path / "p.toml"
+    path.write_text(CONFIG_TOML.format(data_dir=tmp_path))
+    with caplog.at_level("INFO", logger="rwproxy.startup"):
+        config, store = _startup(path)
+    assert f"MYSQL QUERY RULES: from the config file {path} (never saved to the disk layer {tmp_path}/rwproxy.db)" in caplog.messages
+    assert not config.ruleset.rules
+    assert store.rows("mysql_users", store_layer("RUNTIME"))[0]["username"] == "app"  # runtime_* filled
+    store.execute("INSERT INTO mysql_query_rules (rule_id, match_digest, destination_hostgroup, apply) VALUES (5, 'x', 0, 1)")
+    store.save_to_disk(Section.QUERY_RULES)
+    store.close()
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rwproxy.startup"):
+        config, store = _startup(path)
+    store.close()
+    assert [r.rule_id for r in config.ruleset.rules] == [5]
+    text = "\n".join(caplog.messages)
+    assert f"MYSQL QUERY RULES: from the disk layer {tmp_path}/rwproxy.db" in text
+    assert "MYSQL QUERY RULES: the config file" in text and "is NOT used for this section" in text  # a WARNING
+    assert any(r.levelname == "WARNING" for r in caplog.records)
+    assert f"MYSQL SERVERS: from the config file {path}" in text
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rwproxy.startup"):
+        config, store = _startup(path, initial=True)  # --initial: the file for everything
+    store.close()
+    assert not config.ruleset.rules
+    assert "--initial: the disk layer's copy saved" in "\n".join(caplog.messages)
+
+
+def test_startup_refuses_a_disk_layer_that_does_not_validate(tmp_path, capsys):
+    from admin.commands import Section
+
+    path = tmp_path / "p.toml"
+    path.write_text(CONFIG_TOML.format(data_dir=tmp_path))
+    _, store = _startup(path)
+    store.execute("INSERT INTO mysql_query_rules (rule_id, match_digest, destination_hostgroup) VALUES (5, 'x', 9), (6, '(', 0)")
+    store.save_to_disk(Section.QUERY_RULES)
+    store.close()
+    assert _startup(path) is None
+    err = capsys.readouterr().err
+    assert "startup (LOAD MYSQL ALL TO RUNTIME) refused, runtime unchanged: 2 errors" in err
+    assert "rule_id=5: destination_hostgroup: hostgroup 9 has no server" in err and "rule_id=6: match_digest" in err
+    assert "--initial" in err
+    config, store = _startup(path, initial=True)  # the way out
+    store.close()
+
+
+def test_startup_with_a_missing_data_dir_says_so(tmp_path, capsys):
+    path = tmp_path / "p.toml"
+    path.write_text(CONFIG_TOML.format(data_dir=tmp_path / "nowhere"))
+    assert _startup(path) is None
+    assert "data directory" in capsys.readouterr().err
+
+
+def store_layer(name):
+    from admin.commands import Layer
+
+    return Layer[name]
