@@ -215,8 +215,8 @@ def statement(rnd: random.Random, client: int, seq: int) -> tuple[str, list[int]
     if kind < 0.9:
         return f"UPDATE w SET n = n + {k + 1} WHERE client = ?", [client], ("update", k + 1)
     # An explicit key, not AUTO_INCREMENT: an insert that generates an id keeps the session on its
-    # writer connection until its next writer statement (LAST_INSERT_ID() follow-ups), which is not
-    # what this test is about.
+    # writer connection for a LAST_INSERT_ID() follow-up (until its next writer statement, or [pool]
+    # last_insert_id_hold), which is not what this test is about.
     return f"INSERT INTO log (client, seq, k) VALUES (?, ?, {k})", [client, seq], ("insert", 1)
 
 
@@ -320,9 +320,11 @@ def test_prepared_stmt_count_stays_within_cap_times_connections(mux_proxy, schem
     )
     cluster.wait_replicated()
     replicas = {r.server_id for r in cluster.replicas}
-    # Generous timeouts: 200 clients queue for 4 connections per server on a shared 2-core box.
+    # Generous timeouts: 200 clients queue for 4 connections per server on a shared 2-core box, and
+    # a statement prepared on a connection that lacks it waits up to connect_timeout for the server
+    # (seen to exceed the default 3 s with the machine's load average above 20).
     p = mux_proxy(writer_max=CAP, reader_max=CAP, pool={"max_prepared_statements": MAX_PREPARED, "acquire_timeout": 60.0},
-                  proxy_settings={"handshake_timeout": 60})  # fmt: skip
+                  proxy_settings={"handshake_timeout": 60, "connect_timeout": 30})  # fmt: skip
     watch = PreparedWatch(cluster)
     baseline = {name: int(s.value("SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'").split("\t")[1]) for name, s in watch.servers.items()}
     tally = Tally()
@@ -372,9 +374,8 @@ def test_prepared_stmt_count_stays_within_cap_times_connections(mux_proxy, schem
     assert watch.samples > 20 and len(watch.failed) < watch.samples // 10, (watch.samples, watch.failed[:5])
     assert all(n <= CAP for n in peak.values()), peak
     assert all(0 < n for n in peak.values()), f"a server got no connection: {peak}"
-    # Every execute reached a server as COM_STMT_EXECUTE, and every client PREPARE as a COM_STMT_PREPARE.
+    # Every execute reached a server as COM_STMT_EXECUTE (the binary protocol all the way).
     assert sum(s["execute"] for s in sent.values()) == CYCLES, sent
-    assert sum(s["prepare"] for s in sent.values()) >= CYCLES, sent
     # The cap was really exercised: every server had statements evicted (closed by the proxy).
     assert all(sent[name]["close"] > 0 and sent[name]["prepare"] > MAX_PREPARED * CAP for name in sent), sent
     # Reads ran on the replicas (every read checked its @@server_id), writes on the primary.
@@ -384,18 +385,6 @@ def test_prepared_stmt_count_stays_within_cap_times_connections(mux_proxy, schem
     assert rows == {i: tally.updates[i] for i in range(CLIENTS)}
     logged = dict(tuple(map(int, line.split("\t"))) for line in primary.sql(f"SELECT client, COUNT(*) FROM `{schema}`.log GROUP BY client").splitlines())
     assert logged == {i: n for i, n in tally.inserts.items() if n}
-    # The bound. The proxy evicts a connection's least recently used statement only after the new
-    # one is prepared (COM_STMT_CLOSE sent once the PREPARE's reply is in), so for a moment a
-    # connection holds max_prepared_statements + 1: that much is asserted outright; anything more
-    # would be the cap not working.
-    ceiling = {name: (MAX_PREPARED + 1) * peak[name] + baseline[name] for name in peak}
-    assert all(watch.stmts_max[name] <= ceiling[name] for name in ceiling), (watch.stmts_max, ceiling)
-    # The acceptance criterion is cap × connections. Until the proxy closes the evicted statement
-    # before preparing the new one, a sampler can catch the +1: reported as an expected failure
-    # (known proxy issue), not hidden; once fixed, this test passes outright.
-    over = {name: watch.stmts_max[name] - bound[name] for name in bound if watch.stmts_max[name] > bound[name]}
-    if over:
-        pytest.xfail(
-            f"known proxy issue: Prepared_stmt_count reached {watch.stmts_max} > max_prepared_statements x connections = {bound} "
-            f"(by {over}): the evicted statement is closed after the new one is prepared, so each connection briefly holds one more"
-        )
+    # The bound: however many statements the clients prepared, no server ever held more than the cap
+    # times the proxy's connections to it (the proxy makes room before it prepares).
+    assert all(watch.stmts_max[name] <= bound[name] for name in bound), (watch.stmts_max, bound)
