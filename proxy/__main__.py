@@ -1,5 +1,11 @@
-"""Entry point: `rwproxy --config FILE` (or `python -m proxy --config FILE`) runs the proxy;
-`rwproxy explain --config FILE "SQL"` says where a statement would go and why."""
+"""Entry point: `rwproxy --config FILE [--initial]` (or `python -m proxy --config FILE`) runs the
+proxy; `rwproxy explain --config FILE "SQL"` says where a statement would go and why.
+
+Without [listeners.admin] the config file is the only source of configuration. With it, the admin
+port's config store (admin.store) is built here: memory is filled per section from the disk layer
+(<[admin] data_dir>/rwproxy.db, for sections an operator saved there) or from the file (`--initial`:
+the file for all), each section's source is logged, and the whole is validated as LOAD MYSQL ALL TO
+RUNTIME would; the proxy runs what that validation built. Any configuration error exits with 2."""
 
 from __future__ import annotations
 

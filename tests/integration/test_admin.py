@@ -227,6 +227,58 @@ def test_explain_diff_kill_and_stats_after_traffic(cluster, start_proxy):
     c.close()
 
 
+def test_kill_query_and_kill_connection_of_busy_sessions(cluster, start_proxy):
+    """KILL QUERY stops the statement and keeps the session; KILL CONNECTION of a session running a
+    statement closes it and stops the statement on the server too."""
+    import threading
+    import time
+
+    proxy = start_proxy(admin=True)
+    tag = uuid.uuid4().hex[:6]
+
+    def running_on_primary() -> int:
+        return int(cluster.primary.value(
+            f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%k\\_{tag}%' AND ID <> CONNECTION_ID()"))
+
+    def sleep_in_thread(conn: Any, outcome: dict) -> threading.Thread:
+        def run() -> None:
+            t = time.monotonic()
+            try:
+                outcome["row"] = where(conn, f"/* rwproxy:route=writer */ SELECT SLEEP(30) AS k_{tag}")
+            except pymysql.err.OperationalError as e:
+                outcome["err"] = e.args
+            outcome["took"] = time.monotonic() - t
+
+        th = threading.Thread(target=run)
+        th.start()
+        deadline = time.monotonic() + 10
+        while running_on_primary() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return th
+
+    victim, outcome = proxy.connect(autocommit=True), {}
+    th = sleep_in_thread(victim, outcome)
+    busy = admin_rows(proxy, "SELECT SessionID FROM stats_mysql_processlist WHERE command = 'Query'")
+    assert [r["SessionID"] for r in busy] == [victim.thread_id()]
+    assert ok(admin_cli(proxy, f"KILL QUERY {victim.thread_id()};")) == []
+    th.join(15)
+    assert outcome["took"] < 10, outcome
+    assert outcome.get("row") == 1 or outcome.get("err", (0,))[0] == 1317, outcome  # MariaDB: an interrupted SLEEP() is 1
+    assert where(victim, "SELECT 5") == 5  # the session goes on
+
+    outcome = {}
+    th = sleep_in_thread(victim, outcome)
+    assert ok(admin_cli(proxy, f"KILL CONNECTION {victim.thread_id()};")) == []
+    th.join(15)
+    assert outcome.get("err", (0,))[0] in (2006, 2013), outcome  # the client sees its connection closed
+    # ...and the SLEEP stops on the server at once (KILL QUERY there). Closing the backend connection
+    # alone is not enough: MariaDB notices a gone client during SLEEP() only every 5 s.
+    deadline = time.monotonic() + 3.5
+    while running_on_primary() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running_on_primary() == 0
+
+
 # -- e. errors: exact codes, and the session carries on ----------------------------------------------
 
 
