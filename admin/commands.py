@@ -21,7 +21,7 @@ ignored; docs/admin.md is the reference):
 * ``EXPLAIN ROUTE [USER <name>] [SCHEMA <name>] <statement>``, ``KILL [CONNECTION|QUERY] <id>``,
   ``SHOW [FULL] PROCESSLIST``, ``SET mysql-<variable> = <value>``.
 * SQL on the admin tables: SELECT / INSERT / UPDATE / DELETE / REPLACE / WITH, TRUNCATE [TABLE] t,
-  SHOW DATABASES, SHOW TABLES, SHOW CREATE TABLE, SHOW VARIABLES.
+  SHOW DATABASES, SHOW TABLES, SHOW CREATE TABLE, SHOW VARIABLES, SHOW MYSQL STATUS (stats_mysql_global).
 * What client libraries send on connect, answered without the store: ``SELECT @@version_comment
   LIMIT 1`` and other SELECTs of only @@variables and DATABASE()/USER()/VERSION()/CONNECTION_ID()
   (`SelectVariables`), SET NAMES / SET autocommit / other session SETs, USE main, COMMIT/ROLLBACK,
@@ -569,6 +569,8 @@ def _parse_show(text: str, words: list[str]) -> Command:
         return ShowProcesslist(full=True)
     if rest == ["PROCESSLIST"]:
         return ShowProcesslist()
+    if rest == ["MYSQL", "STATUS"]:  # ProxySQL's: the global counters
+        return Passthrough("SELECT * FROM stats.stats_mysql_global")
     if rest in (["WARNINGS"], ["ERRORS"]) or rest[:1] == ["WARNINGS"] and "LIMIT" in rest:
         return Answer(("Level", "Code", "Message"))
     m = re.fullmatch(rf"SHOW\s+(?:FULL\s+)?TABLES(?:\s+(?:FROM|IN)\s+(?P<db>{_IDENT}))?(?:\s+LIKE\s+(?P<like>{_NAME}))?", text, re.IGNORECASE)

@@ -172,6 +172,8 @@ def test_stats_tables_take_any_select_and_reset_clears():
             assert errno_of(cur, "DELETE FROM stats_mysql_query_digest") == 1142
             cur.execute("SHOW TABLES FROM stats")
             assert ("stats_mysql_processlist",) in cur.fetchall()
+            cur.execute("SHOW MYSQL STATUS")
+            assert ("Questions", "10") in cur.fetchall()
 
     run(scenario)
 
