@@ -119,3 +119,13 @@ def test_terminator_is_what_com_field_list_ends_with():
         data = make_packet(make_result_terminator(caps, AC), 1)
         sc = ResultScanner(Reply.FIELDS, bool(caps & Capability.DEPRECATE_EOF))
         assert sc.feed(data) == len(data) and sc.status == AC
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 6))
+def test_any_bytes_parse_or_raise_the_protocol_error(data, columns):
+    for parse in (parse_column_definition, lambda d: parse_text_row(d, columns)):
+        try:
+            parse(data)
+        except ProtocolError:
+            pass
