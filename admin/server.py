@@ -69,6 +69,7 @@ from proxy.protocol.packets import (
     make_result_terminator,
     parse_handshake_response,
 )
+from proxy.stats import TABLES as STATS_TABLES
 
 from .commands import (
     ADMIN_SCHEMAS,
@@ -76,7 +77,6 @@ from .commands import (
     ALL_SECTIONS,
     AdminError,
     Answer,
-    Command as AdminCommand,
     DiffRoutes,
     ExplainRoute,
     Kill,
@@ -85,6 +85,9 @@ from .commands import (
     SelectVariables,
     ShowProcesslist,
     parse,
+)
+from .commands import (
+    Command as AdminCommand,
 )
 from .store import Affected, ConfigStore, Rows, ValidationFailed
 from .validate import ROUTE_CHANGE_COLUMNS, digests_from_table, explain_route
@@ -186,9 +189,7 @@ async def start_admin(app: ProxyApp, address: str, port: int) -> asyncio.Abstrac
     store = app.store if app.store is not None else _own_store(app)
     app.store = store
     stats = app.stats
-    from proxy.stats import TABLES  # the registry's table names
-
-    store.attach_stats({name: (lambda name=name: stats.table(name)) for name in TABLES})
+    store.attach_stats({name: (lambda name=name: stats.table(name)) for name in STATS_TABLES})
     admin = AdminServer(app, store)
     loop = asyncio.get_running_loop()
     admin.server = await loop.create_server(lambda: AdminSession(admin), address, port, reuse_address=True)
@@ -508,7 +509,7 @@ class AdminSession(asyncio.Protocol):
             else:
                 self._log(logging.INFO, "KILL QUERY %d", target.id)
                 self._send_ok(seq)
-        except Exception as e:  # noqa: BLE001 - a bug: answer, keep going
+        except Exception as e:
             log.exception("admin session=%d: KILL QUERY %d failed", self.id, target.id)
             self._send_err(seq, 1105, f"internal error in the admin port during KILL QUERY ({type(e).__name__}: {e})")
         finally:
@@ -530,7 +531,7 @@ async def _kill_backend_statement(app: ProxyApp, server: Any, thread_id: int, us
             err = await asyncio.wait_for(killer.replay([b"\x03" + f"KILL QUERY {thread_id}".encode()]), timeout)
         finally:
             killer.close()
-    except (BackendError, asyncio.TimeoutError, ConnectionError, OSError) as e:
+    except (TimeoutError, BackendError, ConnectionError, OSError) as e:
         log.warning("admin: could not reach %s to stop thread %d: %s", server.address, thread_id, e)
         return (ErrorCode.CONN_HOST_ERROR, f"rwproxy admin: could not reach {server.address} to kill the statement: {e}", "HY000")
     if err is not None:

@@ -21,7 +21,7 @@ MARIADB = "mariadb"
 def admin_cli(proxy: Any, sql: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """The mariadb CLI on the admin port, statements on stdin (batch mode: tab-separated, no borders)."""
     cmd = [MARIADB, "--no-defaults", "-h127.0.0.1", f"-P{proxy.admin_port}", f"-u{proxy.admin_user}", f"-p{proxy.admin_password}", "--batch", *args]
-    return subprocess.run(cmd, input=sql.encode(), capture_output=True, timeout=timeout)
+    return subprocess.run(cmd, input=sql.encode(), capture_output=True, timeout=timeout, check=False)
 
 
 def ok(p: subprocess.CompletedProcess) -> list[list[str]]:
@@ -149,7 +149,7 @@ def test_non_loopback_admin_with_default_or_empty_password_exits_2(tmp_path, adm
         "[listeners.data]\nport = 16999\n[listeners.admin]\naddress = \"0.0.0.0\"\nport = 16998\n" + admin_table
         + '[[users]]\nusername = "app"\npassword = "x"\n[[servers]]\nhostgroup_id = 0\nhostname = "127.0.0.1"\n'
     )
-    p = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config)], capture_output=True, timeout=60)
+    p = subprocess.run([sys.executable, "-m", "proxy", "--config", str(config)], capture_output=True, timeout=60, check=False)
     assert p.returncode == 2, p.stderr
     err = p.stderr.decode()
     assert f"{config}: admin.password: the admin port listens on 0.0.0.0, beyond this machine, with {says}" in err, err

@@ -18,7 +18,14 @@ from proxy.config import parse_config
 from proxy.protocol import auth
 from proxy.protocol.constants import Capability, ServerStatus
 from proxy.protocol.framing import PacketFramer, make_packet
-from proxy.protocol.packets import HandshakeResponse41, make_handshake_response, parse_err, parse_handshake_v10, parse_ok, parse_text_row
+from proxy.protocol.packets import (
+    HandshakeResponse41,
+    make_handshake_response,
+    parse_err,
+    parse_handshake_v10,
+    parse_ok,
+    parse_text_row,
+)
 from rules.classify import Kind
 from rules.digest import fingerprint
 
@@ -398,7 +405,7 @@ def test_startup_refuses_a_disk_layer_that_does_not_validate(tmp_path, capsys):
     assert "startup (LOAD MYSQL ALL TO RUNTIME) refused, runtime unchanged: 2 errors" in err
     assert "rule_id=5: destination_hostgroup: hostgroup 9 has no server" in err and "rule_id=6: match_digest" in err
     assert "--initial" in err
-    config, store = _startup(path, initial=True)  # the way out
+    _, store = _startup(path, initial=True)  # the way out
     store.close()
 
 

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.protocol.constants import BINARY_COLLATION, UTF8MB4_COLLATION, Capability, ColumnFlag, ColumnType, ServerStatus
+from proxy.protocol.constants import (
+    BINARY_COLLATION,
+    UTF8MB4_COLLATION,
+    Capability,
+    ColumnFlag,
+    ColumnType,
+    ServerStatus,
+)
 from proxy.protocol.framing import PacketFramer, ProtocolError, make_packet
 from proxy.protocol.packets import (
     ColumnDefinition,
