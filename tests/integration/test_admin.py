@@ -159,9 +159,9 @@ def test_non_loopback_admin_with_default_or_empty_password_exits_2(tmp_path, adm
 # -- d. operator commands and stats after real traffic -----------------------------------------------
 
 
-def test_explain_diff_kill_and_stats_after_traffic(cluster, start_proxy):
-    primary, replicas = cluster.primary, cluster.replicas
-    proxy = start_proxy(admin=True)
+def _traffic(proxy: Any) -> tuple[Any, str, str, int]:
+    """5 reads and 3 writer-hinted statements of two digests unique to this call, through one session.
+    Returns (the open session, the read statement, the digest tag as digest texts show it, the session id)."""
     tag = uuid.uuid4().hex[:6]
     read_sql, write_sql = f"SELECT 1 AS d_read_{tag}", f"/* rwproxy:route=writer */ SELECT 2 AS d_writer_{tag}"
     c = proxy.connect(autocommit=True)
@@ -170,8 +170,13 @@ def test_explain_diff_kill_and_stats_after_traffic(cluster, start_proxy):
             cur.execute(read_sql)
         for _ in range(3):
             cur.execute(write_sql)
-        cur.execute("SELECT CONNECTION_ID()")
-        session_id = cur.fetchone()[0]
+    return c, read_sql, tag.upper(), c.thread_id()
+
+
+def test_explain_diff_processlist_pool_and_kill(cluster, start_proxy):
+    primary, replicas = cluster.primary, cluster.replicas
+    proxy = start_proxy(admin=True)
+    c, read_sql, tag, session_id = _traffic(proxy)
 
     # EXPLAIN ROUTE: where a statement would go at runtime, and why.
     steps = dict(ok(admin_cli(proxy, f"EXPLAIN ROUTE {read_sql};", "--skip-column-names")))
@@ -179,39 +184,21 @@ def test_explain_diff_kill_and_stats_after_traffic(cluster, start_proxy):
     steps = dict(ok(admin_cli(proxy, "EXPLAIN ROUTE DELETE FROM t WHERE id = 1;", "--skip-column-names")))
     assert steps["decision"] == "route to hostgroup 0"
 
-    # The processlist shows the data-port session (live objects: no counters involved).
+    # The processlist shows the data-port session.
     rows = admin_rows(proxy, f"SELECT SessionID, user, command, hostgroup FROM stats_mysql_processlist WHERE SessionID = {session_id}")
     assert [(r["SessionID"], r["user"], r["command"]) for r in rows] == [(session_id, "app", "Sleep")]
     rows = ok(admin_cli(proxy, "SHOW PROCESSLIST;", "--skip-column-names"))
     assert [r[:3] for r in rows if r[0] == str(session_id)] == [[str(session_id), "app", ""]]
-    # The connection pool lists every configured server, per hostgroup.
-    pool = admin_rows(proxy, "SELECT hostgroup, srv_port, status, ConnUsed + ConnFree AS conns, Queries FROM stats_mysql_connection_pool ORDER BY hostgroup, srv_port")
+    # The connection pool lists every configured server, per hostgroup, with the pooled connections.
+    pool = admin_rows(proxy, "SELECT hostgroup, srv_port, status, ConnUsed + ConnFree AS conns FROM stats_mysql_connection_pool ORDER BY hostgroup, srv_port")
     assert [(r["hostgroup"], r["srv_port"], r["status"]) for r in pool] == [(0, primary.port, "ONLINE")] + sorted((1, r.port, "ONLINE") for r in replicas)
     assert pool[0]["conns"] >= 1  # the session's writer connection went back to the pool
 
-    # Counters (need the data path to record into the stats registry).
-    digest = admin_rows(proxy, f"SELECT hostgroup, username, count_star FROM stats.stats_mysql_query_digest WHERE digest_text LIKE '%D_READ_{tag.upper()}%'")
-    assert digest == [{"hostgroup": 1, "username": "app", "count_star": 5}]
-    digest = admin_rows(proxy, f"SELECT hostgroup, count_star FROM stats_mysql_query_digest WHERE digest_text LIKE '%D_WRITER_{tag.upper()}%'")
-    assert digest == [{"hostgroup": 0, "count_star": 3}]
-    totals = admin_rows(proxy, f"SELECT COUNT(*) AS n, SUM(count_star) AS s FROM stats_mysql_query_digest WHERE digest_text LIKE '%{tag.upper()}%'")
-    assert totals == [{"n": 2, "s": 8}]
-    assert sum(r["Queries"] for r in pool if r["hostgroup"] == 1) >= 5
-
-    # DIFF: a rule in memory, not yet loaded; DIFF MYSQL ROUTES says which digests it would move.
+    # DIFF: a rule in memory, not yet loaded.
     with proxy.admin_connect() as a, a.cursor() as cur:
         cur.execute(f"INSERT INTO mysql_query_rules (rule_id, match_digest, destination_hostgroup, apply) VALUES (30, 'D_READ_{tag}', 0, 1)")
         cur.execute("DIFF MYSQL QUERY RULES")
         assert cur.fetchall() == (("mysql_query_rules", "added", "rule_id=30", ""),)
-        cur.execute("DIFF MYSQL ROUTES")
-        cols = [d[0] for d in cur.description]
-        changes = [dict(zip(cols, r)) for r in cur.fetchall()]
-        assert [(ch["count_star"], ch["runtime_destination"], ch["memory_destination"], ch["memory_rules"]) for ch in changes] == [(5, "hostgroup 1", "hostgroup 0", "30")]
-        # stats_mysql_query_digest_reset reads and clears.
-        cur.execute(f"SELECT SUM(count_star) FROM stats_mysql_query_digest_reset WHERE digest_text LIKE '%{tag.upper()}%'")
-        assert cur.fetchone() == (8,)
-        cur.execute("SELECT COUNT(*) FROM stats_mysql_query_digest")
-        assert cur.fetchone() == (0,)
 
     # KILL CONNECTION of a data-port session: its client sees the connection closed.
     victim = proxy.connect(autocommit=True)
@@ -225,6 +212,35 @@ def test_explain_diff_kill_and_stats_after_traffic(cluster, start_proxy):
     assert p.returncode == 1 and f"ERROR 1094 (HY000) at line 1: Unknown thread id: {victim_id}" in p.stderr.decode()
     assert where(c, "SELECT 3") == 3  # everyone else carries on
     c.close()
+
+
+def test_digest_stats_diff_routes_and_reset_after_traffic(start_proxy):
+    """The counters the data path records (stats registry): exact per digest, SQL on them, the dry
+    run of a rule against them, and the read-and-clear table."""
+    proxy = start_proxy(admin=True)
+    c, _, tag, _ = _traffic(proxy)
+    c.close()
+    digest = admin_rows(proxy, f"SELECT hostgroup, username, count_star FROM stats.stats_mysql_query_digest WHERE digest_text LIKE '%D_READ_{tag}%'")
+    assert digest == [{"hostgroup": 1, "username": "app", "count_star": 5}]
+    digest = admin_rows(proxy, f"SELECT hostgroup, count_star FROM stats_mysql_query_digest WHERE digest_text LIKE '%D_WRITER_{tag}%'")
+    assert digest == [{"hostgroup": 0, "count_star": 3}]
+    top = admin_rows(proxy, f"SELECT COUNT(*) AS n, SUM(count_star) AS s, MAX(count_star) AS top FROM stats_mysql_query_digest WHERE digest_text LIKE '%{tag}%'")
+    assert top == [{"n": 2, "s": 8, "top": 5}]
+    queries = admin_rows(proxy, "SELECT hostgroup, SUM(Queries) AS q FROM stats_mysql_connection_pool GROUP BY hostgroup ORDER BY hostgroup")
+    assert [r["hostgroup"] for r in queries] == [0, 1] and queries[0]["q"] >= 3 and queries[1]["q"] >= 5, queries
+
+    with proxy.admin_connect() as a, a.cursor() as cur:
+        # DIFF MYSQL ROUTES: which digests a rule in memory would move, with their counts.
+        cur.execute(f"INSERT INTO mysql_query_rules (rule_id, match_digest, destination_hostgroup, apply) VALUES (30, 'D_READ_{tag}', 0, 1)")
+        cur.execute("DIFF MYSQL ROUTES")
+        cols = [d[0] for d in cur.description]
+        changes = [dict(zip(cols, r)) for r in cur.fetchall()]
+        assert [(ch["count_star"], ch["runtime_destination"], ch["memory_destination"], ch["memory_rules"]) for ch in changes] == [(5, "hostgroup 1", "hostgroup 0", "30")]
+        # stats_mysql_query_digest_reset reads and clears.
+        cur.execute(f"SELECT SUM(count_star) FROM stats_mysql_query_digest_reset WHERE digest_text LIKE '%{tag}%'")
+        assert cur.fetchone() == (8,)
+        cur.execute("SELECT COUNT(*) FROM stats_mysql_query_digest")
+        assert cur.fetchone() == (0,)
 
 
 def test_kill_query_and_kill_connection_of_busy_sessions(cluster, start_proxy):
