@@ -382,7 +382,9 @@ def parse_ok(payload: bytes | memoryview, caps: int = Capability.PROTOCOL_41 | C
             if status & ServerStatus.SESSION_STATE_CHANGED and r.remaining():
                 state = r.lenenc_bytes()
         else:
-            info = r.rest()
+            info = bytes(r.rest())
+            if info and info[0] == len(info) - 1:  # length-encoded, as servers send it
+                info = info[1:]
     return OK(affected, insert_id, status, warnings, info, state)
 
 
@@ -394,8 +396,8 @@ def make_ok(ok: OK, caps: int) -> bytes:
             out += lenenc_bytes(ok.info)
             if ok.session_state:
                 out += lenenc_bytes(ok.session_state)
-    else:
-        out += ok.info
+    elif ok.info:
+        out += lenenc_bytes(ok.info)  # length-encoded either way, as MySQL and MariaDB send it
     return out
 
 
