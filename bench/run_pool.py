@@ -438,6 +438,7 @@ class SysbenchRun:
     opened: dict[str, int] = field(default_factory=dict)  # distinct `app` connection ids seen during the run
     prepared_peak: dict[str, int] = field(default_factory=dict)  # max Prepared_stmt_count per server
     samples: int = 0
+    stmt: dict[str, dict[str, int]] = field(default_factory=dict)  # server -> Com_stmt_prepare/execute deltas
     other_cpu: dict[str, float] = field(default_factory=dict)  # CPU-seconds used meanwhile by processes not ours
     wall: float = 0.0
 
@@ -445,17 +446,27 @@ class SysbenchRun:
         return sum(self.other_cpu.values()) / (ncpu * self.wall) if self.wall else None
 
 
+def com_stmt(cluster) -> dict[str, dict[str, int]]:
+    """server -> {"prepare": Com_stmt_prepare, "execute": Com_stmt_execute} (SHOW GLOBAL STATUS via the CLI)."""
+    out = {}
+    for s in cluster.servers:
+        rows = s.sql("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_stmt_prepare', 'Com_stmt_execute')")
+        out[s.name] = {k.lower().removeprefix("com_stmt_"): int(v) for k, v in (line.split("\t") for line in rows.splitlines())}
+    return out
+
+
 def sysbench_load(args) -> argparse.Namespace:
     """The `args` shape run_sysbench's helpers read (tables, table_size, threads, time)."""
     return argparse.Namespace(tables=args.sb_tables, table_size=args.sb_table_size, threads=args.sb_threads, time=args.sb_time)
 
 
-def run_sysbench_once(target: str, where: tuple[str, int], primary: rs.Primary, args, rnd: int, sampler: Sampler, ours: set[int]) -> SysbenchRun:
+def run_sysbench_once(target: str, where: tuple[str, int], cluster, primary: rs.Primary, args, rnd: int, sampler: Sampler, ours: set[int]) -> SysbenchRun:
     sb = sysbench_load(args)
     # --verbosity=5 names every error sysbench ignores ("Ignoring error 1213 ..."); no other option
     # changes sysbench's defaults (transactions, --db-ps-mode=auto, its own ignore list).
     argv = rs.sysbench_argv("oltp_read_write", *where, primary, sb, "run", extra=("--verbosity=5",))
     run = SysbenchRun(rs.RunResult("oltp_read_write", target, rnd, argv))
+    stmt_before = com_stmt(cluster)
     cpu_before, t0 = split.cpu_times(), time.monotonic()
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=args.sb_time + 120, check=False)
@@ -467,6 +478,8 @@ def run_sysbench_once(target: str, where: tuple[str, int], primary: rs.Primary, 
     t1 = time.monotonic()
     run.wall = t1 - t0
     run.other_cpu = split.others_cpu(cpu_before, split.cpu_times(), ours)
+    stmt_after = com_stmt(cluster)
+    run.stmt = {n: {k: stmt_after[n][k] - stmt_before[n][k] for k in stmt_after[n]} for n in stmt_after}
     rs.parse_sysbench(text, run.result)
     run.ignored_codes = split.ignored_codes(text)
     run.fatal_codes = re.findall(r"^(?:FATAL|ALERT):.*?error (\d+)", text, re.MULTILINE)
@@ -504,7 +517,7 @@ def phase_sysbench(cluster, primary: rs.Primary, args, base_dir: Path, procs: rs
             ours = {os.getpid(), *(p.pid for _, p in procs.procs), *(s.pid for s in cluster.servers if s.pid)}
             argv = rs.sysbench_argv("oltp_read_write", *where, primary, sb, "run", extra=("--verbosity=5",))
             print(f"phase sysbench: round {rnd + 1}/{args.sb_rounds} {target}: {shlex.join(argv)}", flush=True)
-            run = run_sysbench_once(target, where, primary, args, rnd, sampler, ours)
+            run = run_sysbench_once(target, where, cluster, primary, args, rnd, sampler, ours)
             out["runs"].append(run)
             if target == "rwproxy":
                 stop_last(procs)
@@ -515,7 +528,7 @@ def phase_sysbench(cluster, primary: rs.Primary, args, base_dir: Path, procs: rs
             status = "ok" if r.ok else f"FAILED ({r.note or (r.fatal[0] if r.fatal else f'exit {r.exit_status}')})"
             print(f"  qps={rs.fmt(r.qps, ',.0f')} p95={rs.fmt(r.p95_ms, '.2f')} ms ignored={r.ignored_errors} {dict(Counter(run.ignored_codes)) or ''} "
                   f"reconnects={r.reconnects} fatal={dict(Counter(run.fatal_codes)) or len(r.fatal)} max app connections {run.app_peak} "
-                  f"max Prepared_stmt_count {run.prepared_peak} others_cpu={sum(run.other_cpu.values()):.1f}s {status}", flush=True)
+                  f"max Prepared_stmt_count {run.prepared_peak} COM_STMT {run.stmt} others_cpu={sum(run.other_cpu.values()):.1f}s {status}", flush=True)
     out["log"] = [f"{n}× {text}" for text, n in log.most_common(20)]
     return out
 
@@ -814,6 +827,14 @@ def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, A
          + (", ".join(f"{q:.2f}" for _, q, _ in quiet) + f" (median {statistics.median(q for _, q, _ in quiet):.2f}), p95 ratio "
             + ", ".join(f"{p:.2f}" if p is not None else "—" for _, _, p in quiet) if quiet else "—")
          + ". On a shared box these are the comparable ones; every round is listed below."),
+        ("- Where the statements ran (Com_stmt_* deltas, summed over the runs of each target): "
+         + "; ".join(f"{t}: " + ", ".join(f"{n} {sum(r.stmt.get(n, {}).get('prepare', 0) for r in by[t]):,} PREPARE / "
+                                          f"{sum(r.stmt.get(n, {}).get('execute', 0) for r in by[t]):,} EXECUTE"
+                                          for n in (by[t][0].stmt if by[t] else {}))
+                     for t in ("direct", "rwproxy"))
+         + ". Through the proxy the replicas' connections and statements come from sysbench's PREPAREs of its SELECTs, "
+           "which arrive outside a transaction and are routed as reads; every EXECUTE runs inside BEGIN … COMMIT on the "
+           "primary, which prepares the statement there too on first use."),
         ("- sysbench errors: *ignored* errors are the ones sysbench retries by default (`--mysql-ignore-errors` "
         "1213, 1020, 1205: deadlock, record changed, lock wait timeout), listed by code; any other error is a "
         "FATAL line that stops its thread and fails the run."),
@@ -840,6 +861,17 @@ def render_sysbench(args, info: dict[str, str], invocation: str, sb: dict[str, A
                 "```toml", text[text.index("[pool]"):].strip(), "```"]
     out.append(SB_END)
     return "\n".join(out)
+
+
+def write_sysbench_section(out: Path, section: str) -> None:
+    """Replace the `pooling-sysbench` section; the first time, put it right after the pooling section
+    (it is that section's part d), else where run_sysbench.write_section puts a new one (the end)."""
+    text = out.read_text() if out.exists() else ""
+    if SB_BEGIN not in text and END in text:
+        head, tail_ = text.split(END, 1)
+        out.write_text(head + END + "\n\n" + section + tail_)
+        return
+    rs.write_section(out, section, SB_BEGIN, SB_END)
 
 
 # --------------------------------------------------------------------------- main
@@ -983,7 +1015,7 @@ def main(argv: list[str] | None = None) -> int:
                 sb["problem"] = f"sampler stopped early: {sampler.error}"
             sb["skipped"] = list(sampler.skipped)
             section = render_sysbench(args, info, invocation, sb)
-            rs.write_section(args.out, section, SB_BEGIN, SB_END)
+            write_sysbench_section(args.out, section)
             print(f"\nwrote section to {args.out}\n")
             print(section)
             runs = sb.get("runs", [])
