@@ -8,6 +8,9 @@ Theory of operation: a BackendConnection is an asyncio.Protocol with two modes.
   scanner reports the end of the reply the sink's `reply_done` is called. A slow client pauses
   reading from the server (backpressure), so a reply never accumulates in the proxy.
 
+Bytes are counted per relayed chunk (never per row) into the `stats` handle (proxy.stats.ServerStats)
+of the (hostgroup, server) the connection serves, which the session sets when it takes the connection.
+
 It must never parse rows, buffer a whole reply, or decide routing. Failures to connect raise
 BackendError with the server and the cause; the caller turns them into a MySQL ERR for the client.
 """
@@ -45,6 +48,10 @@ from .protocol.packets import (
     parse_handshake_v10,
 )
 from .protocol.results import ResultScanner, apply_rewrites
+from .stats import ServerStats
+
+# Where connections no session has taken yet count their bytes (never read).
+UNCOUNTED = ServerStats(-2, "")
 
 log = logging.getLogger("rwproxy.backend")
 
@@ -95,6 +102,10 @@ class BackendConnection(asyncio.Protocol):
         # Statements prepared on this connection: (schema, COM_STMT_PREPARE payload) -> [backend id, param types sent]
         # (least recently used first). Cleared whenever the connection is reset.
         self.prepared: collections.OrderedDict[tuple, list] = collections.OrderedDict()
+        # The stats handle (proxy.stats.ServerStats) of the (hostgroup, server) this connection
+        # serves now, set by the session that takes it (ClientSession._take); the bytes it relays
+        # are counted into it per chunk. Until then a shared sink nobody reads.
+        self.stats: ServerStats = UNCOUNTED
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -108,6 +119,7 @@ class BackendConnection(asyncio.Protocol):
             self.framer.feed(data)
             self._wake()
             return
+        self.stats.bytes_recv += len(data)  # per chunk, never per row
         held = self._held
         if held:
             data = held + data
@@ -174,6 +186,9 @@ class BackendConnection(asyncio.Protocol):
                 self._waiter = None
 
     def write(self, data: bytes) -> None:
+        """Client data for the server outside a relayed command (LOAD DATA file, long data,
+        COM_STMT_CLOSE): counted as sent, like the commands."""
+        self.stats.bytes_sent += len(data)
         self.transport.write(data)
 
     async def replay(self, payloads: list[bytes]) -> ERR | None:
@@ -252,6 +267,7 @@ class BackendConnection(asyncio.Protocol):
 
     def relay(self, command: bytes, scanner: ResultScanner) -> None:
         self.scanner = scanner
+        self.stats.bytes_sent += len(command)
         self.transport.write(command)
 
     def pause_reading(self, paused: bool) -> None:

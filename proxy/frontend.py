@@ -20,6 +20,14 @@ Theory of operation: one ClientSession (an asyncio.Protocol) per client connecti
   COM_QUERY run on the writer.
 - Commands the proxy must handle itself (COM_QUIT, COM_CHANGE_USER, unknown or unsupported commands)
   are answered here.
+- Statistics (proxy.stats): one `StatsRegistry.statement_done` per statement (COM_QUERY, and
+  COM_STMT_EXECUTE under the digest of its statement), when its reply ends (`reply_done`) or when the
+  proxy answers it itself (`_answered_here`: a rule's Deny/Respond, KILL, no backend; hostgroup -1).
+  The statement's Classification, rule ids and arrival time (`time.monotonic_ns`) are kept on the
+  session meanwhile, and `current_sql` references its text for stats_mysql_processlist. In
+  passthrough mode nothing is routed, but the digest is still needed: the text goes through
+  `classify()` (a dict hit for a text seen recently, else a fingerprint). Every ERR a client gets is
+  counted by code: the proxy's own in `_send_err`, the servers' at reply end.
 - Client limits (the counting itself is ProxyApp's): a connection over [proxy] max_connections is
   told ERR 1040 right after the greeting exchange, in place of the authentication result; a user
   over its [[users]] max_connections gets ERR 1203 once authenticated. `last_activity` is stamped
@@ -39,10 +47,11 @@ import asyncio
 import itertools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from rules.classify import Classification, Kind
+from rules.classify import Classification, Kind, classify
 from rules.engine import SessionView
 from rules.model import Decision, Deny, RouteTo
 
@@ -77,6 +86,7 @@ from .protocol.packets import (
     parse_handshake_response,
 )
 from .protocol.results import Reply, ResultScanner
+from .router import MAX_CLASSIFIED
 from .session import ConnState, PinReason, SessionState, charset_entry, pin_reasons_of
 
 if TYPE_CHECKING:
@@ -127,6 +137,8 @@ _STATE_SHOWN = frozenset((
     Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK, Kind.SAVEPOINT, Kind.RELEASE_SAVEPOINT, Kind.XA, Kind.FLUSH,
 ))  # fmt: skip
 _KILL = Kind.KILL
+_STMT_EXECUTE = int(Command.STMT_EXECUTE)
+_monotonic_ns = time.monotonic_ns
 # Functions whose value belongs to the client session, not to whichever connection runs the statement.
 _SESSION_VALUE = re.compile(r"\b(CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID)\s*\(\s*\)", re.I)
 _KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*;?\s*$", re.I)
@@ -145,6 +157,11 @@ def _outside_strings(sql: str, change: Callable[[str], str]) -> str:
 _STMT_COMMANDS = frozenset(
     (Command.STMT_PREPARE, Command.STMT_EXECUTE, Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE, Command.STMT_RESET, Command.STMT_FETCH)
 )
+
+
+def _err_code(payload: bytes) -> int:
+    """The error code of an ERR packet's payload (0xFF, then the code as 2 bytes little-endian)."""
+    return payload[1] | payload[2] << 8 if len(payload) >= 3 else 0
 
 
 class _Statement:
@@ -238,6 +255,18 @@ class ClientSession(asyncio.Protocol):
         self.draining = False  # the app is shutting down: close once free outside a transaction
         self._clock = app.clock
         self.last_activity = 0.0  # app clock; when the client last sent bytes or a reply ended
+        # Stats (proxy.stats): the statement in flight is recorded once, when its reply ends
+        # (`reply_done`) or when the proxy answers it itself (`_answered_here`, hostgroup -1).
+        self._stats = app.stats
+        self._stat: Classification | None = None  # the statement in flight (COM_QUERY, COM_STMT_EXECUTE)
+        self._rule_ids: tuple[int, ...] = ()  # the rules it matched
+        self._t0 = 0  # time.monotonic_ns() when it arrived
+        self.current_sql: str | None = None  # its text (a reference, not a copy): stats_mysql_processlist
+        # Without multiplexing, server statement id -> (classification, text) of the client's
+        # prepared statements, so that COM_STMT_EXECUTE counts under its statement's digest.
+        self._ps_classes: dict[int, tuple[Classification, str]] = {}
+        self._preparing: tuple[Classification, str] | None = None  # a COM_STMT_PREPARE in flight (same case)
+        self._quit = False  # the client said COM_QUIT (anything else that ends it counts as aborted)
 
     # ---- logging ------------------------------------------------------------------------------
 
@@ -269,6 +298,7 @@ class ClientSession(asyncio.Protocol):
         if sockname:
             self.local = (sockname[0], sockname[1])
         set_nodelay(transport)
+        self._stats.client_connected()
         self.admitted = self.app.admit(self)
         if self.app.draining:  # accepted just before the listener closed
             self.close()
@@ -353,6 +383,8 @@ class ClientSession(asyncio.Protocol):
             self.transport.write(make_packet(payload, seq))
 
     def _send_err(self, seq: int, code: int, message: str, sqlstate: str | None = None) -> None:
+        if not self.closed:
+            self._stats.error(code)
         self._send(make_err(code, message, sqlstate), seq)
 
     def _set_reading(self, on: bool) -> None:
@@ -373,6 +405,8 @@ class ClientSession(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        if not self._quit:
+            self._stats.client_aborted()
         self._wake()
         self.app.forget(self)
         self._release_all()
@@ -540,6 +574,7 @@ class ClientSession(asyncio.Protocol):
         self._wire = (self.capabilities & MIRRORED_CAPABILITIES, self.collation)
         self._pools = {}
         self.stmts, self._cursors = {}, {}
+        self._ps_classes, self._preparing = {}, None
         try:
             conn = await self._ready(self.writer_hg, fallback=False)
         except HostgroupError as e:
@@ -571,6 +606,8 @@ class ClientSession(asyncio.Protocol):
 
     def _take(self, conn: BackendConnection, hostgroup: int) -> BackendConnection:
         conn.hostgroup = hostgroup
+        if conn.stats.hostgroup != hostgroup:  # its stats handle: per (hostgroup, server)
+            conn.stats = self._stats.server(hostgroup, conn.server.address)
         conn.attach(self)
         self.conns[hostgroup] = conn
         return conn
@@ -586,7 +623,11 @@ class ClientSession(asyncio.Protocol):
                 return None
             server = self._preferred[hostgroup] = picks[0]
         conn = self._pool(server).try_acquire()
-        return None if conn is None else self._take(conn, hostgroup)
+        if conn is None:
+            return None
+        conn = self._take(conn, hostgroup)
+        conn.stats.acquire_immediate += 1
+        return conn
 
     async def _acquire(self, hostgroup: int) -> BackendConnection:
         """A connection to a server of `hostgroup` (its ONLINE servers tried in weighted order)."""
@@ -600,6 +641,7 @@ class ClientSession(asyncio.Protocol):
             raise HostgroupError(hostgroup, f"rwproxy: hostgroup {hostgroup} has no ONLINE server; check [[servers]] in the proxy config")
         last: Exception | None = None
         for server in servers:
+            t0 = _monotonic_ns()
             try:
                 conn = await self._pool(server).acquire()
             except BackendError as e:
@@ -612,6 +654,7 @@ class ClientSession(asyncio.Protocol):
                 last = e
                 continue
             except PoolTimeout as e:
+                self._stats.acquire_failed(self._stats.server(hostgroup, server.address), _monotonic_ns() - t0)
                 self._log(logging.WARNING, "hostgroup %d: %s", hostgroup, e)
                 raise HostgroupError(
                     hostgroup,
@@ -621,7 +664,9 @@ class ClientSession(asyncio.Protocol):
             if self.closed:
                 conn.pool.release(conn)
                 raise HostgroupError(hostgroup, "client went away")
-            return self._take(conn, hostgroup)
+            conn = self._take(conn, hostgroup)
+            self._stats.acquire_done(conn.stats, _monotonic_ns() - t0)
+            return conn
         assert last is not None
         raise HostgroupError(
             hostgroup,
@@ -696,7 +741,13 @@ class ClientSession(asyncio.Protocol):
             self.close()
             return
         if cmd == Command.QUERY:
+            self._t0 = _monotonic_ns()
             if self.passthrough:
+                # Nothing to route, but the digest table counts every statement: classify() is
+                # cached by raw text (a dict hit for a text seen before), else a fingerprint.
+                sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
+                self._stat = classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED])
+                self._rule_ids, self.current_sql = (), sql
                 self._run(self.writer_hg, pkt.raw, Reply.RESULT, None)
             else:
                 self._query(pkt)
@@ -708,18 +759,31 @@ class ClientSession(asyncio.Protocol):
         if reply is not None:
             if reply is Reply.NONE:
                 # COM_STMT_CLOSE / SEND_LONG_DATA: no reply; the statement lives on the writer.
+                if cmd == Command.STMT_CLOSE and self._ps_classes:
+                    self._ps_classes.pop(int.from_bytes(payload[1:5], "little"), None)
                 conn = self.conns.get(self.writer_hg)
                 if conn is not None:
                     conn.write(pkt.raw)
                 return
-            if cmd == Command.STMT_PREPARE:
+            if cmd == _STMT_EXECUTE:
+                known = self._ps_classes.get(int.from_bytes(payload[1:5], "little"))
+                if known is not None:  # counted under its statement's digest
+                    self._t0 = _monotonic_ns()
+                    self._stat, self.current_sql = known
+                    self._rule_ids = ()
+            elif cmd == Command.STMT_PREPARE:
                 # Without multiplexing, statements live on the session's writer connection.
                 self._pin(PinReason.PREPARED_STATEMENT)
+                sql = bytes(payload[1:]).decode("utf-8", "surrogateescape")
+                self._preparing = (classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED]), sql)
+            elif cmd == Command.RESET_CONNECTION:
+                self._ps_classes.clear()  # the server closes them all
             post = (cmd, pkt.payload) if cmd in (Command.INIT_DB, Command.RESET_CONNECTION) else None
             self._run(self.writer_hg, pkt.raw, reply, post)
             return
         if cmd == Command.QUIT:
             self._log(logging.DEBUG, "COM_QUIT")
+            self._quit = True
             self.close()
             return
         if cmd == Command.CHANGE_USER:
@@ -796,11 +860,13 @@ class ClientSession(asyncio.Protocol):
             self._start(conn, self._with_id(pkt.raw, entry[0]), Reply.FETCH)
             return
         # COM_STMT_EXECUTE
+        self._t0 = _monotonic_ns()
         if stmt.params:
             flag_at = 10 + (stmt.params + 7) // 8
             if len(payload) > flag_at and payload[flag_at] == 1:
                 stmt.types = bytes(payload[flag_at + 1 : flag_at + 1 + 2 * stmt.params])
         cls, decision = self.router.route(stmt.sql, self._session_view())
+        self._stat, self._rule_ids, self.current_sql = cls, decision.rule_ids, stmt.sql
         hg = decision.hostgroup if decision.hostgroup is not None else self.writer_hg
         self.busy = True
         self._post = (Command.STMT_EXECUTE, sid)
@@ -903,8 +969,11 @@ class ClientSession(asyncio.Protocol):
         if _SESSION_VALUE.search(sql):
             rewritten = sql = _outside_strings(sql, lambda part: _SESSION_VALUE.sub(self._session_value, part))
         cls, decision = self.router.route(sql, self._session_view())
+        self._stat, self._rule_ids, self.current_sql = cls, decision.rule_ids, sql
         if cls.kind is _KILL:
             self._kill(sql)
+            if not self.busy:  # refused at once (else _kill_slow records it)
+                self._answered_here()
             return
         action = decision.action
         if type(action) is RouteTo:
@@ -915,8 +984,19 @@ class ClientSession(asyncio.Protocol):
         elif type(action) is Deny:
             self._log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
             self._send_err(1, action.errno, action.error_msg, action.sqlstate)
+            self._answered_here()
         else:
             self._send(make_ok(OK(status=self.status, info=action.ok_msg.encode()), self.capabilities), 1)
+            self._answered_here()
+
+    def _answered_here(self) -> None:
+        """The statement in flight was answered by the proxy itself (a rule's Deny/Respond, KILL,
+        an ERR because no backend could take it): it counts in hostgroup -1 (`StatsRegistry.local`)."""
+        stat = self._stat
+        if stat is not None:
+            self._stat = self.current_sql = None
+            stats = self._stats
+            stats.statement_done(stats.local, stat.fingerprint, stat.kind, self.state.schema, self.username, self._rule_ids, self._t0)
 
     # ---- KILL [QUERY | CONNECTION] <the proxy's connection id> --------------------------------
 
@@ -974,8 +1054,10 @@ class ClientSession(asyncio.Protocol):
                     killer.close()
             except (BackendError, asyncio.TimeoutError, ConnectionError) as e:
                 self._send_err(1, ErrorCode.CONN_HOST_ERROR, f"rwproxy: could not reach {conn.server.address} to kill the statement: {e}")
+                self._answered_here()
                 self._free()
                 return
+        self._answered_here()
         if err is not None:
             self._send_err(1, err.code, err.message, err.sqlstate)
         else:
@@ -1015,6 +1097,7 @@ class ClientSession(asyncio.Protocol):
             code, message, sqlstate = e.client_err()
             self._send_err(1, code, message, sqlstate)
             self._post = None
+            self._answered_here()
             self._free()
             return
         except Exception:
@@ -1086,6 +1169,16 @@ class ClientSession(asyncio.Protocol):
     def reply_done(self, scanner: ResultScanner) -> None:
         conn = self.current
         self.current = None
+        stat = self._stat
+        if stat is not None:  # the one stats call per statement (before _record: the schema it ran in)
+            self._stat = self.current_sql = None
+            err = scanner.error
+            self._stats.statement_done(
+                conn.stats, stat.fingerprint, stat.kind, self.state.schema, self.username, self._rule_ids, self._t0,
+                scanner.affected_rows, 0 if err is None else _err_code(err),
+            )  # fmt: skip
+        elif scanner.error is not None or self._preparing is not None:
+            self._command_done(scanner)
         status = scanner.status
         if status >= 0:
             self.status = status & ~_STATE_CHANGED  # (OKs the proxy makes carry no state information)
@@ -1117,6 +1210,18 @@ class ClientSession(asyncio.Protocol):
             return
         if self.framer.buffered or self._reading_paused:
             self._process()
+
+    def _command_done(self, scanner: ResultScanner) -> None:
+        """Stats at the end of a reply that is not a counted statement: a server ERR the client
+        got; without multiplexing, the statement a COM_STMT_PREPARE created."""
+        err = scanner.error
+        preparing = self._preparing
+        if preparing is not None:
+            self._preparing = None
+            if err is None:
+                self._ps_classes[scanner.stmt_id] = preparing
+        if err is not None:
+            self._stats.error(_err_code(err))
 
     def _record(self, post: tuple, scanner: ResultScanner, conn: BackendConnection) -> None:
         """After a reply: take note of what the command changed in the session's state."""
