@@ -126,6 +126,9 @@ class StatsCollector(Collector):
         reused = CounterMetricFamily(
             "rwproxy_backend_connections_reused", "Times a pooled backend connection was lent again.", labels=["server"]
         )
+        for _, server in st.servers():  # configured servers no session has used yet: zeros
+            if server.address not in pools:
+                pools[server.address] = dict.fromkeys(("used", "idle", "connecting", "open", "created", "reused"), 0)
         for address, p in sorted(pools.items()):
             for state in ("used", "idle", "connecting"):
                 conns.add_metric([address, state], p[state])
