@@ -82,6 +82,8 @@ class ProxyHandle(ProxyProcess):
         super().start(timeout)
         if self.admin_port is not None:  # opened right after the data port
             wait_for_port(self.host, self.admin_port, timeout, process=self.process, what="proxy admin port", log_path=self.log_path)
+        if self.metrics_port is not None:  # opened after the data (and admin) ports
+            wait_for_port(self.host, self.metrics_port, timeout, process=self.process, what="proxy metrics port", log_path=self.log_path)
 
     def admin_connect(self, **kw: Any) -> pymysql.connections.Connection:
         """A PyMySQL connection to the admin port."""
