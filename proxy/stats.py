@@ -21,7 +21,7 @@ a rules.digest.Fingerprint —, `kind` a rules.classify.Kind (or a str), `start_
 connection and replaying session state, as ProxySQL measures it). The call costs ~0.4 us on a
 known digest (bench/bench_stats.py: clock read ~50 ns, server counters ~80, digest lookup ~80, entry
 update ~100) and ~1.3 us when it creates an entry and evicts one. It updates the server's time
-and latency histogram (one bisect into fixed buckets; the histogram's count is the server's Queries)
+and latency histogram (fixed buckets, found from t.bit_length(); the histogram's count is the server's Queries)
 and the statement's digest entry. Per-(hostgroup, kind) statement counts are not kept per
 statement: each digest entry remembers its kind, and the counts are summed from the entries at read
 time (plus what evicted and reset entries had, folded into `_retired`), so they stay monotonic for
@@ -108,6 +108,25 @@ ACQUIRE_WAIT_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 _LATENCY_NS = tuple(round(b * 1e9) for b in LATENCY_BUCKETS)
 _ACQUIRE_NS = tuple(round(b * 1e9) for b in ACQUIRE_WAIT_BUCKETS)
+
+
+def _bucket_tables(bounds: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per bit length of t (ns): how many bounds lie below the interval [2**(n-1), 2**n) t is in, and
+    the one bound inside it (at most one: consecutive bounds are at least 2x apart). Then
+    ``i = BASE[n] + (t > EDGE[n])`` is ``bisect_left(bounds, t)`` (Prometheus' le: t <= bound
+    counts in that bucket) for a bit_length and two tuple reads instead of a bisection (measured with
+    callgrind: ~265 fewer instructions per statement_done, of ~7,400)."""
+    assert all(b2 >= 2 * b1 for b1, b2 in zip(bounds, bounds[1:])), "bounds must be >= 2x apart"
+    base, edge = [], []
+    for n in range(65):
+        lo, hi = (1 << (n - 1) if n else 0), 1 << n  # t in [lo, hi)
+        base.append(sum(1 for b in bounds if b < lo))
+        inside = [b for b in bounds if lo <= b < hi]
+        edge.append(inside[0] if inside else 1 << 64)
+    return tuple(base), tuple(edge)
+
+
+_LATENCY_BASE, _LATENCY_EDGE = _bucket_tables(_LATENCY_NS)
 
 SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
 LOCAL_HOSTGROUP = -1  # statements the proxy answered itself (ProxySQL shows -1 for query-cache hits)
@@ -335,7 +354,8 @@ class StatsRegistry:
         now = _monotonic_ns()
         t = now - start_ns
         srv.time_ns += t
-        srv.latency[_bisect(_LATENCY_NS, t)] += 1
+        n = t.bit_length()  # (t >= 0: a monotonic clock; < 2**64 ns: 584 years)
+        srv.latency[_LATENCY_BASE[n] + (t > _LATENCY_EDGE[n])] += 1
         key = (srv.hostgroup, schema, username, fp.digest)
         digests = self._digests
         e = digests.get(key)

@@ -217,6 +217,19 @@ def test_server_counters_latency_histogram_and_handles(clock):
     assert -1 not in reg.latency_histograms()  # the proxy answered nothing itself
 
 
+def test_latency_bucket_tables_agree_with_bisection():
+    """statement_done finds the bucket from t.bit_length() and two table reads, not a bisection."""
+    import random
+    from bisect import bisect_left
+
+    rnd = random.Random(5)
+    bounds = stats_mod._LATENCY_NS
+    values = [*range(0, 5000), *(b + d for b in bounds for d in (-1, 0, 1)), *(rnd.randrange(1 << 42) for _ in range(20000))]
+    for t in values:
+        n = t.bit_length()
+        assert stats_mod._LATENCY_BASE[n] + (t > stats_mod._LATENCY_EDGE[n]) == bisect_left(bounds, t), t
+
+
 def test_latency_histograms_sum_servers_of_a_hostgroup(clock):
     reg = StatsRegistry()
     a, b = reg.server(1, "a:1"), reg.server(1, "b:1")
