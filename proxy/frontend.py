@@ -159,6 +159,13 @@ _STMT_COMMANDS = frozenset(
 )
 
 
+def _failure(e: BaseException, timeout: float) -> str:
+    """Why talking to a backend failed, in words (a TimeoutError's str() is empty)."""
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        return f"no answer within {timeout:g}s (connect_timeout)"
+    return str(e) or type(e).__name__
+
+
 def _err_code(payload: bytes) -> int:
     """The error code of an ERR packet's payload (0xFF, then the code as 2 bytes little-endian)."""
     return payload[1] | payload[2] << 8 if len(payload) >= 3 else 0
@@ -697,6 +704,12 @@ class ClientSession(asyncio.Protocol):
         else:
             conn.close()
 
+    def _discard(self, conn: BackendConnection) -> None:
+        """A connection that failed mid-conversation: closed first, so its pool drops it rather than
+        lending it to the next session waiting."""
+        conn.close()
+        self._release(conn)
+
     def _release_all(self, keep: BackendConnection | None = None) -> None:
         """Give back every held connection; those with state nobody can replay are reset first."""
         dirty = self.pinned_writer or self._lost is not None or not self.multiplexing
@@ -891,9 +904,8 @@ class ClientSession(asyncio.Protocol):
                 try:
                     res = await asyncio.wait_for(conn.prepare(stmt.payload), self.app.config.connect_timeout)
                 except (asyncio.TimeoutError, ConnectionError) as e:
-                    self._release(conn)
-                    conn.close()
-                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} failed while preparing a statement: {e or 'timeout'}") from None
+                    self._discard(conn)
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} failed while preparing a statement: {_failure(e, self.app.config.connect_timeout)}") from None
                 if isinstance(res, ERR):
                     raise HostgroupError(hostgroup, res.message, res)
                 entry = self._remember_prepared(conn, stmt.key, res[0])
@@ -1121,9 +1133,8 @@ class ClientSession(asyncio.Protocol):
                 try:
                     err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, self.collation), self.app.config.connect_timeout)
                 except (asyncio.TimeoutError, ConnectionError) as e:
-                    self._release(conn)
-                    conn.close()
-                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while resetting a connection: {e or 'timeout'}") from None
+                    self._discard(conn)
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while resetting a connection: {_failure(e, self.app.config.connect_timeout)}") from None
                 if err is not None:
                     self._release(conn, reset=True)
                     raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
@@ -1137,9 +1148,8 @@ class ClientSession(asyncio.Protocol):
                 try:
                     err = await asyncio.wait_for(conn.replay(cmds), self.app.config.connect_timeout)
                 except (asyncio.TimeoutError, ConnectionError) as e:
-                    self._release(conn)
-                    conn.close()
-                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while restoring session state: {e or 'timeout'}") from None
+                    self._discard(conn)
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while restoring session state: {_failure(e, self.app.config.connect_timeout)}") from None
                 if err is not None:
                     self._log(logging.WARNING, "restoring session state on %s (hostgroup %d) failed: %d %s", conn.server.address, hostgroup, err.code, err.message)
                     self._release(conn, reset=True)  # its state is now unknown

@@ -68,7 +68,7 @@ class PoolSettings:
 class ServerBudget:
     """What one server allows, shared by all pools of that server."""
 
-    __slots__ = ("address", "max_connections", "open", "connecting", "settings", "_tokens", "_stamp", "waiters", "created", "reused")
+    __slots__ = ("address", "max_connections", "open", "connecting", "settings", "_tokens", "_stamp", "waiters", "created", "reused", "pools")
 
     def __init__(self, address: str, max_connections: int, settings: PoolSettings) -> None:
         self.address = address
@@ -84,6 +84,7 @@ class ServerBudget:
         self.waiters: collections.deque[Pool] = collections.deque()  # pools with sessions waiting on this budget
         self.created = 0
         self.reused = 0
+        self.pools: list[Pool] = []  # every pool of this server (one per backend user and wire settings)
 
     def _refill(self, now: float) -> None:
         rate = self.settings.connect_rate
@@ -115,6 +116,25 @@ class ServerBudget:
         self.open -= 1
         self.wake()
 
+    def reclaim_idle(self, requester: "Pool") -> bool:
+        """At max_connections, a session of `requester` needs a connection while another pool of
+        this server sits on an idle one (clients with other capabilities or collation): close the
+        longest idle of those to make room. True if one was closed."""
+        if self.open < self.max_connections:
+            return False
+        oldest: tuple[Pool, BackendConnection, float] | None = None
+        for pool in self.pools:
+            if pool is not requester and pool.idle:
+                conn, since = pool.idle[0]
+                if oldest is None or since < oldest[2]:
+                    oldest = (pool, conn, since)
+        if oldest is None:
+            return False
+        pool, conn, _ = oldest
+        pool.idle.pop(0)
+        pool._discard(conn)
+        return True
+
     def wake(self) -> None:
         """A slot may be free: let a waiting pool try again."""
         while self.waiters:
@@ -135,6 +155,7 @@ class Pool:
         self.lent = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._closed = False
+        budget.pools.append(self)
 
     # ---- hot path -----------------------------------------------------------------------------
 
@@ -174,6 +195,14 @@ class Pool:
                 self.budget.reused += 1
                 w.set_result(conn)
                 return
+        budget = self.budget
+        if budget.waiters and budget.open >= budget.max_connections and any(
+            pool is not self and pool.waiting for pool in budget.waiters
+        ):
+            # Sessions of another pool of this server (other capabilities or collation) wait for a
+            # slot that only a closed connection frees.
+            self._discard(conn)
+            return
         self.idle.append((conn, time.monotonic()))
 
     # ---- slow path ----------------------------------------------------------------------------
@@ -199,6 +228,8 @@ class Pool:
             wait = self.budget.try_reserve()
             if wait == 0.0:
                 return await self._open()
+            if wait < 0 and self.budget.reclaim_idle(self):
+                continue  # another pool's idle connection made room
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise PoolTimeout(self.budget.address, timeout, why)
@@ -220,6 +251,11 @@ class Pool:
             if conn is not None:
                 return conn
             # woken without a connection: a budget slot may be free; loop and try
+
+    @property
+    def waiting(self) -> bool:
+        """Some session waits on this pool for a connection."""
+        return any(not w.done() for w in self._waiters)
 
     def _wake_one(self) -> bool:
         while self._waiters:
@@ -311,6 +347,8 @@ class Pool:
     def close(self, why: str = "proxy shutting down") -> None:
         """No more lending: idle connections close now, lent ones when they come back."""
         self._closed = True
+        if self in self.budget.pools:
+            self.budget.pools.remove(self)
         for conn, _ in self.idle:
             self._discard(conn)
         self.idle = []

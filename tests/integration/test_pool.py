@@ -173,3 +173,57 @@ def test_old_connections_are_retired_on_release(cluster):
         pool.close()
 
     run(main())
+
+
+def sibling_pools(cluster, max_connections: int, **settings) -> tuple[Pool, Pool]:
+    """Two pools of one server sharing its budget, as the proxy keeps for clients with different
+    capabilities or collations (mysql-connector and PyMySQL, say)."""
+    p = cluster.primary
+    server = Server(0, p.host, p.port, max_connections=max_connections)
+    budget = ServerBudget(server.address, max_connections, PoolSettings(**settings))
+
+    def connector_for(collation: int):
+        async def connector():
+            conn = await backend.connect(server, cluster.app_user, cluster.app_password, database=None,
+                                         client_capabilities=int(Capability.MULTI_RESULTS), collation=collation, attributes={}, timeout=5)
+            conn.cstate = ConnState()
+            return conn
+        return connector
+
+    return Pool(budget, connector_for(45), "utf8mb4"), Pool(budget, connector_for(8), "latin1")
+
+
+def test_an_idle_connection_of_another_pool_makes_room_at_the_servers_cap(cluster):
+    async def main():
+        a, b = sibling_pools(cluster, max_connections=1, acquire_timeout=2)
+        conn = await a.acquire()
+        a.release(conn)  # idle in pool a: the server's only slot
+        t0 = time.monotonic()
+        other = await b.acquire()  # must not wait for a's idle_timeout (nor time out)
+        assert time.monotonic() - t0 < 1.0
+        assert conn.closed and not a.idle and a.budget.open == 1
+        assert await query_value(other, "SELECT @@collation_connection") == b"latin1_swedish_ci"
+        b.release(other)
+        a.close()
+        b.close()
+
+    run(main())
+
+
+def test_a_release_frees_the_slot_for_a_session_waiting_in_another_pool(cluster):
+    async def main():
+        a, b = sibling_pools(cluster, max_connections=1, acquire_timeout=5)
+        conn = await a.acquire()  # lent: the server's only slot
+        waiter = asyncio.create_task(b.acquire())
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        t0 = time.monotonic()
+        a.release(conn)  # nobody waits in a: closed, so b's session gets the slot
+        other = await waiter
+        assert time.monotonic() - t0 < 1.0
+        assert conn.closed and other is not conn and a.budget.open == 1
+        b.release(other)
+        a.close()
+        b.close()
+
+    run(main())
