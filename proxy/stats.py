@@ -74,6 +74,7 @@ Sources (what the composition root passes; duck-typed, see the Protocols below):
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from bisect import bisect_left
@@ -116,7 +117,7 @@ def _bucket_tables(bounds: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int,
     ``i = BASE[n] + (t > EDGE[n])`` is ``bisect_left(bounds, t)`` (Prometheus' le: t <= bound
     counts in that bucket) for a bit_length and two tuple reads instead of a bisection (measured with
     callgrind: ~265 fewer instructions per statement_done, of ~7,400)."""
-    assert all(b2 >= 2 * b1 for b1, b2 in zip(bounds, bounds[1:])), "bounds must be >= 2x apart"
+    assert all(b2 >= 2 * b1 for b1, b2 in itertools.pairwise(bounds)), "bounds must be >= 2x apart"
     base, edge = [], []
     for n in range(65):
         lo, hi = (1 << (n - 1) if n else 0), 1 << n  # t in [lo, hi)

@@ -44,7 +44,6 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterable
 
 import mysql.connector
 import pymysql
@@ -53,7 +52,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from rules.digest import fingerprint
-from tests.sysbench import TABLES, TABLE_SIZE
+from tests.sysbench import TABLE_SIZE, TABLES
 from tests.sysbench import stat as _stat
 
 SPLIT_ARGS = ("--skip-trx=on", "--db-ps-mode=disable", "--mysql-ignore-errors=1213,1020,1205,1062")

@@ -142,7 +142,7 @@ def test_passthrough_counts_every_query_under_its_digest():
 
 
 def test_current_sql_is_set_while_the_statement_runs():
-    app, sess, fakes = make_session(split=False)
+    _, sess, fakes = make_session(split=False)
     seen = []
     conn = sess.conns[0]
 
