@@ -1228,7 +1228,7 @@ class ClientSession(asyncio.Protocol):
         preparing = self._preparing
         if preparing is not None:
             self._preparing = None
-            if err is None:
+            if err is None and scanner.stmt_id:  # (0: not the PREPARE's reply; it never reached a server)
                 self._ps_classes[scanner.stmt_id] = preparing
         if err is not None:
             self._stats.error(_err_code(err))
