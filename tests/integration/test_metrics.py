@@ -292,7 +292,9 @@ def test_scrape_after_sysbench_has_every_metric_and_agrees_with_the_servers(star
             assert 0 < int(r["min_time"]) <= int(r["max_time"]) and int(r["sum_time"]) >= int(r["count_star"]) * int(r["min_time"]), r
             assert int(r["first_seen"]) <= int(r["last_seen"]), r
         affected = sum(int(r["sum_rows_affected"]) for r in digests if r["digest_text"].startswith(("UPDATE", "DELETE", "INSERT")))
-        assert affected >= writes, (affected, writes)  # each of sysbench's writes changes one row
+        # Each of sysbench's writes changes one row (bar a race without transactions: a row another
+        # thread deleted just before).
+        assert 0.9 * writes <= affected <= writes + other + ignored, (affected, writes)
         # sysbench's 4 tables x (point, simple range, sum, order, distinct) SELECT shapes on the readers.
         assert sum(1 for r in digests if int(r["hostgroup"]) == 1) == 4 * 5, digests
 
