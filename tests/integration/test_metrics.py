@@ -14,9 +14,10 @@ What is compared with what, and why it is the same quantity:
   what the replication applier runs (measured: a replica's Questions does not move while it applies
   the primary's writes, although its Com_insert/Com_update do). Seen from the server, the proxy is
   the client, so Questions delta = the proxy's Queries delta + the proxy's own commands + our readings.
-  Our readings are ``SHOW GLOBAL STATUS`` over one connection per server as the monitor user (not
-  the app user, so that the app user's threads on a server are exactly the proxy's backend
-  connections); what one reading costs is measured (two back to back) and subtracted. The proxy's own
+  Our readings are ``SHOW GLOBAL STATUS`` over one connection per server as the monitor user; what
+  one reading costs is measured (two back to back) and subtracted. The proxy logs in to the servers
+  as an account of the test's own, so that its threads on each server are exactly that proxy's
+  backend connections (compared with rwproxy_backend_connections). The proxy's own
   commands are the session state it puts on a new backend connection (COM_INIT_DB of the schema and
   one SET for session tracking and the charset): sysbench's threads all share one schema and charset,
   so nothing else is replayed, and the residual must lie between 0 and 2 per connection opened
@@ -158,13 +159,12 @@ class ServerCounters:
                 out[address] = {k: int(v) for k, v in cur.fetchall()}
         return out
 
-    def app_threads(self, exclude: int) -> dict[str, int]:
-        """The app user's connections on each server but `exclude` (the test's own direct
-        connection to the primary): the proxy's backend connections."""
+    def threads_of(self, user: str) -> dict[str, int]:
+        """`user`'s connections on each server."""
         out = {}
         for address, conn in self.conns.items():
             with conn.cursor() as cur:
-                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'app' AND ID <> %s", (exclude,))
+                cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = %s", (user,))
                 out[address] = cur.fetchone()[0]
         return out
 
@@ -197,6 +197,18 @@ def ignored_codes(out: str) -> list[int]:
 
 
 @pytest.fixture
+def backend_user(cluster):
+    """A server account of the test's own for the proxy's backend connections, so that its threads on
+    each server are exactly this proxy's connections (other proxies of the session log in as app).
+    Created as root on the primary; it reaches the replicas through the binlog."""
+    name = f"mx_{uuid.uuid4().hex[:8]}"
+    cluster.primary.sql(f"CREATE USER '{name}'@'%' IDENTIFIED BY 'mx_pw'; GRANT ALL PRIVILEGES ON *.* TO '{name}'@'%'")
+    cluster.wait_replicated(timeout=60)
+    yield name
+    cluster.primary.sql(f"DROP USER IF EXISTS '{name}'@'%'")
+
+
+@pytest.fixture
 def sbdb(direct, cluster):
     """A sysbench data set of its own, prepared straight on the primary and replicated."""
     db = f"sbmetrics_{uuid.uuid4().hex[:10]}"
@@ -219,8 +231,11 @@ def sbdb(direct, cluster):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("sysbench") is None, reason="sysbench is not installed")
-def test_scrape_after_sysbench_has_every_metric_and_agrees_with_the_servers(start_proxy, cluster, sbdb, direct):
-    proxy = start_proxy(metrics=True, admin=True, extra_toml=RULES)  # split: primary hg 0, replicas hg 1, pair 0 -> 1
+def test_scrape_after_sysbench_has_every_metric_and_agrees_with_the_servers(start_proxy, cluster, sbdb, backend_user):
+    # Split: primary hg 0, replicas hg 1, pair 0 -> 1. Clients log in as app; the proxy logs in to the
+    # servers as `backend_user`.
+    users = [{"username": "app", "password": "app_pw", "default_hostgroup": 0, "backend_username": backend_user, "backend_password": "mx_pw"}]
+    proxy = start_proxy(metrics=True, admin=True, extra_toml=RULES, users=users)
     servers = {f"{s.host}:{s.port}": s for s in cluster.servers}
     primary = f"{cluster.primary.host}:{cluster.primary.port}"
     replicas = [f"{r.host}:{r.port}" for r in cluster.replicas]
@@ -365,7 +380,7 @@ def test_scrape_after_sysbench_has_every_metric_and_agrees_with_the_servers(star
             one, session_id = cur.fetchone()
             assert one == 1
             m2 = Scrape(proxy.metrics_port)
-            threads = counters.app_threads(exclude=direct.thread_id())
+            threads = counters.threads_of(backend_user)
             plist = admin_rows(proxy, "SELECT * FROM stats_mysql_processlist")
             users = admin_rows(proxy, "SELECT * FROM stats_mysql_users")
             status = {r["Variable_Name"]: r["Variable_Value"] for r in admin_rows(proxy, "SELECT * FROM stats_mysql_global")}
@@ -381,7 +396,7 @@ def test_scrape_after_sysbench_has_every_metric_and_agrees_with_the_servers(star
         assert m2.value("rwproxy_errors_total", code="1146") == errors1.get("1146", 0) + 1
         assert m2.value("rwproxy_client_connections") == 1
 
-        # -- backend connections by server and state = the app user's threads on each server ---------
+        # -- backend connections by server and state = the backend user's threads on each server -----
         conns = {a: m2.by("rwproxy_backend_connections", "state", server=a) for a in servers}
         for address in servers:
             assert set(conns[address]) == {"used", "idle", "connecting"}, conns
