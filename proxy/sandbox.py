@@ -582,6 +582,7 @@ def render_proxy_config(
     extra_toml: str = "",
     admin_port: int | None = None,
     admin_settings: dict[str, Any] | None = None,
+    metrics_port: int | None = None,
 ) -> str:
     """rwproxy TOML (see config/rwproxy.example.toml) for `cluster` (anything with primary/replicas).
 
@@ -589,7 +590,8 @@ def render_proxy_config(
     `replication_hostgroups` defaults to the 0 -> 1 pair with the default servers, none with custom ones;
     `proxy_settings` are merged into [proxy]; `extra_toml` is appended verbatim (new tables only);
     `admin_port` adds [listeners.admin] on 127.0.0.1 (the SQL admin port, docs/admin.md) and
-    `admin_settings` an [admin] table (username, password, data_dir).
+    `admin_settings` an [admin] table (username, password, data_dir); `metrics_port` adds
+    [listeners.metrics] on 127.0.0.1 (Prometheus, /metrics).
     """
     proxy = {"log_level": "info", **(proxy_settings or {})}
     parts = [
@@ -601,6 +603,8 @@ def render_proxy_config(
         parts.append(_toml_table("[listeners.admin]", {"address": "127.0.0.1", "port": admin_port}))
     if admin_settings:
         parts.append(_toml_table("[admin]", admin_settings))
+    if metrics_port is not None:
+        parts.append(_toml_table("[listeners.metrics]", {"address": "127.0.0.1", "port": metrics_port}))
     parts += [_toml_table("[[users]]", u) for u in (users if users is not None else default_users(cluster))]
     parts += [_toml_table("[[servers]]", s) for s in (servers if servers is not None else default_servers(cluster))]
     if replication_hostgroups is None:
@@ -732,12 +736,15 @@ def main(argv: list[str] | None = None) -> int:
             config = data_dir / "rwproxy.toml"
             admin_port = args.admin_port or (6032 if _port_free(6032) else free_port())
             # The admin login is ProxySQL's default (admin/admin): accepted on loopback only.
-            config.write_text(render_proxy_config(cluster, args.port, admin_port=admin_port, admin_settings={"data_dir": str(data_dir)}))
+            metrics_port = 6070 if _port_free(6070) else free_port()
+            config.write_text(render_proxy_config(
+                cluster, args.port, admin_port=admin_port, admin_settings={"data_dir": str(data_dir)}, metrics_port=metrics_port,
+            ))  # fmt: skip
             proxy = ProxyProcess(config_path=config, host="127.0.0.1", port=args.port)
             print(f"sandbox: starting python -m proxy --config {config}", flush=True)
             proxy.start(timeout=20)
             wait_for_port("127.0.0.1", admin_port, 10, process=proxy.process, what="proxy admin port")
-        _print_banner(cluster, args.port if proxy else None, data_dir, admin_port if proxy else None)
+        _print_banner(cluster, args.port if proxy else None, data_dir, admin_port if proxy else None, metrics_port if proxy else None)
         while True:
             time.sleep(0.2)
             if proxy is not None and proxy.process is not None and proxy.process.poll() is not None:
@@ -769,7 +776,7 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def _print_banner(cluster: Cluster, proxy_port: int | None, data_dir: Path, admin_port: int | None = None) -> None:
+def _print_banner(cluster: Cluster, proxy_port: int | None, data_dir: Path, admin_port: int | None = None, metrics_port: int | None = None) -> None:
     c = cluster
     lines = [""]
     if proxy_port is not None:
@@ -784,6 +791,8 @@ def _print_banner(cluster: Cluster, proxy_port: int | None, data_dir: Path, admi
             f"  mariadb -h127.0.0.1 -P{admin_port} -uadmin -padmin",
             "",
         ]
+    if metrics_port is not None:
+        lines += ["Prometheus metrics:", f"  curl -s http://127.0.0.1:{metrics_port}/metrics", ""]
     lines.append("Servers directly:")
     for s in c.servers:
         lines.append(f"  {s.name:<9} mariadb -h{s.host} -P{s.port} -u{c.app_user} -p{c.app_password}   (server_id {s.server_id})")
