@@ -51,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from rules.classify import Classification, Kind, classify
+from rules.classify import Classification, Kind
 from rules.engine import SessionView
 from rules.model import Decision, Deny, RouteTo
 
@@ -86,7 +86,7 @@ from .protocol.packets import (
     parse_handshake_response,
 )
 from .protocol.results import Reply, ResultScanner
-from .router import MAX_CLASSIFIED
+from .router import classify_text
 from .session import ConnState, PinReason, SessionState, charset_entry, pin_reasons_of
 
 if TYPE_CHECKING:
@@ -759,7 +759,7 @@ class ClientSession(asyncio.Protocol):
                 # Nothing to route, but the digest table counts every statement: classify() is
                 # cached by raw text (a dict hit for a text seen before), else a fingerprint.
                 sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
-                self._stat = classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED])
+                self._stat = classify_text(sql)
                 self._rule_ids, self.current_sql = (), sql
                 self._run(self.writer_hg, pkt.raw, Reply.RESULT, None)
             else:
@@ -788,7 +788,7 @@ class ClientSession(asyncio.Protocol):
                 # Without multiplexing, statements live on the session's writer connection.
                 self._pin(PinReason.PREPARED_STATEMENT)
                 sql = bytes(payload[1:]).decode("utf-8", "surrogateescape")
-                self._preparing = (classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED]), sql)
+                self._preparing = (classify_text(sql), sql)
             elif cmd == Command.RESET_CONNECTION:
                 self._ps_classes.clear()  # the server closes them all
             post = (cmd, pkt.payload) if cmd in (Command.INIT_DB, Command.RESET_CONNECTION) else None
@@ -952,10 +952,7 @@ class ClientSession(asyncio.Protocol):
         old = cache.pop(key, None)
         if old is not None:
             conn.write(make_packet(b"\x19" + old[0].to_bytes(4, "little"), 0))
-        entry = cache[key] = [backend_id, None]
-        while len(cache) > self.app.config.pool.max_prepared:
-            _, (evicted, _) = cache.popitem(last=False)
-            conn.write(make_packet(b"\x19" + evicted.to_bytes(4, "little"), 0))
+        entry = cache[key] = [backend_id, None]  # (_make_room made room before the PREPARE)
         return entry
 
     def _session_view(self) -> SessionView:

@@ -22,6 +22,11 @@ from .hostgroups import Hostgroups
 MAX_CLASSIFIED = 65536
 
 
+def classify_text(sql: str) -> Classification:
+    """The (cached) classification of a statement's text, or of its first MAX_CLASSIFIED characters."""
+    return classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED])
+
+
 class Router:
     __slots__ = ("ruleset", "hostgroups", "online", "passthrough")
 
@@ -35,6 +40,6 @@ class Router:
         self.passthrough = not self.ruleset.rules and not self.ruleset.replication_hostgroups and len(self.hostgroups.members) == 1
 
     def route(self, sql: str, view: SessionView) -> tuple[Classification, Decision]:
-        cls = classify(sql if len(sql) <= MAX_CLASSIFIED else sql[:MAX_CLASSIFIED])
+        cls = classify_text(sql)
         ruleset = self.ruleset
         return cls, decide(cls, view, ruleset, self.online, sql=sql if ruleset.needs_sql else None)
