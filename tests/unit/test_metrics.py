@@ -23,6 +23,8 @@ from proxy.stats import Sources, StatsRegistry
 from rules.classify import Kind
 from rules.digest import fingerprint
 
+from .test_stats import FakeClock
+
 US = 1000
 MS = 1_000_000
 
@@ -41,14 +43,6 @@ REQUIRED = {
     "rwproxy_classifier_cache_hit_ratio": "gauge",  # classification cache hit ratio
     "rwproxy_server_status": "gauge",  # server status
 }
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 5_000_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @pytest.fixture
