@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from typing import Any
 
 import pymysql
 import pytest
+
+from .test_multiplexing import MUX_PASSWORD, MUX_USER, mux_user  # noqa: F401 - fixture
 
 MARIADB = "mariadb"
 
@@ -341,3 +344,37 @@ def test_errors_have_exact_codes_and_the_session_continues(start_proxy):
         assert cur.fetchall() == (("app",),)
         other.execute("SELECT COUNT(*) FROM runtime_mysql_users")
         assert other.fetchone() == (1,)
+
+
+# -- removing a server at runtime ----------------------------------------------------------------------
+
+
+def test_removed_reader_gets_no_new_statements_and_its_idle_connections_close(cluster, start_proxy, mux_user):
+    """DELETE a replica from mysql_servers and LOAD: no session's next read goes there (not even a
+    session that preferred it), and the proxy's idle connections to it are closed at once. (The
+    proxy logs in to the servers as its own account, so the servers' process lists show exactly its
+    connections.)"""
+    (r1, r2) = cluster.replicas
+    users = [{"username": cluster.app_user, "password": cluster.app_password, "default_hostgroup": 0,
+              "backend_username": MUX_USER, "backend_password": MUX_PASSWORD}]  # fmt: skip
+    proxy = start_proxy(servers=servers(cluster, [r1, r2]), replication_hostgroups=PAIR, users=users, admin=True)
+    sessions = [proxy.connect(autocommit=True) for _ in range(8)]
+
+    def on_r2() -> int:
+        return int(r2.value(f"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = '{MUX_USER}'"))
+
+    try:
+        seen = {where(c) for c in sessions}
+        assert r2.server_id in seen, seen  # some sessions read from replica2 (a per-session choice)
+        assert on_r2() > 0
+        ok(admin_cli(proxy, f"DELETE FROM mysql_servers WHERE port = {r2.port}; LOAD MYSQL SERVERS TO RUNTIME;"))
+        for c in sessions:
+            for _ in range(3):
+                assert where(c) == r1.server_id
+        deadline = time.monotonic() + 5
+        while on_r2() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert on_r2() == 0
+    finally:
+        for c in sessions:
+            c.close()
