@@ -94,7 +94,7 @@ from .validate import ROUTE_CHANGE_COLUMNS, digests_from_table, explain_route
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
-    from proxy.frontend import ClientSession
+    from proxy.client import ClientSession
 
 __all__ = ["ADMIN_CAPABILITIES", "ADMIN_VERSION", "AdminServer", "AdminSession", "start_admin"]
 

@@ -33,7 +33,7 @@ from .backend import BackendConnection, BackendError, read_server_handshake
 from .config import Config
 from .backend import connect as backend_connect
 from .config import Server
-from .frontend import ClientSession
+from .client import ClientSession
 from .pool import Pool, ServerBudget
 from .session import ConnState, PinReason, charset_entry
 from .router import Router

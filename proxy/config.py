@@ -18,8 +18,6 @@ from typing import Any
 
 from rules.model import RuleSet, validate_replication_hostgroups, validate_rules
 
-from .pool import PoolSettings
-
 from .protocol.constants import SUPPORTED_AUTH_PLUGINS
 
 SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
@@ -65,6 +63,21 @@ class Server:
     @property
     def address(self) -> str:
         return f"{self.hostname}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """[pool]: how backend connections are pooled and lent (proxy.pool applies it)."""
+
+    min_idle: int = 0
+    idle_timeout: float = 60.0  # close idle connections beyond min_idle after this long
+    max_lifetime: float = 3600.0  # retire a connection after this long (±10% jitter); 0 = never
+    connect_concurrency: int = 8  # simultaneous connection attempts per server
+    connect_rate: float = 200.0  # new connections per second per server, evenly spaced; 0 = unlimited
+    acquire_timeout: float = 10.0  # how long a session waits for a connection before ERR
+    validate_after: float = 30.0  # COM_PING a connection idle longer than this before lending it
+    max_prepared: int = 64  # prepared statements kept per connection (least recently used closed first)
+    last_insert_id_hold: float = 1.0  # an idle session keeps its writer connection this long after an insert
 
 
 @dataclass(frozen=True, slots=True)

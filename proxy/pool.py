@@ -32,9 +32,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .config import PoolSettings
 from .protocol.constants import Command
 from .session import TRACKING_COMMAND
 
@@ -50,19 +50,6 @@ class PoolTimeout(Exception):
     def __init__(self, server: str, waited: float, why: str) -> None:
         super().__init__(f"no connection to {server} within {waited:.3g}s ({why})")
         self.server, self.waited, self.why = server, waited, why
-
-
-@dataclass(frozen=True, slots=True)
-class PoolSettings:
-    min_idle: int = 0
-    idle_timeout: float = 60.0  # close idle connections beyond min_idle after this long
-    max_lifetime: float = 3600.0  # retire a connection after this long (±10% jitter); 0 = never
-    connect_concurrency: int = 8  # simultaneous connection attempts per server
-    connect_rate: float = 200.0  # new connections per second per server, evenly spaced; 0 = unlimited
-    acquire_timeout: float = 10.0  # how long a session waits for a connection before ERR
-    validate_after: float = 30.0  # COM_PING a connection idle longer than this before lending it
-    max_prepared: int = 64  # prepared statements kept per connection (least recently used closed first)
-    last_insert_id_hold: float = 1.0  # an idle session keeps its writer connection this long after an insert
 
 
 class ServerBudget:

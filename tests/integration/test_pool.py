@@ -9,7 +9,8 @@ import pytest
 
 from proxy import backend
 from proxy.config import Server
-from proxy.pool import Pool, PoolSettings, PoolTimeout, ServerBudget
+from proxy.config import PoolSettings
+from proxy.pool import Pool, PoolTimeout, ServerBudget
 from proxy.protocol.constants import Capability
 from proxy.protocol.framing import make_packet
 from proxy.session import ConnState

@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import proxy.stats as stats_mod
 from proxy.config import Server
 from proxy.metrics import METRIC_NAMES, make_registry, start_metrics_server
-from proxy.pool import Pool, PoolSettings, ServerBudget
+from proxy.config import PoolSettings
+from proxy.pool import Pool, ServerBudget
 from proxy.session import PinReason
 from proxy.stats import Sources, StatsRegistry
 from rules.classify import Kind

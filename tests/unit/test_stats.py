@@ -15,8 +15,9 @@ import pytest
 import proxy.stats as stats_mod
 from proxy.app import ProxyApp
 from proxy.config import Server, parse_config
-from proxy.frontend import ClientSession
-from proxy.pool import Pool, PoolSettings, ServerBudget
+from proxy.client import ClientSession
+from proxy.config import PoolSettings
+from proxy.pool import Pool, ServerBudget
 from proxy.session import PinReason
 from proxy.stats import LATENCY_BUCKETS, Sources, StatsRegistry
 from rules.classify import Kind

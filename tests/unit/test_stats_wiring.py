@@ -1,4 +1,4 @@
-"""The data path's stats hooks (proxy.frontend / proxy.backend -> proxy.stats), without servers.
+"""The data path's stats hooks (proxy.command_loop / proxy.backend -> proxy.stats), without servers.
 
 A ClientSession is driven with whole command packets; its backend connections have a fake transport
 that answers every command at once with canned reply bytes, so each statement runs the real hot path
@@ -11,9 +11,9 @@ import time
 
 from proxy.app import ProxyApp
 from proxy.backend import BackendConnection
+from proxy.client import ClientSession
 from proxy.config import parse_config
-from proxy.frontend import PROXY_CAPABILITIES, ClientSession
-from proxy.protocol.constants import MIRRORED_CAPABILITIES, Capability
+from proxy.protocol.constants import MIRRORED_CAPABILITIES, PROXY_CAPABILITIES, Capability
 from proxy.session import ConnState, SessionState, charset_entry
 from rules.digest import fingerprint
 
@@ -93,7 +93,7 @@ def make_session(split: bool, rules: list[dict] | None = None) -> tuple[ProxyApp
     sess.user, sess.username, sess.writer_hg = app.config.users["app"], "app", 0
     sess.capabilities = PROXY_CAPABILITIES & ~Capability.DEPRECATE_EOF
     sess.collation = 45
-    sess._wire = (sess.capabilities & MIRRORED_CAPABILITIES, 45)
+    sess.lending.wire = (sess.capabilities & MIRRORED_CAPABILITIES, 45)
     sess.state = SessionState("db", charset_entry(45))
     sess.busy, sess.logged_in = False, True
     fakes = {}
@@ -102,14 +102,14 @@ def make_session(split: bool, rules: list[dict] | None = None) -> tuple[ProxyApp
         conn.transport = fakes[server.hostgroup_id] = FakeServer(conn)
         conn.cstate = ConnState(login_charset=charset_entry(45), tracking=True)
         sess.state.mark_synced(conn.cstate)
-        pool = sess._pool(server)
+        pool = sess.lending.pool(server)
         conn.pool, conn.born, conn.lifetime = pool, time.monotonic(), 1e9
         pool.budget.open += 1
         if sess.multiplexing:
             pool.idle.append((conn, time.monotonic() + 1e6))
         else:
             pool.lent += 1
-            sess._take(conn, server.hostgroup_id)
+            sess.lending.take(conn, server.hostgroup_id)
     return app, sess, fakes
 
 
@@ -138,7 +138,7 @@ def test_passthrough_counts_every_query_under_its_digest():
     assert srv.queries == 4 and sess.conns[0].stats is srv
     assert srv.bytes_sent == sum(len(s) for s in fakes[0].sent)
     assert srv.bytes_recv == 3 * len(ROWS) + len(OK_3_ROWS)
-    assert sess.current_sql is None and sess._stat is None  # let go at reply end
+    assert sess.current_sql is None and sess.commands.stat is None  # let go at reply end
 
 
 def test_current_sql_is_set_while_the_statement_runs():
@@ -166,7 +166,7 @@ def test_prepared_executes_count_under_the_prepare_digest_without_multiplexing()
         sess.data_received(execute)
     assert digest_rows(app) == {fingerprint("SELECT c FROM t WHERE id = ?").text: (0, 4, 0)}
     sess.data_received(pkt(b"\x19" + (7).to_bytes(4, "little"), 0))  # COM_STMT_CLOSE
-    assert sess._ps_classes == {}
+    assert sess.prepared.classes == {}
 
 
 def test_split_routes_count_per_hostgroup_and_local_answers_in_minus_one():

@@ -1,0 +1,426 @@
+"""The command loop: dispatch each client command and relay its reply (the per-statement hot path).
+
+Theory of operation: a CommandLoop is the room of a ClientSession that runs commands once the client
+is logged in; it is also the ReplySink its backend connections report to (proxy.backend). It is
+callback-driven, because it is the hot path: a whole command packet arrives (`process` ->
+`_dispatch`); a COM_QUERY is routed (proxy.router: cached classification, then rules.engine.decide);
+if the chosen hostgroup's connection is held (or an idle pooled one is at hand, `lending.try_acquire`)
+and already carries the session's state, the packet is written to it unchanged (`run` -> `start`)
+and the reply relayed chunk by chunk (BackendConnection + ResultScanner -> `relay`). When the reply
+ends (`reply_done`), the transaction state is read from the server's status flags, what the command
+changed is recorded (proxy.tracking), the connection goes back to its pool unless the session must
+hold it (`holds`), and the next buffered command is taken. No coroutine, task or future per
+statement: the slow path (`slow`, a task) runs only when a connection must be opened or brought up
+to the session's state, and turns a backend that cannot be used into the client's ERR.
+
+Statement commands go to the prepared-statement room under multiplexing; KILL and the session's own
+function values to proxy.local_answers; COM_CHANGE_USER to the login room. LOAD DATA LOCAL INFILE:
+when the server asks for the file, client packets are relayed to it until the empty one.
+
+Statistics (proxy.stats): one `statement_done` per statement (COM_QUERY, and COM_STMT_EXECUTE under
+the digest of its statement), when its reply ends or when the proxy answers it itself
+(`answered_here`: a rule's Deny/Respond, KILL, no backend; hostgroup -1). `current_sql` references
+the text in flight for stats_mysql_processlist. Every ERR a client gets is counted by code.
+
+It never reads the client socket (the session feeds the framer) and never opens connections itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from rules.classify import Classification, Kind
+from rules.model import Deny, RouteTo
+
+from .backend import BackendConnection
+from .lending import HostgroupError
+from .local_answers import SESSION_VALUE, kill, session_values
+from .protocol.constants import Command, ErrorCode, ServerStatus
+from .protocol.framing import Packet, ProtocolError, make_packet
+from .protocol.packets import OK, make_ok
+from .protocol.results import Reply, ResultScanner
+from .router import classify_text
+from .session import PinReason
+from .tracking import record
+
+if TYPE_CHECKING:
+    from .client import ClientSession
+
+log = logging.getLogger("rwproxy.session")
+T = TypeVar("T")
+
+# What reply each relayed command gets; commands absent here are refused with ER_UNKNOWN_COM_ERROR.
+REPLY_FOR: dict[int, Reply] = {
+    Command.QUERY: Reply.RESULT,
+    Command.INIT_DB: Reply.SIMPLE,
+    Command.PING: Reply.SIMPLE,
+    Command.FIELD_LIST: Reply.FIELDS,
+    Command.STATISTICS: Reply.ANY_ONE,
+    Command.SET_OPTION: Reply.SIMPLE,
+    Command.RESET_CONNECTION: Reply.SIMPLE,
+    Command.REFRESH: Reply.SIMPLE,
+    Command.DEBUG: Reply.SIMPLE,
+    Command.PROCESS_INFO: Reply.RESULT,
+    Command.PROCESS_KILL: Reply.SIMPLE,
+    Command.STMT_PREPARE: Reply.PREPARE,
+    Command.STMT_EXECUTE: Reply.RESULT,
+    Command.STMT_FETCH: Reply.FETCH,
+    Command.STMT_RESET: Reply.SIMPLE,
+    Command.STMT_SEND_LONG_DATA: Reply.NONE,
+    Command.STMT_CLOSE: Reply.NONE,
+}
+_STMT_COMMANDS = frozenset(
+    (Command.STMT_PREPARE, Command.STMT_EXECUTE, Command.STMT_SEND_LONG_DATA, Command.STMT_CLOSE, Command.STMT_RESET, Command.STMT_FETCH)
+)
+_IN_TRANS = int(ServerStatus.IN_TRANS)
+_AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
+_STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
+_PREPARE_REPLY = Reply.PREPARE
+_KILL = Kind.KILL
+_STMT_EXECUTE = int(Command.STMT_EXECUTE)
+_monotonic_ns = time.monotonic_ns
+
+
+def _err_code(payload: bytes) -> int:
+    """The error code of an ERR packet's payload (0xFF, then the code as 2 bytes little-endian)."""
+    return payload[1] | payload[2] << 8 if len(payload) >= 3 else 0
+
+
+class CommandLoop:
+    __slots__ = (
+        "session", "framer", "conns", "lending", "prepared", "_stats", "current", "post", "stat", "rule_ids", "t0",
+        "current_sql", "rewrite_id", "infile", "insert_id", "row_count", "holding_insert_id", "reset_on_release",
+    )  # fmt: skip
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        # The session's parts this loop uses on every statement (never replaced, so kept here).
+        self.framer, self.conns, self.lending, self.prepared = session.framer, session.lending.conns, session.lending, session.prepared
+        self._stats = session.host.stats
+        self.current: BackendConnection | None = None  # running the command in flight
+        self.post: tuple | None = None  # what to record when the reply in flight ends
+        # The statement in flight, for the stats: recorded once, at reply end or when answered here.
+        self.stat: Classification | None = None  # (COM_QUERY, COM_STMT_EXECUTE)
+        self.rule_ids: tuple[int, ...] = ()  # the rules it matched
+        self.t0 = 0  # time.monotonic_ns() when it arrived
+        self.current_sql: str | None = None  # its text (a reference, not a copy): stats_mysql_processlist
+        self.rewrite_id: bytes | None = None  # the proxy's id for the COM_STMT_PREPARE reply in flight
+        self.infile = False  # relaying a LOAD DATA LOCAL file from the client
+        self.insert_id = 0  # LAST_INSERT_ID() of the session: the last insert id an OK reported
+        self.row_count = -1  # ROW_COUNT() of the session: what its previous statement affected
+        self.holding_insert_id = False  # keep the writer connection for LAST_INSERT_ID()
+        self.reset_on_release = False  # the reply in flight left state nobody else may inherit
+
+    # ---- dispatch -----------------------------------------------------------------------------
+
+    def process(self) -> None:
+        """Dispatch buffered client packets while the session is free to take them."""
+        s = self.session
+        framer = self.framer
+        while not s.closed:
+            if self.infile:
+                if not self._forward_infile():
+                    return
+                continue
+            if s.busy:
+                return
+            try:
+                pkt = framer.next_packet()
+            except ProtocolError as e:
+                s.protocol_error(1, e)
+                return
+            if pkt is None:
+                if s.reading_paused:
+                    s.set_reading(True)
+                return
+            self._dispatch(pkt)
+
+    def _dispatch(self, pkt: Packet) -> None:
+        s = self.session
+        payload = pkt.payload
+        if pkt.seq != 0:
+            s.protocol_error(1, ProtocolError(f"Got packets out of order (a command must start with sequence id 0, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER))
+            return
+        if not payload:
+            s.protocol_error(1, ProtocolError("Malformed communication packet (empty command)"))
+            return
+        cmd = payload[0]
+        if s.lost is not None and cmd != Command.QUIT:
+            s.send_err(1, ErrorCode.LOST_CONNECTION, s.lost)
+            s.close()
+            return
+        if cmd == Command.QUERY:
+            self.t0 = _monotonic_ns()
+            if s.passthrough:
+                # Nothing to route, but the digest table counts every statement: classify() is
+                # cached by raw text (a dict hit for a text seen before), else a fingerprint.
+                sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
+                self.stat = classify_text(sql)
+                self.rule_ids, self.current_sql = (), sql
+                self.run(s.writer_hg, pkt.raw, Reply.RESULT, None)
+            else:
+                self._query(pkt)
+            return
+        if cmd in _STMT_COMMANDS and s.multiplexing:
+            self.prepared.command(cmd, pkt)
+            return
+        reply = REPLY_FOR.get(cmd)
+        if reply is not None:
+            self._relay_command(cmd, pkt, reply)
+            return
+        if cmd == Command.QUIT:
+            s.quit()
+            return
+        if cmd == Command.CHANGE_USER:
+            s.busy = True
+            s.spawn(s.login.change_user(pkt))
+            return
+        name = Command(cmd).name if cmd in Command._value2member_map_ else f"0x{cmd:02x}"
+        s.log(logging.WARNING, "unsupported command %s", name)
+        s.send_err(1, ErrorCode.UNKNOWN_COM_ERROR, f"Unknown command: rwproxy does not relay command {name}")
+
+    def _relay_command(self, cmd: int, pkt: Packet, reply: Reply) -> None:
+        """A command relayed unchanged to the writer (statement commands too, without multiplexing)."""
+        s = self.session
+        payload = pkt.payload
+        if cmd == _STMT_EXECUTE:
+            known = self.prepared.classes.get(int.from_bytes(payload[1:5], "little"))
+            if known is not None:  # counted under its statement's digest
+                self.t0 = _monotonic_ns()
+                self.stat, self.current_sql = known
+                self.rule_ids = ()
+        elif cmd in _STMT_COMMANDS or cmd == Command.RESET_CONNECTION:
+            self.prepared.relayed(cmd, payload)
+            if cmd == Command.STMT_PREPARE:
+                # Without multiplexing, statements live on the session's writer connection.
+                s.pins.pin(PinReason.PREPARED_STATEMENT)
+        if reply is Reply.NONE:
+            # COM_STMT_CLOSE / SEND_LONG_DATA: no reply; the statement lives on the writer.
+            conn = self.conns.get(s.writer_hg)
+            if conn is not None:
+                conn.write(pkt.raw)
+            return
+        post = (cmd, pkt.payload) if cmd in (Command.INIT_DB, Command.RESET_CONNECTION) else None
+        self.run(s.writer_hg, pkt.raw, reply, post)
+
+    def _query(self, pkt: Packet) -> None:
+        s = self.session
+        sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
+        rewritten = None
+        if SESSION_VALUE.search(sql):
+            rewritten = sql = session_values(sql, s)
+        cls, decision = s.router.route(sql, s.session_view())
+        self.stat, self.rule_ids, self.current_sql = cls, decision.rule_ids, sql
+        if cls.kind is _KILL:
+            kill(s, sql)
+            if not s.busy:  # refused at once (else the KILL task records it)
+                self.answered_here()
+            return
+        action = decision.action
+        if type(action) is RouteTo:
+            raw = pkt.raw
+            if decision.sql is not None or rewritten is not None:
+                raw = make_packet(b"\x03" + (decision.sql or sql).encode("utf-8", "surrogateescape"), 0)
+            self.run(action.hostgroup, raw, Reply.RESULT, (cls, decision, sql))
+        elif type(action) is Deny:
+            s.log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
+            s.send_err(1, action.errno, action.error_msg, action.sqlstate)
+            self.answered_here()
+        else:
+            s.send(make_ok(OK(status=s.status, info=action.ok_msg.encode()), s.capabilities), 1)
+            self.answered_here()
+
+    def answered_here(self) -> None:
+        """The statement in flight was answered by the proxy itself (a rule's Deny/Respond, KILL,
+        an ERR because no backend could take it): it counts in hostgroup -1 (`StatsRegistry.local`)."""
+        stat = self.stat
+        if stat is not None:
+            self.stat = self.current_sql = None
+            s, stats = self.session, self._stats
+            stats.statement_done(stats.local, stat.fingerprint, stat.kind, s.state.schema, s.username, self.rule_ids, self.t0)
+
+    # ---- running a command on a backend connection --------------------------------------------
+
+    def run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None) -> None:
+        """Send a command to the session's connection in `hostgroup` and relay its reply."""
+        s = self.session
+        s.busy = True
+        self.post = post
+        conn = self.conns.get(hostgroup)
+        if conn is None and s.multiplexing:
+            conn = self.lending.try_acquire(hostgroup)
+        state = s.state
+        if conn is not None and state.matches(conn.cstate):
+            cs = conn.cstate
+            cs.owner, cs.gen = state, state.gen
+            self.start(conn, raw, reply)
+            return
+        s.spawn(self.slow(self.lending.ready(hostgroup), lambda conn: self.start(conn, raw, reply)))
+
+    def start(self, conn: BackendConnection, raw: bytes, reply: Reply) -> None:
+        """Send a command on `conn` and relay its reply to the client."""
+        s = self.session
+        self.current = conn
+        if s.write_paused:
+            s.pause_backend(conn)  # the client has not drained the previous reply yet
+        if reply is _PREPARE_REPLY and s.multiplexing:
+            self.prepared.make_room(conn)
+        conn.relay(raw, ResultScanner(reply, s.deprecate_eof, s.strip_state))
+
+    async def slow(self, getting: Awaitable[T], then: Callable[[T], None]) -> None:
+        """The slow path of a command: await what it needs (a connection brought up to date, a
+        statement prepared on it), then send it; a backend that cannot be used becomes the
+        client's ERR and the session carries on."""
+        s = self.session
+        try:
+            got = await getting
+        except HostgroupError as e:
+            code, message, sqlstate = e.client_err()
+            s.send_err(1, code, message, sqlstate)
+            self.post = None
+            self.answered_here()
+            s.free()
+            return
+        except Exception:
+            log.exception("%s unexpected error preparing a backend connection", s.context())
+            s.close()
+            return
+        if not s.closed:
+            then(got)
+
+    def holds(self, conn: BackendConnection) -> bool:
+        """Must the session keep `conn` after its reply? (Otherwise it goes back to its pool.)"""
+        s = self.session
+        hg = conn.hostgroup
+        cursors = self.prepared.cursors
+        if hg == s.txn_hg or self.infile or (cursors and conn in cursors.values()):
+            return True
+        if hg == s.writer_hg and (s.pins.pinned or self.holding_insert_id):
+            return True
+        return False
+
+    # ---- ReplySink (proxy.backend) ------------------------------------------------------------
+
+    def relay(self, data: bytes) -> None:
+        if self.rewrite_id is not None:
+            # The first chunk of a COM_STMT_PREPARE reply: show the client the proxy's statement id.
+            if len(data) >= 9 and data[4] == 0:
+                data = bytearray(data)
+                data[5:9] = self.rewrite_id
+            self.rewrite_id = None
+        s = self.session
+        if not s.closed:
+            s.transport.write(data)
+
+    def reply_done(self, scanner: ResultScanner) -> None:
+        s = self.session
+        conn = self.current
+        self.current = None
+        stat = self.stat
+        if stat is not None:  # the one stats call per statement (before record: the schema it ran in)
+            self.stat = self.current_sql = None
+            err = scanner.error
+            self._stats.statement_done(
+                conn.stats, stat.fingerprint, stat.kind, s.state.schema, s.username, self.rule_ids, self.t0,
+                scanner.affected_rows, 0 if err is None else _err_code(err),
+            )  # fmt: skip
+        else:
+            if self.prepared.preparing is not None:  # without multiplexing: the statement it created
+                self.prepared.prepared_reply(scanner)
+            if scanner.error is not None:
+                self._stats.error(_err_code(scanner.error))
+        status = scanner.status
+        if status >= 0:
+            s.status = status & ~_STATE_CHANGED  # (OKs the proxy makes carry no state information)
+            hg = conn.hostgroup
+            if status & _IN_TRANS or not status & _AUTOCOMMIT:
+                if s.txn_hg != hg:
+                    s.txn_hg = hg
+                    s.view_changed()
+            elif s.txn_hg == hg:
+                s.txn_hg = None
+                s.view_changed()
+        post = self.post
+        if post is not None:
+            self.post = None
+            record(s, post, scanner, conn)
+        if conn.hostgroup == s.writer_hg:
+            # LAST_INSERT_ID() (any spelling) must run where the insert ran: keep the writer
+            # connection until the next statement on it (ProxySQL's auto_increment delay, for one).
+            self.holding_insert_id = scanner.last_insert_id != 0
+            if self.holding_insert_id:
+                self.insert_id = scanner.last_insert_id
+        if scanner.results or scanner.error is not None:
+            self.row_count = scanner.row_count
+        if s.multiplexing and not self.holds(conn):
+            self.lending.release(conn, reset=self.reset_on_release)
+        self.reset_on_release = False
+        s.busy = False
+        s.last_activity = s.clock()
+        if s.draining and not s.in_transaction:
+            s.close_for_shutdown()
+            return
+        if self.framer.buffered or s.reading_paused:
+            self.process()
+
+    def end_insert_id_hold(self) -> None:
+        """[pool] last_insert_id_hold passed with the session idle: give the writer connection back
+        (LAST_INSERT_ID() is answered from the insert's OK packet from now on)."""
+        s = self.session
+        if not self.holding_insert_id or s.busy or s.closed:
+            return
+        self.holding_insert_id = False
+        conn = self.conns.get(s.writer_hg)
+        if conn is not None and s.multiplexing and not self.holds(conn):
+            self.lending.release(conn)
+
+    def infile_requested(self) -> None:
+        # The server asked for the client's file (LOAD DATA LOCAL INFILE): relay the client's
+        # packets to the server until the empty packet that ends the file.
+        self.infile = True
+        self.process()
+
+    def _forward_infile(self) -> bool:
+        try:
+            pkt = self.framer.next_packet(join=False)
+        except ProtocolError as e:
+            self.session.protocol_error(1, e)
+            return False
+        if pkt is None:
+            return False
+        self.current.write(pkt.raw)
+        if not pkt.payload:
+            self.infile = False
+            self.current.scanner.expect_infile_reply()
+        return True
+
+    def backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
+        s = self.session
+        if s.closed:
+            return
+        hg = conn.hostgroup
+        if self.conns.get(hg) is conn:
+            self.lending.release(conn)
+        why = exc or "closed by server"
+        if conn is self.current and conn.scanner is not None:
+            # Mid-reply the client cannot be given a coherent ERR: the session is over, as it would
+            # be if the client had been connected to the server directly.
+            s.log(logging.WARNING, "backend %s (hostgroup %d) lost during a reply: %s", conn.server.address, hg, why)
+            s.close()
+        elif hg == s.txn_hg or (hg == s.writer_hg and (s.pins.pinned or s.passthrough)):
+            # (In passthrough mode nothing is classified, so what the writer held is unknown.)
+            s.log(logging.WARNING, "backend %s (hostgroup %d) lost with session state on it: %s", conn.server.address, hg, why)
+            s.lost = (
+                f"Lost connection to backend server {conn.server.address} (hostgroup {hg}); this session's "
+                "transaction or session state (temporary tables, user variables, locks) is gone: reconnect"
+            )
+        else:
+            s.log(logging.INFO, "backend %s (hostgroup %d) closed an idle connection (%s); reopened on demand", conn.server.address, hg, why)
+
+    def backend_write_paused(self, paused: bool) -> None:
+        # The server is not reading what the client sends (big LOAD DATA, huge query): stop reading
+        # from the client until it catches up.
+        self.session.set_reading(not paused)

@@ -1,0 +1,244 @@
+"""Backend lending: which backend connection a client session holds in each hostgroup.
+
+Theory of operation: a session runs each statement on a connection of the hostgroup its routing
+decision named. `BackendLending` is the session's room for that: it holds at most one connection
+per hostgroup (`conns`), borrows them from the host's pools (one pool per server, backend user and
+wire settings) and gives them back.
+
+- Choosing a server: once per session and hostgroup, by weight among the ONLINE servers
+  (proxy.hostgroups.candidates); the session keeps meeting the same server's caches. A preferred
+  server that left ONLINE, or a new routing snapshot, makes the session choose again.
+- `try_acquire(hg)` is the hot path: an idle pooled connection of the preferred server,
+  synchronously, or None. `acquire(hg)` is the slow path: every ONLINE server of the hostgroup in
+  weighted order, waiting on a pool when the server is at its limits.
+- `ready(hg)` brings a connection up to the session's state (proxy.session: a pipelined diff, a
+  reset where only a reset can undo what another client left). When a reader hostgroup cannot be
+  used, the read runs on the writer (`reader_fallback_to_writer`; only reads are ever routed to a
+  reader hostgroup).
+- `release(conn, reset)` gives a connection back (reset first when it carries state nobody else may
+  inherit); `discard(conn)` closes one that failed mid-conversation before its pool can lend it to
+  the next waiting session.
+
+Whether a session keeps a connection after a reply (a transaction, a pin, a cursor) is the
+session's decision (ClientSession._holds); this room only carries it out. Failures become
+HostgroupError, which the session turns into the client's ERR. It never writes to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .backend import BackendConnection, BackendError
+from .config import Server
+from .hostgroups import candidates
+from .pool import Pool, PoolTimeout
+from .protocol.constants import Command, ErrorCode
+from .protocol.packets import ERR
+from .session import ConnState
+
+if TYPE_CHECKING:
+    from .client import ClientSession
+    from .host import SessionHost
+
+_monotonic_ns = time.monotonic_ns
+
+
+class HostgroupError(Exception):
+    """No usable connection to a hostgroup. `err` is the server's own ERR when it gave one."""
+
+    def __init__(self, hostgroup: int, message: str, err: ERR | None = None) -> None:
+        super().__init__(message)
+        self.hostgroup, self.err = hostgroup, err
+
+    def client_err(self) -> tuple[int, str, str | None]:
+        if self.err is not None:
+            return self.err.code, self.err.message, self.err.sqlstate
+        return ErrorCode.CONN_HOST_ERROR, str(self), None
+
+
+def failure(e: BaseException, timeout: float) -> str:
+    """Why talking to a backend failed, in words (a TimeoutError's str() is empty)."""
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        return f"no answer within {timeout:g}s (connect_timeout)"
+    return str(e) or type(e).__name__
+
+
+class BackendLending:
+    __slots__ = ("session", "host", "conns", "wire", "_pools", "_preferred", "_released")
+
+    def __init__(self, session: ClientSession, host: SessionHost, released: Callable[[BackendConnection], None]) -> None:
+        self.session = session
+        self.host = host
+        self.conns: dict[int, BackendConnection] = {}  # hostgroup -> the session's connection there
+        self.wire: tuple[int, int] = (0, 0)  # mirrored capabilities and collation: part of the pool key
+        self._pools: dict[str, Pool] = {}  # server address -> the pool for this session's user and wire
+        self._preferred: dict[int, Server] = {}  # hostgroup -> the server this session prefers there
+        self._released = released  # the session forgets a connection it no longer holds (backpressure)
+
+    def start(self, wire: tuple[int, int]) -> None:
+        """A (new) login: nothing held, pools chosen afresh for the user's backend account and `wire`."""
+        self.wire = wire
+        self._pools = {}
+
+    def config_changed(self) -> None:
+        """A new routing snapshot: servers are chosen again, by the new weights and statuses."""
+        self._preferred.clear()
+        self._pools.clear()
+
+    def pool(self, server: Server) -> Pool:
+        pool = self._pools.get(server.address)
+        if pool is None:
+            user = self.session.user
+            pool = self._pools[server.address] = self.host.pool_for(server, user.backend_username, user.backend_password, *self.wire)
+        return pool
+
+    def take(self, conn: BackendConnection, hostgroup: int) -> BackendConnection:
+        conn.hostgroup = hostgroup
+        if conn.stats.hostgroup != hostgroup:  # its stats handle: per (hostgroup, server)
+            conn.stats = self.host.stats.server(hostgroup, conn.server.address)
+        conn.attach(self.session.commands)  # its replies and events go to the command loop
+        self.conns[hostgroup] = conn
+        return conn
+
+    # ---- borrowing ----------------------------------------------------------------------------
+
+    def try_acquire(self, hostgroup: int) -> BackendConnection | None:
+        """Hot path: an idle pooled connection of a server of `hostgroup`, synchronously, or None."""
+        server = self._preferred.get(hostgroup)
+        if server is None or server.status != "ONLINE":
+            # Chosen once per session by weight (the spread over servers is per session, and a
+            # session's statements keep meeting the same server's caches).
+            picks = candidates(self.session.router.hostgroups.servers(hostgroup))
+            if not picks:
+                return None
+            server = self._preferred[hostgroup] = picks[0]
+        conn = self.pool(server).try_acquire()
+        if conn is None:
+            return None
+        conn = self.take(conn, hostgroup)
+        conn.stats.acquire_immediate += 1
+        return conn
+
+    async def acquire(self, hostgroup: int) -> BackendConnection:
+        """A connection to a server of `hostgroup` (its ONLINE servers tried in weighted order)."""
+        session, stats = self.session, self.host.stats
+        servers = candidates(session.router.hostgroups.servers(hostgroup))
+        preferred = self._preferred.get(hostgroup)
+        if preferred in servers:
+            servers.remove(preferred)
+            servers.insert(0, preferred)
+        if not servers:
+            session.log(logging.WARNING, "hostgroup %d has no ONLINE server", hostgroup)
+            raise HostgroupError(hostgroup, f"rwproxy: hostgroup {hostgroup} has no ONLINE server; check [[servers]] in the proxy config")
+        last: Exception | None = None
+        for server in servers:
+            t0 = _monotonic_ns()
+            try:
+                conn = await self.pool(server).acquire()
+            except BackendError as e:
+                if e.err is not None and e.err.code != ErrorCode.CON_COUNT_ERROR and "refused connection" not in e.cause:
+                    # The server answered and said no (access denied for the backend user): that is
+                    # the client's answer, exactly as the server gave it.
+                    session.log(logging.WARNING, "backend %s (hostgroup %d) refused login: %d %s", server.address, hostgroup, e.err.code, e.err.message)
+                    raise HostgroupError(hostgroup, e.err.message, e.err) from None
+                session.log(logging.WARNING, "backend %s (hostgroup %d) unavailable: %s", server.address, hostgroup, e.cause)
+                last = e
+                continue
+            except PoolTimeout as e:
+                stats.acquire_failed(stats.server(hostgroup, server.address), _monotonic_ns() - t0)
+                session.log(logging.WARNING, "hostgroup %d: %s", hostgroup, e)
+                raise HostgroupError(
+                    hostgroup,
+                    f"rwproxy: hostgroup {hostgroup}: waited {e.waited:g}s for a backend connection ({e.why}); "
+                    "the server's max_connections or [pool] limits are too low for this load",
+                ) from None
+            if session.closed:
+                conn.pool.release(conn)
+                raise HostgroupError(hostgroup, "client went away")
+            conn = self.take(conn, hostgroup)
+            stats.acquire_done(conn.stats, _monotonic_ns() - t0)
+            return conn
+        assert last is not None
+        raise HostgroupError(
+            hostgroup,
+            f"rwproxy: cannot reach hostgroup {hostgroup}: {last}. Check that the server is running and reachable from the proxy",
+        )
+
+    async def ready(self, hostgroup: int, fallback: bool = True) -> BackendConnection:
+        """The session's connection to `hostgroup`, carrying the session's state."""
+        session = self.session
+        timeout = self.host.config.connect_timeout
+        conn = self.conns.get(hostgroup)
+        try:
+            if conn is None:
+                conn = await self.acquire(hostgroup)
+            state = session.state
+            cs = conn.cstate
+            if state.schema is None and cs.schema is not None:
+                # Only COM_CHANGE_USER leaves a connection with no default schema.
+                user = session.user
+                try:
+                    err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, session.collation), timeout)
+                except (asyncio.TimeoutError, ConnectionError) as e:
+                    self.discard(conn)
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while resetting a connection: {failure(e, timeout)}") from None
+                if err is not None:
+                    self.release(conn, reset=True)
+                    raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
+                cs = conn.cstate = ConnState(login_charset=state.login_charset, tracking=not conn.tracks)
+                conn.prepared.clear()
+            cmds = state.replay_for(cs)
+            if state.needs_reset(cs):
+                cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema, tracking=not conn.tracks))
+                conn.prepared.clear()
+            if cmds:
+                try:
+                    err = await asyncio.wait_for(conn.replay(cmds), timeout)
+                except (asyncio.TimeoutError, ConnectionError) as e:
+                    self.discard(conn)
+                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while restoring session state: {failure(e, timeout)}") from None
+                if err is not None:
+                    session.log(logging.WARNING, "restoring session state on %s (hostgroup %d) failed: %d %s", conn.server.address, hostgroup, err.code, err.message)
+                    self.release(conn, reset=True)  # its state is now unknown
+                    raise HostgroupError(hostgroup, f"rwproxy: could not restore this session's state on {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
+            state.mark_synced(conn.cstate)
+            conn.cstate.tracking = True
+            return conn
+        except HostgroupError as e:
+            if fallback and hostgroup != session.writer_hg and session.router.ruleset.reader_fallback_to_writer and session.txn_hg is None:
+                # Only reads are ever sent to a reader hostgroup: the writer can run them too.
+                session.log(logging.WARNING, "reader hostgroup %d unusable (%s); running the read on the writer", hostgroup, e)
+                return await self.ready(session.writer_hg, fallback=False)
+            raise
+
+    # ---- giving back --------------------------------------------------------------------------
+
+    def release(self, conn: BackendConnection, reset: bool = False) -> None:
+        if self.conns.get(conn.hostgroup) is conn:
+            del self.conns[conn.hostgroup]
+        conn.detach()
+        self._released(conn)
+        if conn.scanner is not None:
+            conn.close()  # mid-reply: nobody can use the rest of it
+        pool = getattr(conn, "pool", None)
+        if pool is not None:
+            pool.release(conn, reset=reset)
+        else:
+            conn.close()
+
+    def discard(self, conn: BackendConnection) -> None:
+        """A connection that failed mid-conversation: closed first, so its pool drops it rather than
+        lending it to the next session waiting."""
+        conn.close()
+        self.release(conn)
+
+    def release_all(self, dirty: bool, txn_hg: int | None, keep: BackendConnection | None = None) -> None:
+        """Give back every held connection; those with state nobody can replay (`dirty`, or the
+        transaction's) are reset first."""
+        for conn in list(self.conns.values()):
+            if conn is not keep:
+                self.release(conn, reset=dirty or conn.hostgroup == txn_hg)

@@ -1,0 +1,236 @@
+"""Login: the greeting, authentication, the backend check, and COM_CHANGE_USER.
+
+Theory of operation: `Login.run` is the connection phase of a client session, a coroutine (it is not
+the hot path). It sends HandshakeV10 advertising the writer's real version and collation, reads
+HandshakeResponse41 within [proxy] handshake_timeout, authenticates the user against the config (the
+account's plugin decides, as in MySQL: mysql_native_password or caching_sha2_password, with an
+AuthSwitchRequest when the client tried another), counts the session against the limits, makes the
+session that user (`ClientSession.become`) and checks that the writer takes it (so a bad schema or
+backend login fails at connect time, as it would against the server), and only then says OK.
+COM_CHANGE_USER runs the same authentication and backend check; a refused change leaves the session
+the old user, as MariaDB does.
+
+Client limits, as the server would enforce them: over [proxy] max_connections the client is told
+ERR 1040 where it awaits its authentication result; a user over its [[users]] max_connections gets
+ERR 1203 once authenticated. Wrong passwords get ERR 1045; a handshake that does not complete in time
+ERR 1159; a malformed one ERR 1043. Passwords are never logged.
+
+While login runs, client bytes are only buffered (ClientSession.data_received wakes `read_packet`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from .config import User
+from .lending import HostgroupError
+from .protocol import auth
+from .protocol.constants import (
+    CACHING_SHA2_FAST_AUTH_OK,
+    CACHING_SHA2_PASSWORD,
+    NATIVE_PASSWORD,
+    PROXY_CAPABILITIES,
+    ErrorCode,
+    ServerStatus,
+)
+from .protocol.framing import Packet, ProtocolError
+from .protocol.packets import (
+    OK,
+    AuthSwitchRequest,
+    HandshakeV10,
+    make_auth_switch,
+    make_handshake_v10,
+    make_ok,
+    parse_change_user,
+    parse_handshake_response,
+)
+
+if TYPE_CHECKING:
+    from .client import ClientSession
+
+log = logging.getLogger("rwproxy.session")
+
+
+class Login:
+    __slots__ = ("session", "scramble", "_waiter")
+
+    def __init__(self, session: ClientSession) -> None:
+        self.session = session
+        self.scramble = auth.new_scramble()
+        self._waiter: asyncio.Future | None = None
+
+    # ---- reading whole packets while the session is busy logging in ---------------------------
+
+    def wake(self) -> None:
+        """Client bytes arrived (or the client went away): `read_packet` looks again."""
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def read_packet(self, timeout: float) -> Packet:
+        """The next whole client packet, or TimeoutError / ConnectionError."""
+        s = self.session
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            pkt = s.framer.next_packet()
+            if pkt is not None:
+                return pkt
+            if s.closed:
+                raise ConnectionResetError("client closed the connection")
+            self._waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(self._waiter, deadline - loop.time())
+            finally:
+                self._waiter = None
+
+    # ---- connection phase ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        s = self.session
+        try:
+            await self._handshake()
+        except asyncio.TimeoutError:
+            s.log(logging.WARNING, "handshake timeout after %gs", s.host.config.handshake_timeout)
+            s.send_err(2, ErrorCode.NET_READ_INTERRUPTED, "Got timeout reading communication packets (handshake not completed in time)")
+            s.close()
+        except ConnectionError:
+            s.log(logging.INFO, "client closed the connection during the handshake")
+            s.close()
+        except ProtocolError as e:
+            s.log(logging.WARNING, "bad handshake: %s", e)
+            s.send_err(2, ErrorCode.HANDSHAKE_ERROR, f"Bad handshake: {e}")
+            s.close()
+        except Exception:
+            log.exception("%s unexpected error during the handshake", s.context())
+            s.close()
+
+    async def _handshake(self) -> None:
+        s = self.session
+        host = s.host
+        hs = HandshakeV10(
+            server_version=host.server_version,
+            connection_id=s.id & 0xFFFFFFFF,
+            auth_data=self.scramble,
+            capabilities=PROXY_CAPABILITIES,
+            collation=host.collation,
+            status=ServerStatus.AUTOCOMMIT,
+            auth_plugin=NATIVE_PASSWORD,
+        )
+        s.send(make_handshake_v10(hs), 0)
+        timeout = host.config.handshake_timeout
+        pkt = await self.read_packet(timeout)
+        if not s.admitted:
+            # MySQL sends this ERR in place of the greeting; here it comes where the client awaits
+            # its authentication result, which every client reports faithfully (MariaDB's
+            # Connector/C, which wants TLS by default, reports an ERR before the greeting as
+            # CR_CONNECTION_ERROR 2002 "Received error packet before completion of TLS handshake").
+            s.log(logging.WARNING, "too many connections (max_connections = %d): refused", host.config.max_connections)
+            s.send_err(2, ErrorCode.CON_COUNT_ERROR, "Too many connections")
+            s.close()
+            return
+        if pkt.seq != 1:
+            raise ProtocolError(f"Got packets out of order (expected sequence id 1, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
+        resp = parse_handshake_response(pkt.payload)
+        s.username = resp.username
+        s.negotiated(resp.capabilities & PROXY_CAPABILITIES, resp.collation, resp.attributes)
+        seq = pkt.seq + 1
+        user, seq = await self._authenticate(resp.username, resp.auth_plugin, resp.auth_response, seq, timeout)
+        if user is None or not self._count_user(user, seq):
+            s.close()
+            return
+        if not await self._login_backend(user, resp.database, seq):
+            s.close()
+            return
+        s.send(make_ok(OK(status=s.status), s.capabilities), seq)
+        s.log(logging.DEBUG, "logged in")
+        s.logged_in = True
+        s.free()
+
+    async def _authenticate(self, username: str, plugin: str, token: bytes, seq: int, timeout: float) -> tuple[User | None, int]:
+        """Verify the client; on failure send ERR 1045. Returns (user or None, next sequence id)."""
+        s = self.session
+        user = s.host.config.users.get(username)
+        if user is not None and plugin != user.auth_plugin:
+            # As MySQL does, the account's plugin decides: a client that tried another one is
+            # asked to switch (AuthSwitchRequest with a fresh scramble).
+            plugin = user.auth_plugin
+            self.scramble = auth.new_scramble()
+            s.send(make_auth_switch(AuthSwitchRequest(plugin, self.scramble)), seq)
+            pkt = await self.read_packet(timeout)
+            token, seq = bytes(pkt.payload), pkt.seq + 1
+        if user is None or not auth.verify(plugin, user.password, self.scramble, token):
+            s.log(logging.WARNING, "access denied")
+            using = "YES" if token not in (b"", b"\0") else "NO"
+            host = s.peer.rsplit(":", 1)[0]
+            s.send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{username}'@'{host}' (using password: {using})")
+            return None, seq
+        if plugin == CACHING_SHA2_PASSWORD:
+            s.send(bytes((0x01, CACHING_SHA2_FAST_AUTH_OK)), seq)
+            seq += 1
+        return user, seq
+
+    def _count_user(self, user: User, seq: int) -> bool:
+        """Count this session against `user`'s max_connections (moving it off the user it was
+        counted for); at the limit send ERR 1203, as MySQL does for max_user_connections."""
+        s = self.session
+        if s.counted_user == user.username:
+            return True
+        if s.closed or not s.host.login_user(user.username, user.max_connections):
+            if not s.closed:
+                s.log(logging.WARNING, "user %s is at its max_connections (%d): refused", user.username, user.max_connections)
+                s.send_err(seq, ErrorCode.TOO_MANY_USER_CONNECTIONS, f"User {user.username} already has more than 'max_user_connections' active connections")
+            return False
+        if s.counted_user is not None:
+            s.host.logout_user(s.counted_user)
+        s.counted_user = user.username
+        return True
+
+    async def _login_backend(self, user: User, database: str | None, seq: int) -> bool:
+        """Become `user` with a fresh state; check the writer takes it (schema included).
+
+        On failure send ERR and return False."""
+        s = self.session
+        s.become(user, database)
+        try:
+            conn = await s.lending.ready(s.writer_hg, fallback=False)
+        except HostgroupError as e:
+            code, message, sqlstate = e.client_err()
+            if e.err is not None and e.err.code == ErrorCode.BAD_DB_ERROR:
+                message = f"Unknown database '{database}'"
+            s.send_err(seq, code, message, sqlstate)
+            return False
+        if s.multiplexing:
+            s.lending.release(conn)
+        return not s.closed
+
+    # ---- COM_CHANGE_USER ----------------------------------------------------------------------
+
+    async def change_user(self, pkt: Packet) -> None:
+        s = self.session
+        try:
+            cu = parse_change_user(pkt.payload, s.capabilities)
+            plugin = cu.auth_plugin or NATIVE_PASSWORD
+            user, seq = await self._authenticate(cu.username, plugin, cu.auth_response, 1, s.host.config.handshake_timeout)
+            if user is None or not self._count_user(user, seq):
+                # As MariaDB does: the ERR has been sent and the session carries on as the old user.
+                s.free()
+                return
+            if cu.collation:
+                s.collation = cu.collation
+            if not await self._login_backend(user, cu.database, seq):
+                s.close()
+                return
+            s.send(make_ok(OK(status=s.status), s.capabilities), seq)
+            s.log(logging.INFO, "changed user")
+            s.free()
+        except ProtocolError as e:
+            s.protocol_error(2, e)
+        except (asyncio.TimeoutError, ConnectionError):
+            s.close()
+        except Exception:
+            log.exception("%s unexpected error in COM_CHANGE_USER", s.context())
+            s.close()
+

@@ -1,0 +1,114 @@
+"""What a finished command changed in its client session, learned from the command and its reply.
+
+Theory of operation: after every routed command's reply (`record`, called by the command loop with
+what the command was), the session's picture of its own state is brought up to date:
+- a successful SET, USE or COM_INIT_DB changes the tracked state (proxy.session.SessionState) that
+  every connection running the session's next statement must carry; a SET that cannot be replayed
+  elsewhere pins the session instead (proxy.pins);
+- a statement that leaves state only its own connection has (a temporary table, a lock, a user
+  variable, ...) pins the session, and one that ends such a cause unpins it;
+- the server's own session tracking is ground truth: SERVER_SESSION_STATE_CHANGED after a statement
+  whose text does not show the change (a procedure, a function or a trigger did it) pins the session
+  and has its connection reset before anyone else gets it (`state_changed_unseen`);
+- COM_RESET_CONNECTION drops everything the session had set, pinned or prepared;
+- statement commands are recorded by the prepared-statement room.
+When the change ran on the connection that is already synced to the session, that connection is
+marked as carrying the new state (no replay next time).
+
+Pure bookkeeping on the session's rooms: no I/O of its own (a reset releases connections through
+the lending room).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from rules.classify import Classification, Kind
+from rules.model import Decision
+
+from .protocol.constants import Command
+from .protocol.results import ResultScanner
+from .session import PinReason
+
+if TYPE_CHECKING:
+    from .backend import BackendConnection
+    from .client import ClientSession
+
+_USE = Kind.USE
+_STMT_EXECUTE = int(Command.STMT_EXECUTE)
+_STMT_FETCH = int(Command.STMT_FETCH)
+# Statements whose own text says which session state they change (and which the session records or
+# pins for): the server's SERVER_SESSION_STATE_CHANGED after them is no news.
+_STATE_SHOWN = frozenset((
+    Kind.SET, Kind.USE, Kind.DDL, Kind.LOCK_TABLES, Kind.UNLOCK_TABLES, Kind.PREPARE, Kind.DEALLOCATE,
+    Kind.BEGIN, Kind.COMMIT, Kind.ROLLBACK, Kind.SAVEPOINT, Kind.RELEASE_SAVEPOINT, Kind.XA, Kind.FLUSH,
+))  # fmt: skip
+_USE_TARGET = re.compile(r"\s*(?:(?:/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))\s*)*USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
+
+
+def record(s: ClientSession, post: tuple, scanner: ResultScanner, conn: BackendConnection) -> None:
+    """After a reply: take note of what the command (`post`) changed in the session's state."""
+    state = s.state
+    before = state.gen
+    ok = scanner.error is None
+    first = post[0]
+    if isinstance(first, int):  # a command other than COM_QUERY (a Command or its byte)
+        if first == _STMT_EXECUTE or first == _STMT_FETCH:
+            if scanner.changed:
+                state_changed_unseen(s)  # e.g. a prepared CALL that set a variable
+            s.prepared.record(post, scanner, conn)
+            return
+        if not ok:
+            s.commands.rewrite_id = None
+            return
+        if first == Command.STMT_PREPARE:
+            s.prepared.record(post, scanner, conn)
+            return
+        if first == Command.INIT_DB:
+            state.set_schema(bytes(post[1][1:]).decode("utf-8", "surrogateescape"))
+        elif first == Command.RESET_CONNECTION:
+            # Variables, temporary tables, locks and user variables are gone on the writer; the
+            # other connections are dropped rather than reset one by one.
+            s.release_all(keep=conn)
+            state.reset()
+            conn.cstate.values = {}
+            conn.cstate.tracking = not conn.tracks  # the reset turned session tracking off
+            conn.prepared.clear()
+            s.prepared.clear()
+            s.pins.clear()
+        s.view_changed()
+    else:
+        cls: Classification = first
+        decision: Decision = post[1]
+        pins = s.pins
+        if decision.pin_writer or not cls.read_only:
+            # (Multi-statements can change anything; what they changed is not known here.)
+            pins.take(cls, decision)
+        if scanner.changed and cls.kind not in _STATE_SHOWN and cls.temp_table is None and not cls.assigns_user_vars:
+            # The server says session state changed, and the statement does not show how (a
+            # procedure, function or trigger did it): it cannot be replayed, so it stays here.
+            state_changed_unseen(s)
+        if ok:
+            if pins.reasons or cls.temp_table is not None:
+                pins.track_causes(cls, state.schema)
+            if cls.set_targets and not state.apply(cls.set_targets):
+                pins.pin(PinReason.UNTRACKABLE_SET)
+            if cls.kind is _USE:
+                m = _USE_TARGET.match(post[2])
+                if m is None:
+                    pins.pin(PinReason.OTHER)
+                else:
+                    name = m.group(1)
+                    state.set_schema(name[1:-1].replace("``", "`") if name.startswith("`") else name)
+                    s.view_changed()
+    cs = conn.cstate
+    if state.gen != before and cs.owner is state and cs.gen == before:
+        state.mark_synced(cs)  # the change ran on this connection: it already has it
+
+
+def state_changed_unseen(s: ClientSession) -> None:
+    """The server changed session state that no statement text shows: keep it on the writer, and
+    reset the connection it ran on before anyone else gets it."""
+    s.pins.pin(PinReason.SERVER_STATE)
+    s.commands.reset_on_release = True  # (if it ran on a reader: the change must not reach the next user)
