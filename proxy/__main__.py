@@ -5,17 +5,24 @@ Without [listeners.admin] the config file is the only source of configuration. W
 port's config store (admin.store) is built here: memory is filled per section from the disk layer
 (<[admin] data_dir>/rwproxy.db, for sections an operator saved there) or from the file (`--initial`:
 the file for all), each section's source is logged, and the whole is validated as LOAD MYSQL ALL TO
-RUNTIME would; the proxy runs what that validation built. Any configuration error exits with 2."""
+RUNTIME would; the proxy runs what that validation built. Any configuration error exits with 2.
+
+This module is the composition root: the only place that wires the control plane (admin) into the
+running data plane (proxy.app.ProxyApp), and the only module of `proxy` that imports `admin`.
+Nothing imports it (the import-linter contracts in the test suite say so)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
+
+log = logging.getLogger("rwproxy")
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -148,14 +155,43 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
-    from .app import serve
-
     try:
         runner(serve(config, store))
     except OSError as e:
         logging.getLogger("rwproxy").error("cannot start: %s", e)
         return 1
     return 0
+
+
+async def serve(config: Config, store: object | None = None) -> None:
+    """Run the proxy until SIGINT/SIGTERM: the data plane, then the admin port wired into it."""
+    from .app import ProxyApp
+
+    app = ProxyApp(config)
+    app.store = store  # the admin port's config store (admin.store.ConfigStore), built above
+    await app.start()
+    if "admin" in config.listeners:
+        from admin.server import start_admin
+
+        lst = config.listeners["admin"]
+        app.add_listener(await start_admin(app, lst.address, lst.port))
+        log.info("listening on %s:%d (admin)", lst.address, lst.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            app.cut_now()
+        else:
+            log.info("%s received", sig.name)
+            stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGUSR1, app.log_sessions)
+    await stop.wait()
+    await app.stop()
+    log.info("stopped")
 
 
 if __name__ == "__main__":

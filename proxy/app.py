@@ -1,4 +1,4 @@
-"""Composition root: config -> listeners -> running proxy; signals and orderly shutdown.
+"""The running data plane: config -> data and metrics listeners -> sessions and pools; orderly shutdown.
 
 Theory of operation: ProxyApp holds the per-process state explicitly (config, sessions, what was
 learned about the writer) so several processes can later each own one. Startup learns the writer's
@@ -26,17 +26,15 @@ import asyncio
 import collections
 import logging
 import resource
-import signal
 import time
 
 from .backend import BackendConnection, BackendError, read_server_handshake
-from .config import Config
 from .backend import connect as backend_connect
-from .config import Server
 from .client import ClientSession
+from .config import Config, Server
 from .pool import Pool, ServerBudget
-from .session import ConnState, PinReason, charset_entry
 from .router import Router
+from .session import ConnState, PinReason, charset_entry
 from .stats import StatsRegistry
 
 log = logging.getLogger("rwproxy")
@@ -150,12 +148,6 @@ class ProxyApp:
         self._servers.append(server)
         log.info("listening on %s:%d (data)", lst.address, lst.port)
         self._sweeper = loop.create_task(self._sweep_idle())
-        if "admin" in self.config.listeners:
-            from admin.server import start_admin  # the control plane, wired in by the composition root
-
-            lst = self.config.listeners["admin"]
-            self._servers.append(await start_admin(self, lst.address, lst.port))
-            log.info("listening on %s:%d (admin)", lst.address, lst.port)
         if "metrics" in self.config.listeners:
             from .metrics import start_metrics_server
 
@@ -193,6 +185,11 @@ class ProxyApp:
                 del self.pools[key]
         for sess in self.sessions.values():
             sess.config_changed(router)
+
+    def add_listener(self, server: asyncio.AbstractServer) -> None:
+        """A listener the composition root started beside the data port (the admin port): closed
+        with the others at shutdown."""
+        self._servers.append(server)
 
     def _raise_fd_limit(self) -> None:
         """Like mysqld with open_files_limit: make room for max_connections clients and their backends."""
@@ -340,24 +337,3 @@ class ProxyApp:
             log.warning("second signal: closing the remaining %d session(s) now", len(self.sessions))
             self._drained.set()
 
-
-async def serve(config: Config, store: object | None = None) -> None:
-    app = ProxyApp(config)
-    app.store = store  # the admin port's config store (admin.store.ConfigStore), built by __main__
-    await app.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        if stop.is_set():
-            app.cut_now()
-        else:
-            log.info("%s received", sig.name)
-            stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    loop.add_signal_handler(signal.SIGUSR1, app.log_sessions)
-    await stop.wait()
-    await app.stop()
-    log.info("stopped")

@@ -12,7 +12,7 @@ routing view) and the session's limits (idle close, shutdown). Everything else i
 - proxy.prepared.PreparedStatements: the proxy's prepared-statement map;
 - proxy.local_answers: KILL and the session's own CONNECTION_ID() / ROW_COUNT() / LAST_INSERT_ID();
 - proxy.pins.Pins and proxy.tracking: why the session keeps its writer, what each reply changed.
-The session reaches the running proxy only through proxy.host.SessionHost.
+The session reaches the running proxy only through proxy.interfaces.SessionHost.
 
 Flow: bytes arrive (`data_received`) into the framer; while the session logs in they only wake the
 login room; once it is free the command loop takes whole packets. Replies go straight from a
@@ -46,13 +46,18 @@ from .lending import BackendLending
 from .login import Login
 from .pins import Pins
 from .prepared import PreparedStatements
-from .protocol.constants import MIRRORED_CAPABILITIES, Capability, ErrorCode, ServerStatus
+from .protocol.constants import (
+    MIRRORED_CAPABILITIES,
+    Capability,
+    ErrorCode,
+    ServerStatus,
+)
 from .protocol.framing import PacketFramer, ProtocolError, make_packet
 from .protocol.packets import make_err
 from .session import PinReason, SessionState, charset_entry
 
 if TYPE_CHECKING:
-    from .host import SessionHost
+    from .interfaces import SessionHost
     from .router import Router
 
 log = logging.getLogger("rwproxy.session")

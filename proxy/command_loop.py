@@ -27,30 +27,63 @@ It never reads the client socket (the session feeds the framer) and never opens 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 from rules.classify import Classification, Kind
+from rules.engine import SessionView
 from rules.model import Deny, RouteTo
 
 from .backend import BackendConnection
-from .lending import HostgroupError
+from .interfaces import SessionCore
+from .lending import BackendLending, HostgroupError
 from .local_answers import SESSION_VALUE, kill, session_values
+from .login import Login
+from .pins import Pins
+from .prepared import PreparedStatements
 from .protocol.constants import Command, ErrorCode, ServerStatus
-from .protocol.framing import Packet, ProtocolError, make_packet
+from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
 from .protocol.packets import OK, make_ok
 from .protocol.results import Reply, ResultScanner
 from .router import classify_text
 from .session import PinReason
 from .tracking import record
 
-if TYPE_CHECKING:
-    from .client import ClientSession
-
 log = logging.getLogger("rwproxy.session")
 T = TypeVar("T")
+
+
+class CommandSession(SessionCore, Protocol):
+    """The session whose commands this loop runs (proxy.client.ClientSession)."""
+
+    transport: asyncio.Transport
+    framer: PacketFramer
+    passthrough: bool  # nothing is routed: every statement goes to the writer unclassified
+    lost: str | None  # why the session's unrebuildable state is gone (it ends at the next command)
+    deprecate_eof: bool
+    strip_state: bool
+    reading_paused: bool
+    write_paused: bool
+    draining: bool
+    last_activity: float
+    clock: Callable[[], float]
+    pins: Pins
+    lending: BackendLending
+    prepared: PreparedStatements
+    login: Login
+
+    @property
+    def in_transaction(self) -> bool: ...
+    def context(self) -> str: ...
+    def session_view(self) -> SessionView: ...
+    def view_changed(self) -> None: ...
+    def set_reading(self, on: bool) -> None: ...
+    def pause_backend(self, conn: BackendConnection) -> None: ...
+    def quit(self) -> None: ...
+    def close_for_shutdown(self, cut: bool = False) -> None: ...
 
 # What reply each relayed command gets; commands absent here are refused with ER_UNKNOWN_COM_ERROR.
 REPLY_FOR: dict[int, Reply] = {
@@ -95,7 +128,7 @@ class CommandLoop:
         "current_sql", "rewrite_id", "infile", "insert_id", "row_count", "holding_insert_id", "reset_on_release",
     )  # fmt: skip
 
-    def __init__(self, session: ClientSession) -> None:
+    def __init__(self, session: CommandSession) -> None:
         self.session = session
         # The session's parts this loop uses on every statement (never replaced, so kept here).
         self.framer, self.conns, self.lending, self.prepared = session.framer, session.lending.conns, session.lending, session.prepared

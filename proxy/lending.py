@@ -30,21 +30,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from .backend import BackendConnection, BackendError
+from .backend import BackendConnection, BackendError, ReplySink
 from .config import Server
 from .hostgroups import candidates
+from .interfaces import SessionCore
 from .pool import Pool, PoolTimeout
 from .protocol.constants import Command, ErrorCode
 from .protocol.packets import ERR
 from .session import ConnState
 
 if TYPE_CHECKING:
-    from .client import ClientSession
-    from .host import SessionHost
+    from .interfaces import SessionHost
 
 _monotonic_ns = time.monotonic_ns
+
+
+class Borrower(SessionCore, Protocol):
+    """The session a lending room serves (proxy.client.ClientSession)."""
+
+    commands: ReplySink  # where a lent connection's replies and events go
 
 
 class HostgroupError(Exception):
@@ -70,7 +76,7 @@ def failure(e: BaseException, timeout: float) -> str:
 class BackendLending:
     __slots__ = ("session", "host", "conns", "wire", "_pools", "_preferred", "_released")
 
-    def __init__(self, session: ClientSession, host: SessionHost, released: Callable[[BackendConnection], None]) -> None:
+    def __init__(self, session: Borrower, host: SessionHost, released: Callable[[BackendConnection], None]) -> None:
         self.session = session
         self.host = host
         self.conns: dict[int, BackendConnection] = {}  # hostgroup -> the session's connection there

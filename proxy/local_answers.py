@@ -22,15 +22,35 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import backend as backend_mod
-from .backend import BackendError
+from .backend import BackendConnection, BackendError
+from .interfaces import SessionCore
+from .lending import BackendLending
 from .protocol.constants import ErrorCode
 from .protocol.packets import OK, make_ok
 
-if TYPE_CHECKING:
-    from .client import ClientSession
+
+class _Answers(Protocol):
+    """The command loop, as far as local answers go (proxy.command_loop.CommandLoop)."""
+
+    row_count: int
+    insert_id: int
+
+    def answered_here(self) -> None: ...
+
+
+class Answerer(SessionCore, Protocol):
+    """A session answering KILL or its own function values (proxy.client.ClientSession); also the
+    target of a KILL."""
+
+    logged_in: bool
+    lending: BackendLending
+    commands: _Answers
+
+    @property
+    def current(self) -> BackendConnection | None: ...
 
 # Functions whose value belongs to the client session, not to whichever connection runs the statement.
 SESSION_VALUE = re.compile(r"\b(CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID)\s*\(\s*\)", re.I)
@@ -49,7 +69,7 @@ def _outside_strings(sql: str, change: Callable[[str], str]) -> str:
     return "".join(out)
 
 
-def session_values(sql: str, session: ClientSession) -> str:
+def session_values(sql: str, session: Answerer) -> str:
     """`sql` with the session's own values of CONNECTION_ID() / ROW_COUNT() / LAST_INSERT_ID()
     (call only when SESSION_VALUE matched somewhere in it)."""
 
@@ -72,7 +92,7 @@ def session_values(sql: str, session: ClientSession) -> str:
     return _outside_strings(sql, lambda part: SESSION_VALUE.sub(value, part))
 
 
-def kill(session: ClientSession, sql: str) -> None:
+def kill(session: Answerer, sql: str) -> None:
     """KILL [CONNECTION | QUERY] <proxy connection id>: refused at once, or killed in a task (the
     session stays busy until the answer is sent)."""
     m = _KILL_TARGET.match(sql)
@@ -91,7 +111,7 @@ def kill(session: ClientSession, sql: str) -> None:
     session.spawn(_kill_slow(session, target, query_only))
 
 
-async def _kill_slow(session: ClientSession, target: ClientSession, query_only: bool) -> None:
+async def _kill_slow(session: Answerer, target: Answerer, query_only: bool) -> None:
     """Kill the statement the target runs (on its backend, over a short-lived connection of our
     own), then for KILL CONNECTION close the target. Its client sees what the server says: ERR 1317
     for an interrupted query, a closed connection for a killed one."""

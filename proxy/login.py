@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .config import User
-from .lending import HostgroupError
+from .interfaces import SessionCore
+from .lending import BackendLending, HostgroupError
 from .protocol import auth
 from .protocol.constants import (
     CACHING_SHA2_FAST_AUTH_OK,
@@ -35,7 +36,7 @@ from .protocol.constants import (
     ErrorCode,
     ServerStatus,
 )
-from .protocol.framing import Packet, ProtocolError
+from .protocol.framing import Packet, PacketFramer, ProtocolError
 from .protocol.packets import (
     OK,
     AuthSwitchRequest,
@@ -47,16 +48,28 @@ from .protocol.packets import (
     parse_handshake_response,
 )
 
-if TYPE_CHECKING:
-    from .client import ClientSession
-
 log = logging.getLogger("rwproxy.session")
+
+
+class LoginTarget(SessionCore, Protocol):
+    """The session logging in (proxy.client.ClientSession)."""
+
+    framer: PacketFramer  # client bytes, buffered while the session logs in
+    peer: str
+    admitted: bool  # within [proxy] max_connections
+    logged_in: bool
+    counted_user: str | None  # the user this session counts against
+    lending: BackendLending
+
+    def context(self) -> str: ...
+    def negotiated(self, capabilities: int, collation: int, attributes: dict[str, str]) -> None: ...
+    def become(self, user: User, database: str | None) -> None: ...
 
 
 class Login:
     __slots__ = ("session", "scramble", "_waiter")
 
-    def __init__(self, session: ClientSession) -> None:
+    def __init__(self, session: LoginTarget) -> None:
         self.session = session
         self.scramble = auth.new_scramble()
         self._waiter: asyncio.Future | None = None

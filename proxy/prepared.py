@@ -13,7 +13,7 @@ one writer connection and their commands are relayed unchanged; this room then o
 server's statement ids to their classification, so COM_STMT_EXECUTE counts under its statement's
 digest in the stats (`classes`, filled from each PREPARE's own reply).
 
-The executing itself goes through the session (`ClientSession.start`), like every command; this
+The executing itself goes through the command loop (`CommandLoop.start`), like every command; this
 room never writes to the client except the ERRs of statement commands it answers itself.
 """
 
@@ -21,27 +21,52 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from rules.classify import Classification
+from rules.engine import SessionView
 from rules.model import Deny, RouteTo
 
 from .backend import BackendConnection
-from .lending import HostgroupError, failure
+from .interfaces import SessionCore
+from .lending import BackendLending, HostgroupError, failure
 from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, ProtocolError, make_packet
 from .protocol.packets import ERR, OK, make_ok
 from .protocol.results import Reply, ResultScanner
 from .router import classify_text
 
-if TYPE_CHECKING:
-    from .client import ClientSession
-
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _LAST_ROW_SENT = int(ServerStatus.LAST_ROW_SENT)
 _STMT_EXECUTE = Command.STMT_EXECUTE
 _STMT_FETCH = Command.STMT_FETCH
 _monotonic_ns = time.monotonic_ns
+
+
+class StatementRunner(Protocol):
+    """The command loop, as the prepared-statement room uses it (proxy.command_loop.CommandLoop)."""
+
+    post: tuple | None
+    stat: Classification | None
+    rule_ids: tuple[int, ...]
+    t0: int
+    current_sql: str | None
+    rewrite_id: bytes | None
+
+    def run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None) -> None: ...
+    def start(self, conn: BackendConnection, raw: bytes, reply: Reply) -> None: ...
+    async def slow(self, getting: Awaitable[Any], then: Callable[[Any], None]) -> None: ...
+    def holds(self, conn: BackendConnection) -> bool: ...
+
+
+class StatementOwner(SessionCore, Protocol):
+    """The session whose statements this room maps (proxy.client.ClientSession)."""
+
+    lending: BackendLending
+    commands: StatementRunner
+
+    def session_view(self) -> SessionView: ...
 
 
 class Statement:
@@ -75,7 +100,7 @@ def with_id(raw: bytes, backend_id: int) -> bytearray:
 class PreparedStatements:
     __slots__ = ("session", "stmts", "cursors", "classes", "preparing", "_next_id")
 
-    def __init__(self, session: ClientSession) -> None:
+    def __init__(self, session: StatementOwner) -> None:
         self.session = session
         self.stmts: dict[int, Statement] = {}  # the client's prepared statements, by the proxy's ids
         self.cursors: dict[int, BackendConnection] = {}  # statement id -> connection with its open cursor
@@ -154,7 +179,7 @@ class PreparedStatements:
             return
         self._execute_command(s, stmt, sid, pkt)
 
-    def _execute_command(self, s: ClientSession, stmt: Statement, sid: int, pkt: Packet) -> None:
+    def _execute_command(self, s: StatementOwner, stmt: Statement, sid: int, pkt: Packet) -> None:
         """COM_STMT_EXECUTE: routed like its statement's text; prepared where it runs, if not yet."""
         payload = pkt.payload
         c = s.commands

@@ -25,6 +25,7 @@ from rules.engine import is_tracked_variable
 
 from .protocol.constants import Command
 
+
 class PinReason(enum.Enum):
     """Why a session keeps its writer connection instead of giving it back after each statement.
 

@@ -22,18 +22,36 @@ the lending room).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rules.classify import Classification, Kind
 from rules.model import Decision
 
+from .backend import BackendConnection
+from .interfaces import SessionCore
+from .pins import Pins
+from .prepared import PreparedStatements
 from .protocol.constants import Command
 from .protocol.results import ResultScanner
 from .session import PinReason
 
-if TYPE_CHECKING:
-    from .backend import BackendConnection
-    from .client import ClientSession
+
+class _Reply(Protocol):
+    """The command loop's flags for the reply in flight (proxy.command_loop.CommandLoop)."""
+
+    rewrite_id: bytes | None
+    reset_on_release: bool
+
+
+class Tracked(SessionCore, Protocol):
+    """The session whose state is recorded (proxy.client.ClientSession)."""
+
+    pins: Pins
+    prepared: PreparedStatements
+    commands: _Reply
+
+    def release_all(self, keep: BackendConnection | None = None) -> None: ...
+    def view_changed(self) -> None: ...
 
 _USE = Kind.USE
 _STMT_EXECUTE = int(Command.STMT_EXECUTE)
@@ -47,7 +65,7 @@ _STATE_SHOWN = frozenset((
 _USE_TARGET = re.compile(r"\s*(?:(?:/\*.*?\*/|(?:--\s|#)[^\n]*(?:\n|$))\s*)*USE\s+(`(?:[^`]|``)+`|[^\s;`]+)\s*;?\s*$", re.I | re.S)
 
 
-def record(s: ClientSession, post: tuple, scanner: ResultScanner, conn: BackendConnection) -> None:
+def record(s: Tracked, post: tuple, scanner: ResultScanner, conn: BackendConnection) -> None:
     """After a reply: take note of what the command (`post`) changed in the session's state."""
     state = s.state
     before = state.gen
@@ -107,7 +125,7 @@ def record(s: ClientSession, post: tuple, scanner: ResultScanner, conn: BackendC
         state.mark_synced(cs)  # the change ran on this connection: it already has it
 
 
-def state_changed_unseen(s: ClientSession) -> None:
+def state_changed_unseen(s: Tracked) -> None:
     """The server changed session state that no statement text shows: keep it on the writer, and
     reset the connection it ran on before anyone else gets it."""
     s.pins.pin(PinReason.SERVER_STATE)
