@@ -100,7 +100,7 @@ def start_proxy(tree: Tree, mode: str, cluster, base_dir: Path, procs: rs.Proces
     name = f"{tree.name}-{mode}"
     cfg, log = base_dir / f"{name}.toml", base_dir / f"{name}.log"
     cfg.write_text(proxy_toml(port, cluster, mode))
-    where = subprocess.run([sys.executable, "-c", "import proxy.frontend as f; print(f.__file__)"], cwd=tree.path,
+    where = subprocess.run([sys.executable, "-c", "import proxy.config as f; print(f.__file__)"], cwd=tree.path,
                            capture_output=True, text=True, check=True).stdout.strip()
     if not where.startswith(str(tree.path)):
         return f"{tree.name} would import {where}, not its own tree {tree.path}"
