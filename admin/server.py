@@ -533,7 +533,7 @@ async def _kill_backend_statement(app: ProxyApp, server: Any, thread_id: int, us
             killer.close()
     except (TimeoutError, BackendError, ConnectionError, OSError) as e:
         log.warning("admin: could not reach %s to stop thread %d: %s", server.address, thread_id, e)
-        return (ErrorCode.CONN_HOST_ERROR, f"rwproxy admin: could not reach {server.address} to kill the statement: {e}", "HY000")
+        return (ErrorCode.HOSTGROUP_UNREACHABLE, f"rwproxy admin: could not reach {server.address} to kill the statement: {e}", "HY000")
     if err is not None:
         if err.code == 1094:  # the statement ended (and its connection with it) in the meantime
             return None

@@ -205,6 +205,8 @@ VARIABLES: tuple[Variable, ...] = (
              doc="an idle client is closed after this (ERR 4031)"),
     Variable("mysql-shutdown_timeout", "proxy", "shutdown_timeout", "ms", 0, 86_400,
              doc="on SIGTERM, busy sessions get this long to finish"),
+    Variable("mysql-default_query_timeout", "proxy", "default_query_timeout", "ms", 0, 31_536_000, note=" (0 = never)", proxysql=True,
+             doc="a statement running longer is stopped (KILL QUERY); a query rule's timeout overrides it"),
     Variable("mysql-multiplexing", "pool", "multiplexing", "bool", proxysql=True,
              doc="lend pooled backend connections per statement / transaction"),
     Variable("mysql-pool_min_idle", "pool", "min_idle", "int", 0, 100_000, doc="idle connections kept per pool"),

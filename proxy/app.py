@@ -75,6 +75,7 @@ class ProxyApp:
             session_clock=lambda: self.clock(),  # the clock of ClientSession.last_activity
         )
         self.store = None  # admin.store.ConfigStore when the admin port is configured (set by __main__)
+        self._snapshot_waiters: list[asyncio.Future] = []  # sessions waiting for the next routing snapshot
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
         """The pool of `server` connections for this backend user and wire settings."""
@@ -185,6 +186,26 @@ class ProxyApp:
                 del self.pools[key]
         for sess in self.sessions.values():
             sess.config_changed(router)
+        self._snapshot_published()
+
+    async def topology_changed(self, timeout: float) -> None:
+        """Return when the next routing snapshot is live (a session waiting for a hostgroup to have
+        a reachable server: a promotion, a server back ONLINE), or after `timeout` seconds."""
+        fut = asyncio.get_running_loop().create_future()
+        self._snapshot_waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            if fut in self._snapshot_waiters:
+                self._snapshot_waiters.remove(fut)
+
+    def _snapshot_published(self) -> None:
+        waiters, self._snapshot_waiters = self._snapshot_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def add_listener(self, server: asyncio.AbstractServer) -> None:
         """A listener the composition root started beside the data port (the admin port): closed
@@ -251,20 +272,33 @@ class ProxyApp:
 
     # ---- idle clients ---------------------------------------------------------------------------
 
+    def _sweep_interval(self) -> float:
+        """How often the sweeper looks: a quarter of the shortest timeout it enforces, within [0.05, 1] s."""
+        config = self.config
+        limits = [config.client_idle_timeout / 4, config.pool.last_insert_id_hold / 2, config.default_query_timeout / 4]
+        limits += [r.timeout / 4000 for r in config.ruleset.rules if r.timeout]
+        return max(0.05, min([1.0] + [x for x in limits if x > 0]))
+
     async def _sweep_idle(self) -> None:
-        timeout = self.config.client_idle_timeout
-        hold = self.config.pool.last_insert_id_hold
-        interval = max(0.05, min(timeout / 4 if timeout > 0 else 1.0, hold / 2 if hold > 0 else 1.0, 1.0))
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._sweep_interval())
             try:
                 now = self.clock()
+                timeout = self.config.client_idle_timeout
                 if timeout > 0:
                     self.sweep_idle(now - timeout)
-                self.end_insert_id_holds(now - hold)
+                self.end_insert_id_holds(now - self.config.pool.last_insert_id_hold)
+                self.stop_overdue_statements()
                 self.stats.sample()  # MaxConnUsed: the pools' high-water mark, sampled
             except Exception:  # a bug here must not stop the sweeping
                 log.exception("idle sweep failed")
+
+    def stop_overdue_statements(self) -> int:
+        """Statements past their timeout ([proxy] default_query_timeout or a rule's `timeout`) are
+        stopped (CommandLoop.overdue: KILL QUERY, or the connection dropped when the server does
+        not answer). Nothing is armed per statement: this sweep reads each busy session's start time."""
+        now_ns, default = time.monotonic_ns(), self.config.default_query_timeout
+        return sum(1 for sess in list(self.sessions.values()) if sess.busy and sess.commands.overdue(now_ns, default))
 
     def end_insert_id_holds(self, cutoff: float) -> None:
         """Sessions idle since before `cutoff` that keep a writer connection only for LAST_INSERT_ID()

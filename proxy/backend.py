@@ -37,6 +37,7 @@ from .protocol.constants import (
     NATIVE_PASSWORD,
     OK_HEADER,
     Capability,
+    ErrorCode,
 )
 from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
 from .protocol.packets import (
@@ -109,6 +110,7 @@ class BackendConnection(asyncio.Protocol):
         # serves now, set by the session that takes it (ClientSession._take); the bytes it relays
         # are counted into it per chunk. Until then a shared sink nobody reads.
         self.stats: ServerStats = UNCOUNTED
+        self._abort_reason: str | None = None
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -154,6 +156,8 @@ class BackendConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if exc is None and self._abort_reason is not None:
+            exc = ConnectionAbortedError(self._abort_reason)
         self._closed_exc = exc or ConnectionResetError("server closed the connection")
         self._wake()
         owner = self._sink_owner
@@ -261,7 +265,7 @@ class BackendConnection(asyncio.Protocol):
                 continue
             if head == 0x01 and len(pkt.payload) > 1 and pkt.payload[1] == CACHING_SHA2_FAST_AUTH_OK:
                 continue
-            return ERR(2027, "HY000", f"unexpected packet 0x{head:02x} answering COM_CHANGE_USER")
+            return ERR(ErrorCode.MALFORMED_PACKET, "HY000", f"unexpected packet 0x{head:02x} answering COM_CHANGE_USER")
 
     def detach(self) -> None:
         """Back to a pool: no session hears about this connection any more."""
@@ -293,6 +297,13 @@ class BackendConnection(asyncio.Protocol):
                 self.transport.close()
         self.closed = True
 
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once (its server is down or frozen: nothing would be read), telling
+        the session that holds it, as if the server had closed it (`backend_lost`, with `reason`)."""
+        if self.transport is not None and not self.closed:
+            self._abort_reason = reason
+            self.transport.abort()
+
     @property
     def tracks(self) -> bool:
         """CLIENT_SESSION_TRACK was negotiated (the server can report state changes)."""
@@ -301,6 +312,25 @@ class BackendConnection(asyncio.Protocol):
     @property
     def thread_id(self) -> int:
         return self.handshake.connection_id if self.handshake else 0
+
+
+async def kill_query(server: Server, username: str, password: str, thread_id: int, *, timeout: float, program: str = "rwproxy-kill") -> ERR | None:
+    """KILL QUERY <thread_id> on `server` over a short-lived connection of its own, as `username`
+    (who may kill its own threads); the whole exchange bounded by `timeout`. Returns the server's
+    ERR, or None when the statement was told to stop. Raises BackendError when the server cannot
+    be reached in time (a frozen server answers nothing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    killer = await connect(
+        server, username, password, database=None, client_capabilities=0, collation=0,
+        attributes={"_client_name": "rwproxy", "program_name": program}, timeout=timeout,
+    )  # fmt: skip
+    try:
+        return await asyncio.wait_for(killer.replay([b"\x03" + f"KILL QUERY {thread_id}".encode()]), max(0.001, deadline - loop.time()))
+    except (asyncio.TimeoutError, ConnectionError) as e:
+        raise BackendError(server, f"no answer to KILL QUERY within {timeout:g}s" if isinstance(e, asyncio.TimeoutError) else _describe(e)) from None
+    finally:
+        killer.close()
 
 
 async def read_server_handshake(server: Server, timeout: float) -> HandshakeV10:

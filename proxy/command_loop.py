@@ -37,10 +37,11 @@ from rules.classify import Classification, Kind
 from rules.engine import SessionView
 from rules.model import Deny, RouteTo
 
-from .backend import BackendConnection
+from .backend import BackendConnection, BackendError, kill_query
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
 from .local_answers import SESSION_VALUE, kill, session_values
+from .logsafe import LogLimiter
 from .login import Login
 from .pins import Pins
 from .prepared import PreparedStatements
@@ -114,7 +115,17 @@ _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
 _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
 _STMT_EXECUTE = int(Command.STMT_EXECUTE)
+_RETRYABLE = frozenset((Command.QUERY, Command.STMT_EXECUTE))  # commands a failed read may be run again for
 _monotonic_ns = time.monotonic_ns
+# Warnings every session would repeat about one server: one line, then a count.
+_limited = LogLimiter(log)
+
+
+def _lost_message(conn: BackendConnection) -> str:
+    return (
+        f"Lost connection to backend server {conn.server.address} (hostgroup {conn.hostgroup}); this session's "
+        "transaction or session state (temporary tables, user variables, locks) is gone: reconnect"
+    )
 
 
 def _err_code(payload: bytes) -> int:
@@ -126,6 +137,7 @@ class CommandLoop:
     __slots__ = (
         "session", "framer", "conns", "lending", "prepared", "_stats", "current", "post", "stat", "rule_ids", "t0",
         "current_sql", "rewrite_id", "infile", "insert_id", "row_count", "holding_insert_id", "reset_on_release",
+        "packet", "retries", "first_chunk", "timeout_ms", "killing",
     )  # fmt: skip
 
     def __init__(self, session: CommandSession) -> None:
@@ -146,6 +158,12 @@ class CommandLoop:
         self.row_count = -1  # ROW_COUNT() of the session: what its previous statement affected
         self.holding_insert_id = False  # keep the writer connection for LAST_INSERT_ID()
         self.reset_on_release = False  # the reply in flight left state nobody else may inherit
+        # For a statement that failed before its reply began (retried when that is safe):
+        self.packet: Packet | None = None  # the client's command packet in flight
+        self.retries = 0  # how often it was retried on another server
+        self.first_chunk = False  # nothing of the reply in flight has reached the client yet
+        self.timeout_ms: int | None = None  # a query rule's timeout for the statement in flight
+        self.killing: tuple[BackendConnection, int] | None = None  # (connection, t0) of a statement past its timeout
 
     # ---- dispatch -----------------------------------------------------------------------------
 
@@ -181,8 +199,9 @@ class CommandLoop:
             s.protocol_error(1, ProtocolError("Malformed communication packet (empty command)"))
             return
         cmd = payload[0]
+        self.packet, self.retries = pkt, 0  # (a retry sets `retries` again after dispatching)
         if s.lost is not None and cmd != Command.QUIT:
-            s.send_err(1, ErrorCode.LOST_CONNECTION, s.lost)
+            s.send_err(1, ErrorCode.CONNECTION_KILLED, s.lost)
             s.close()
             return
         if cmd == Command.QUERY:
@@ -247,6 +266,7 @@ class CommandLoop:
             rewritten = sql = session_values(sql, s)
         cls, decision = s.router.route(sql, s.session_view())
         self.stat, self.rule_ids, self.current_sql = cls, decision.rule_ids, sql
+        self.timeout_ms = decision.timeout_ms
         if cls.kind is _KILL:
             kill(s, sql)
             if not s.busy:  # refused at once (else the KILL task records it)
@@ -291,12 +311,18 @@ class CommandLoop:
             cs.owner, cs.gen = state, state.gen
             self.start(conn, raw, reply)
             return
-        s.spawn(self.slow(self.lending.ready(hostgroup), lambda conn: self.start(conn, raw, reply)))
+        s.spawn(self.slow(self.lending.ready(hostgroup, read=self.is_read()), lambda conn: self.start(conn, raw, reply)))
+
+    def is_read(self) -> bool:
+        """The statement in flight is a provable read (it may run on any server of the pair)."""
+        stat = self.stat
+        return stat is not None and stat.read_only
 
     def start(self, conn: BackendConnection, raw: bytes, reply: Reply) -> None:
         """Send a command on `conn` and relay its reply to the client."""
         s = self.session
         self.current = conn
+        self.first_chunk = True
         if s.write_paused:
             s.pause_backend(conn)  # the client has not drained the previous reply yet
         if reply is _PREPARE_REPLY and s.multiplexing:
@@ -335,15 +361,53 @@ class CommandLoop:
             return True
         return False
 
+    # ---- statement timeouts (the host's sweeper calls `overdue`) --------------------------------
+
+    def overdue(self, now_ns: int, default: float) -> bool:
+        """Has the statement in flight run past its timeout (a rule's `timeout`, else [proxy]
+        default_query_timeout)? Then stop it, once."""
+        conn = self.current
+        if conn is None or self.stat is None or self._stopping(conn):
+            return False
+        limit = self.timeout_ms / 1000 if self.timeout_ms else default
+        if not limit or now_ns - self.t0 < limit * 1e9:
+            return False
+        self.killing = (conn, self.t0)
+        s = self.session
+        s.log(logging.WARNING, "statement ran past its %gs timeout on %s (hostgroup %d): KILL QUERY", limit, conn.server.address, conn.hostgroup)
+        asyncio.get_running_loop().create_task(self._stop(conn, limit))
+        return True
+
+    async def _stop(self, conn: BackendConnection, limit: float) -> None:
+        """KILL QUERY the statement on its server (the client then gets the server's ERR 1317); a
+        server that does not answer in time (frozen, unreachable) loses the connection instead."""
+        s = self.session
+        bound = min(s.host.config.connect_timeout, 1.0)
+        user = s.user
+        try:
+            err = await kill_query(conn.server, user.backend_username, user.backend_password, conn.thread_id, timeout=bound)
+        except BackendError as e:
+            err = e.cause
+        if err is not None and self._stopping(conn):
+            s.log(logging.WARNING, "could not stop the statement on %s (%s): dropping the connection", conn.server.address, getattr(err, "message", err))
+            conn.abort(f"the statement ran past its {limit:g}s timeout and the server did not answer KILL QUERY")
+
+    def _stopping(self, conn: BackendConnection) -> bool:
+        """Is the statement in flight on `conn` one whose timeout passed?"""
+        k = self.killing
+        return k is not None and k[0] is conn and k[1] == self.t0 and conn is self.current
+
     # ---- ReplySink (proxy.backend) ------------------------------------------------------------
 
     def relay(self, data: bytes) -> None:
-        if self.rewrite_id is not None:
-            # The first chunk of a COM_STMT_PREPARE reply: show the client the proxy's statement id.
-            if len(data) >= 9 and data[4] == 0:
-                data = bytearray(data)
-                data[5:9] = self.rewrite_id
-            self.rewrite_id = None
+        if self.first_chunk:  # the reply begins to reach the client: no retry from here on
+            self.first_chunk = False
+            if self.rewrite_id is not None:
+                # The first chunk of a COM_STMT_PREPARE reply: show the client the proxy's statement id.
+                if len(data) >= 9 and data[4] == 0:
+                    data = bytearray(data)
+                    data[5:9] = self.rewrite_id
+                self.rewrite_id = None
         s = self.session
         if not s.closed:
             s.transport.write(data)
@@ -438,20 +502,58 @@ class CommandLoop:
         if self.conns.get(hg) is conn:
             self.lending.release(conn)
         why = exc or "closed by server"
+        state_lost = hg == s.txn_hg or (hg == s.writer_hg and (s.pins.pinned or s.passthrough))
         if conn is self.current and conn.scanner is not None:
+            if self.first_chunk:
+                self._failed_before_reply(conn, why, state_lost)
+                return
             # Mid-reply the client cannot be given a coherent ERR: the session is over, as it would
             # be if the client had been connected to the server directly.
             s.log(logging.WARNING, "backend %s (hostgroup %d) lost during a reply: %s", conn.server.address, hg, why)
             s.close()
-        elif hg == s.txn_hg or (hg == s.writer_hg and (s.pins.pinned or s.passthrough)):
+        elif state_lost:
             # (In passthrough mode nothing is classified, so what the writer held is unknown.)
             s.log(logging.WARNING, "backend %s (hostgroup %d) lost with session state on it: %s", conn.server.address, hg, why)
-            s.lost = (
-                f"Lost connection to backend server {conn.server.address} (hostgroup {hg}); this session's "
-                "transaction or session state (temporary tables, user variables, locks) is gone: reconnect"
-            )
+            s.lost = _lost_message(conn)
         else:
             s.log(logging.INFO, "backend %s (hostgroup %d) closed an idle connection (%s); reopened on demand", conn.server.address, hg, why)
+
+    def _failed_before_reply(self, conn: BackendConnection, why: object, state_lost: bool) -> None:
+        """The connection running the statement in flight was lost before any byte of its reply
+        reached the client. A provable read with no session state at stake runs again on another
+        server ([monitor] query_retries_on_failure times): the client sees nothing. Anything else
+        may have run (a write is never repeated): the client is told, with a server-range ERR."""
+        s = self.session
+        timed_out = self._stopping(conn)
+        self.current = None
+        address, hg = conn.server.address, conn.hostgroup
+        packet = self.packet
+        if (
+            not state_lost and s.multiplexing and s.txn_hg is None and not s.pins.pinned and self.is_read()
+            and packet is not None and packet.payload[0] in _RETRYABLE and not self.prepared.long_data_sent
+            and self.retries < s.host.config.monitor.query_retries_on_failure
+        ):  # fmt: skip
+            retries = self.retries + 1
+            _limited.log(logging.WARNING, ("retry", address), "backend %s (hostgroup %d) lost before replying (%s); read retried on another server", address, hg, why)
+            self.lending.avoid(conn.server)
+            self.post = None
+            self._dispatch(packet)
+            self.retries = retries
+            return
+        s.log(logging.WARNING, "backend %s (hostgroup %d) lost before replying: %s", address, hg, why)
+        if state_lost:
+            s.lost = _lost_message(conn)
+        self.post = None
+        if timed_out:
+            s.send_err(1, ErrorCode.QUERY_INTERRUPTED, f"Query execution was interrupted (rwproxy: {why})")
+        else:
+            s.send_err(
+                1, ErrorCode.NET_READ_ERROR,
+                f"rwproxy: lost the connection to backend {address} (hostgroup {hg}) while it ran this statement ({why}); "
+                + ("it was not retried because it may have been applied: check before running it again" if not self.is_read() else "no other server could run it"),
+            )  # fmt: skip
+        self.answered_here()
+        s.free()
 
     def backend_write_paused(self, paused: bool) -> None:
         # The server is not reading what the client sends (big LOAD DATA, huge query): stop reading

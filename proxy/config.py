@@ -112,6 +112,9 @@ class Config:
     max_connections: int = 2048  # client connections at once, logged in or not; more get ERR 1040
     client_idle_timeout: float = 28800.0  # seconds without a command before a client is closed; 0 = never
     shutdown_timeout: float = 30.0  # seconds a SIGTERM leaves busy / in-transaction sessions to finish
+    # Seconds a statement may run before the proxy stops it (KILL QUERY); a query rule's `timeout`
+    # (ms) overrides it. 0 = never. ProxySQL's mysql-default_query_timeout (10 h).
+    default_query_timeout: float = 36000.0
     # Backend connections: pooled and lent per statement or transaction (multiplexing), or one set
     # per client session (multiplexing = false).
     multiplexing: bool = True
@@ -266,6 +269,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     # 31536000 (365 days) is MySQL's own ceiling for wait_timeout.
     idle_timeout = proxy.get("client_idle_timeout", float, 28800.0, _between(0, 31_536_000, " (0 = never)"))
     shutdown_timeout = proxy.get("shutdown_timeout", float, 30.0, _between(0, 86_400))
+    query_timeout = proxy.get("default_query_timeout", float, 36000.0, _between(0, 31_536_000, " (0 = never)"))
     proxy.finish()
 
     pool_sec = _Section(file, "pool", root.get("pool", dict, default={}))
@@ -402,6 +406,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         ruleset,
         max_connections=max_connections,
         client_idle_timeout=idle_timeout,
+        default_query_timeout=query_timeout,
         shutdown_timeout=shutdown_timeout,
         multiplexing=multiplexing,
         pool=pool,

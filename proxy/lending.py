@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 from .backend import BackendConnection, BackendError, ReplySink
 from .config import Server
 from .hostgroups import candidates
+from .logsafe import LogLimiter
 from .interfaces import SessionCore
 from .pool import Pool, PoolTimeout
 from .protocol.constants import Command, ErrorCode
@@ -44,7 +45,12 @@ from .session import ConnState
 if TYPE_CHECKING:
     from .interfaces import SessionHost
 
+log = logging.getLogger("rwproxy.session")
+# Warnings about a server or a hostgroup every session would repeat: one line, then a count.
+_limited = LogLimiter(log)
 _monotonic_ns = time.monotonic_ns
+AVOID_FOR = 2.0  # seconds a session keeps away from a server that just failed it (the monitor decides after)
+RETRY_PAUSE = 0.5  # seconds between rounds of connection attempts while a hostgroup has no reachable server
 
 
 class Borrower(SessionCore, Protocol):
@@ -63,7 +69,7 @@ class HostgroupError(Exception):
     def client_err(self) -> tuple[int, str, str | None]:
         if self.err is not None:
             return self.err.code, self.err.message, self.err.sqlstate
-        return ErrorCode.CONN_HOST_ERROR, str(self), None
+        return ErrorCode.HOSTGROUP_UNREACHABLE, str(self), None
 
 
 def failure(e: BaseException, timeout: float) -> str:
@@ -74,7 +80,7 @@ def failure(e: BaseException, timeout: float) -> str:
 
 
 class BackendLending:
-    __slots__ = ("session", "host", "conns", "wire", "_pools", "_preferred", "_released")
+    __slots__ = ("session", "host", "conns", "wire", "_pools", "_preferred", "_released", "_avoid")
 
     def __init__(self, session: Borrower, host: SessionHost, released: Callable[[BackendConnection], None]) -> None:
         self.session = session
@@ -84,6 +90,7 @@ class BackendLending:
         self._pools: dict[str, Pool] = {}  # server address -> the pool for this session's user and wire
         self._preferred: dict[int, Server] = {}  # hostgroup -> the server this session prefers there
         self._released = released  # the session forgets a connection it no longer holds (backpressure)
+        self._avoid: dict[str, float] = {}  # server address -> until when this session keeps away from it
 
     def start(self, wire: tuple[int, int]) -> None:
         """A (new) login: nothing held, pools chosen afresh for the user's backend account and `wire`."""
@@ -91,9 +98,17 @@ class BackendLending:
         self._pools = {}
 
     def config_changed(self) -> None:
-        """A new routing snapshot: servers are chosen again, by the new weights and statuses."""
+        """A new routing snapshot: servers are chosen again, by the new weights and statuses; the
+        connections the session holds to a server that is down (SHUNNED, OFFLINE_HARD) are dropped
+        at once, a statement in flight on one included (`backend_lost` retries it where that is safe)."""
         self._preferred.clear()
         self._pools.clear()
+        self._avoid.clear()
+        down = self.session.router.down
+        if down:
+            for conn in list(self.conns.values()):
+                if conn.server.address in down:
+                    conn.abort(f"server {conn.server.address} is SHUNNED or OFFLINE_HARD")
 
     def pool(self, server: Server) -> Pool:
         pool = self._pools.get(server.address)
@@ -118,7 +133,7 @@ class BackendLending:
         if server is None or server.status != "ONLINE":
             # Chosen once per session by weight (the spread over servers is per session, and a
             # session's statements keep meeting the same server's caches).
-            picks = candidates(self.session.router.hostgroups.servers(hostgroup))
+            picks = self._choices(hostgroup)
             if not picks:
                 return None
             server = self._preferred[hostgroup] = picks[0]
@@ -129,97 +144,144 @@ class BackendLending:
         conn.stats.acquire_immediate += 1
         return conn
 
-    async def acquire(self, hostgroup: int) -> BackendConnection:
-        """A connection to a server of `hostgroup` (its ONLINE servers tried in weighted order)."""
+    def _choices(self, hostgroup: int) -> list[Server]:
+        """The ONLINE servers of `hostgroup` in weighted-random order, minus those this session saw
+        fail a moment ago (until the monitor's next snapshot, or AVOID_FOR seconds)."""
+        picks = candidates(self.session.router.hostgroups.servers(hostgroup))
+        avoid = self._avoid
+        if avoid:
+            now = time.monotonic()
+            for address, until in list(avoid.items()):
+                if until < now:
+                    del avoid[address]
+            picks = [p for p in picks if p.address not in avoid]
+        return picks
+
+    def avoid(self, server: Server) -> None:
+        """`server` failed this session's statement: choose another for it and the next ones."""
+        self._avoid[server.address] = time.monotonic() + AVOID_FOR
+        for hg, preferred in list(self._preferred.items()):
+            if preferred.address == server.address:
+                del self._preferred[hg]
+
+    async def acquire(self, hostgroup: int, wait: float = 0.0) -> BackendConnection:
+        """A connection to a server of `hostgroup` (its ONLINE servers tried in weighted order).
+
+        When none can be reached, wait up to `wait` seconds for the topology to change (a new
+        snapshot: a promotion, a server back ONLINE) and try again; then HostgroupError (ERR 9001)."""
         session, stats = self.session, self.host.stats
-        servers = candidates(session.router.hostgroups.servers(hostgroup))
-        preferred = self._preferred.get(hostgroup)
-        if preferred in servers:
-            servers.remove(preferred)
-            servers.insert(0, preferred)
-        if not servers:
-            session.log(logging.WARNING, "hostgroup %d has no ONLINE server", hostgroup)
-            raise HostgroupError(hostgroup, f"rwproxy: hostgroup {hostgroup} has no ONLINE server; check [[servers]] in the proxy config")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         last: Exception | None = None
-        for server in servers:
-            t0 = _monotonic_ns()
-            try:
-                conn = await self.pool(server).acquire()
-            except BackendError as e:
-                if e.err is not None and e.err.code != ErrorCode.CON_COUNT_ERROR and "refused connection" not in e.cause:
-                    # The server answered and said no (access denied for the backend user): that is
-                    # the client's answer, exactly as the server gave it.
-                    session.log(logging.WARNING, "backend %s (hostgroup %d) refused login: %d %s", server.address, hostgroup, e.err.code, e.err.message)
-                    raise HostgroupError(hostgroup, e.err.message, e.err) from None
-                session.log(logging.WARNING, "backend %s (hostgroup %d) unavailable: %s", server.address, hostgroup, e.cause)
-                last = e
-                continue
-            except PoolTimeout as e:
-                stats.acquire_failed(stats.server(hostgroup, server.address), _monotonic_ns() - t0)
-                session.log(logging.WARNING, "hostgroup %d: %s", hostgroup, e)
+        while True:
+            servers = self._choices(hostgroup)
+            preferred = self._preferred.get(hostgroup)
+            if preferred in servers:
+                servers.remove(preferred)
+                servers.insert(0, preferred)
+            for server in servers:
+                t0 = _monotonic_ns()
+                try:
+                    conn = await self.pool(server).acquire()
+                except BackendError as e:
+                    if e.err is not None and e.err.code != ErrorCode.CON_COUNT_ERROR and "refused connection" not in e.cause:
+                        # The server answered and said no (access denied for the backend user): that
+                        # is the client's answer, exactly as the server gave it.
+                        session.log(logging.WARNING, "backend %s (hostgroup %d) refused login: %d %s", server.address, hostgroup, e.err.code, e.err.message)
+                        raise HostgroupError(hostgroup, e.err.message, e.err) from None
+                    _limited.log(logging.WARNING, ("unavailable", server.address), "backend %s (hostgroup %d) unavailable: %s", server.address, hostgroup, e.cause)
+                    self.avoid(server)
+                    last = e
+                    continue
+                except PoolTimeout as e:
+                    stats.acquire_failed(stats.server(hostgroup, server.address), _monotonic_ns() - t0)
+                    session.log(logging.WARNING, "hostgroup %d: %s", hostgroup, e)
+                    raise HostgroupError(
+                        hostgroup,
+                        f"rwproxy: hostgroup {hostgroup}: waited {e.waited:g}s for a backend connection ({e.why}); "
+                        "the server's max_connections or [pool] limits are too low for this load",
+                    ) from None
+                if session.closed:
+                    conn.pool.release(conn)
+                    raise HostgroupError(hostgroup, "client went away")
+                conn = self.take(conn, hostgroup)
+                stats.acquire_done(conn.stats, _monotonic_ns() - t0)
+                return conn
+            remaining = deadline - loop.time()
+            if remaining <= 0 or session.closed:
+                why = f"{last}" if last is not None else "no ONLINE server"
                 raise HostgroupError(
                     hostgroup,
-                    f"rwproxy: hostgroup {hostgroup}: waited {e.waited:g}s for a backend connection ({e.why}); "
-                    "the server's max_connections or [pool] limits are too low for this load",
-                ) from None
-            if session.closed:
-                conn.pool.release(conn)
-                raise HostgroupError(hostgroup, "client went away")
-            conn = self.take(conn, hostgroup)
-            stats.acquire_done(conn.stats, _monotonic_ns() - t0)
-            return conn
-        assert last is not None
-        raise HostgroupError(
-            hostgroup,
-            f"rwproxy: cannot reach hostgroup {hostgroup}: {last}. Check that the server is running and reachable from the proxy",
-        )
+                    f"rwproxy: Max connect timeout reached while reaching hostgroup {hostgroup} after {wait * 1000:.0f}ms "
+                    f"({why}); check that its servers are running and reachable, and [monitor] for their status",
+                )
+            # Nothing to try now: wait for a new snapshot (the monitor promoting a writer, a server
+            # back ONLINE), or retry the same servers a little later.
+            await self.host.topology_changed(min(remaining, RETRY_PAUSE))
+            self._avoid.clear()
 
-    async def ready(self, hostgroup: int, fallback: bool = True) -> BackendConnection:
-        """The session's connection to `hostgroup`, carrying the session's state."""
+    async def ready(self, hostgroup: int, read: bool = False, wait: float | None = None) -> BackendConnection:
+        """The session's connection to `hostgroup`, carrying the session's state.
+
+        `read`: the statement is a provable read (rules.classify), so when a reader hostgroup cannot
+        be used it runs on the writer ([replication_hostgroups] reader_fallback_to_writer, outside a
+        transaction); any other statement gets an ERR naming the hostgroup. `wait`: how long to wait
+        for the hostgroup to have a reachable server (default: no wait for a read that can fall
+        back, else [pool] acquire_timeout, ProxySQL's connect_timeout_server_max, so a promotion
+        costs latency, not errors)."""
+        session = self.session
+        can_fall_back = read and hostgroup != session.writer_hg and session.router.ruleset.reader_fallback_to_writer and session.txn_hg is None
+        if wait is None:
+            wait = 0.0 if can_fall_back else self.host.config.pool.acquire_timeout
+        try:
+            conn = self.conns.get(hostgroup)
+            if conn is None:
+                conn = await self.acquire(hostgroup, wait)
+            return await self._bring_up(conn, hostgroup)
+        except HostgroupError as e:
+            if not can_fall_back:
+                raise
+            # Only reads fall back: the writer can run them too.
+            _limited.log(logging.WARNING, ("fallback", hostgroup), "reader hostgroup %d unusable (%s); running reads on the writer", hostgroup, e)
+            return await self.ready(session.writer_hg, read=True)
+
+    async def _bring_up(self, conn: BackendConnection, hostgroup: int) -> BackendConnection:
+        """Make `conn` carry the session's state: a pipelined diff, or a reset where only a reset can
+        undo what another client left."""
         session = self.session
         timeout = self.host.config.connect_timeout
-        conn = self.conns.get(hostgroup)
-        try:
-            if conn is None:
-                conn = await self.acquire(hostgroup)
-            state = session.state
-            cs = conn.cstate
-            if state.schema is None and cs.schema is not None:
-                # Only COM_CHANGE_USER leaves a connection with no default schema.
-                user = session.user
-                try:
-                    err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, session.collation), timeout)
-                except (asyncio.TimeoutError, ConnectionError) as e:
-                    self.discard(conn)
-                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while resetting a connection: {failure(e, timeout)}") from None
-                if err is not None:
-                    self.release(conn, reset=True)
-                    raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
-                cs = conn.cstate = ConnState(login_charset=state.login_charset, tracking=not conn.tracks)
-                conn.prepared.clear()
-            cmds = state.replay_for(cs)
-            if state.needs_reset(cs):
-                cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema, tracking=not conn.tracks))
-                conn.prepared.clear()
-            if cmds:
-                try:
-                    err = await asyncio.wait_for(conn.replay(cmds), timeout)
-                except (asyncio.TimeoutError, ConnectionError) as e:
-                    self.discard(conn)
-                    raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while restoring session state: {failure(e, timeout)}") from None
-                if err is not None:
-                    session.log(logging.WARNING, "restoring session state on %s (hostgroup %d) failed: %d %s", conn.server.address, hostgroup, err.code, err.message)
-                    self.release(conn, reset=True)  # its state is now unknown
-                    raise HostgroupError(hostgroup, f"rwproxy: could not restore this session's state on {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
-            state.mark_synced(conn.cstate)
-            conn.cstate.tracking = True
-            return conn
-        except HostgroupError as e:
-            if fallback and hostgroup != session.writer_hg and session.router.ruleset.reader_fallback_to_writer and session.txn_hg is None:
-                # Only reads are ever sent to a reader hostgroup: the writer can run them too.
-                session.log(logging.WARNING, "reader hostgroup %d unusable (%s); running the read on the writer", hostgroup, e)
-                return await self.ready(session.writer_hg, fallback=False)
-            raise
+        state = session.state
+        cs = conn.cstate
+        if state.schema is None and cs.schema is not None:
+            # Only COM_CHANGE_USER leaves a connection with no default schema.
+            user = session.user
+            try:
+                err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, session.collation), timeout)
+            except (asyncio.TimeoutError, ConnectionError) as e:
+                self.discard(conn)
+                raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while resetting a connection: {failure(e, timeout)}") from None
+            if err is not None:
+                self.release(conn, reset=True)
+                raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
+            cs = conn.cstate = ConnState(login_charset=state.login_charset, tracking=not conn.tracks)
+            conn.prepared.clear()
+        cmds = state.replay_for(cs)
+        if state.needs_reset(cs):
+            cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema, tracking=not conn.tracks))
+            conn.prepared.clear()
+        if cmds:
+            try:
+                err = await asyncio.wait_for(conn.replay(cmds), timeout)
+            except (asyncio.TimeoutError, ConnectionError) as e:
+                self.discard(conn)
+                raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while restoring session state: {failure(e, timeout)}") from None
+            if err is not None:
+                session.log(logging.WARNING, "restoring session state on %s (hostgroup %d) failed: %d %s", conn.server.address, hostgroup, err.code, err.message)
+                self.release(conn, reset=True)  # its state is now unknown
+                raise HostgroupError(hostgroup, f"rwproxy: could not restore this session's state on {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
+        state.mark_synced(conn.cstate)
+        conn.cstate.tracking = True
+        return conn
 
     # ---- giving back --------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ routes statements or touches a connection another session is using, other than t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -118,19 +117,13 @@ async def _kill_slow(session: Answerer, target: Answerer, query_only: bool) -> N
     conn = target.current
     err = None
     if conn is not None and not conn.closed:
-        user, timeout = session.user, session.host.config.connect_timeout
+        user = session.user
         try:
-            killer = await backend_mod.connect(
-                conn.server, user.backend_username, user.backend_password, database=None, client_capabilities=0,
-                collation=session.collation, attributes={"_client_name": "rwproxy", "program_name": "rwproxy-kill"},
-                timeout=timeout,
-            )  # fmt: skip
-            try:
-                err = await asyncio.wait_for(killer.replay([b"\x03" + f"KILL QUERY {conn.thread_id}".encode()]), timeout)
-            finally:
-                killer.close()
-        except (BackendError, asyncio.TimeoutError, ConnectionError) as e:
-            session.send_err(1, ErrorCode.CONN_HOST_ERROR, f"rwproxy: could not reach {conn.server.address} to kill the statement: {e}")
+            err = await backend_mod.kill_query(
+                conn.server, user.backend_username, user.backend_password, conn.thread_id, timeout=session.host.config.connect_timeout
+            )
+        except BackendError as e:
+            session.send_err(1, ErrorCode.HOSTGROUP_UNREACHABLE, f"rwproxy: could not reach {conn.server.address} to kill the statement: {e.cause}")
             session.commands.answered_here()
             session.free()
             return

@@ -202,22 +202,32 @@ class Login:
         return True
 
     async def _login_backend(self, user: User, database: str | None, seq: int) -> bool:
-        """Become `user` with a fresh state; check the writer takes it (schema included).
+        """Become `user` with a fresh state; check that a server of its hostgroups takes it (the
+        backend account and the schema): the writer, or while the writer cannot be reached a server
+        of its reader hostgroups, so a client can log in (and read) during a failover. Only a
+        statement that needs the writer then waits for one or fails.
 
         On failure send ERR and return False."""
         s = self.session
         s.become(user, database)
-        try:
-            conn = await s.lending.ready(s.writer_hg, fallback=False)
-        except HostgroupError as e:
-            code, message, sqlstate = e.client_err()
-            if e.err is not None and e.err.code == ErrorCode.BAD_DB_ERROR:
-                message = f"Unknown database '{database}'"
-            s.send_err(seq, code, message, sqlstate)
-            return False
-        if s.multiplexing:
-            s.lending.release(conn)
-        return not s.closed
+        hostgroups = [s.writer_hg] + [p.reader_hostgroup for p in s.router.ruleset.replication_hostgroups if p.writer_hostgroup == s.writer_hg]
+        for i, hostgroup in enumerate(hostgroups):
+            try:
+                conn = await s.lending.ready(hostgroup, wait=0.0)
+            except HostgroupError as e:
+                if e.err is None and i + 1 < len(hostgroups):
+                    continue  # unreachable (not refused): another hostgroup's server can say
+                code, message, sqlstate = e.client_err()
+                if e.err is not None and e.err.code == ErrorCode.BAD_DB_ERROR:
+                    message = f"Unknown database '{database}'"
+                s.send_err(seq, code, message, sqlstate)
+                return False
+            if i:
+                s.log(logging.WARNING, "logged in while hostgroup %d is unreachable (checked on hostgroup %d)", s.writer_hg, hostgroup)
+            if s.multiplexing:
+                s.lending.release(conn)
+            return not s.closed
+        return False
 
     # ---- COM_CHANGE_USER ----------------------------------------------------------------------
 

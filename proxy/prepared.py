@@ -58,6 +58,7 @@ class StatementRunner(Protocol):
     def start(self, conn: BackendConnection, raw: bytes, reply: Reply) -> None: ...
     async def slow(self, getting: Awaitable[Any], then: Callable[[Any], None]) -> None: ...
     def holds(self, conn: BackendConnection) -> bool: ...
+    def is_read(self) -> bool: ...
 
 
 class StatementOwner(SessionCore, Protocol):
@@ -98,7 +99,7 @@ def with_id(raw: bytes, backend_id: int) -> bytearray:
 
 
 class PreparedStatements:
-    __slots__ = ("session", "stmts", "cursors", "classes", "preparing", "_next_id")
+    __slots__ = ("session", "stmts", "cursors", "classes", "preparing", "long_data_sent", "_next_id")
 
     def __init__(self, session: StatementOwner) -> None:
         self.session = session
@@ -107,6 +108,7 @@ class PreparedStatements:
         # Without multiplexing: server statement id -> (classification, text), for the stats.
         self.classes: dict[int, tuple[Classification, str]] = {}
         self.preparing: tuple[Classification, str] | None = None  # a COM_STMT_PREPARE in flight (same case)
+        self.long_data_sent = False  # the EXECUTE in flight carried long data (it cannot be sent again)
         self._next_id = 1
 
     def clear(self) -> None:
@@ -209,7 +211,7 @@ class PreparedStatements:
         s = self.session
 
         async def ready() -> tuple[BackendConnection, list]:
-            conn = await s.lending.ready(hostgroup)
+            conn = await s.lending.ready(hostgroup, read=s.commands.is_read())
             entry = conn.prepared.get(stmt.key)
             if entry is None:
                 self.make_room(conn)
@@ -231,6 +233,7 @@ class PreparedStatements:
         conn.prepared.move_to_end(stmt.key)
         for data in stmt.long_data:  # no replies: they ride just ahead of the EXECUTE
             conn.write(make_packet(data[:1] + backend_id + data[5:], 0))
+        self.long_data_sent = bool(stmt.long_data)
         stmt.long_data.clear()
         if stmt.params and stmt.types is not None and entry[1] != stmt.types:
             payload = bytes(pkt.payload)

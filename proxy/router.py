@@ -20,6 +20,7 @@ from .config import Config
 from .hostgroups import Hostgroups
 
 MAX_CLASSIFIED = 65536
+DOWN_STATUSES = ("SHUNNED", "OFFLINE_HARD")
 
 
 def classify_text(sql: str) -> Classification:
@@ -28,12 +29,15 @@ def classify_text(sql: str) -> Classification:
 
 
 class Router:
-    __slots__ = ("ruleset", "hostgroups", "online", "passthrough")
+    __slots__ = ("ruleset", "hostgroups", "online", "passthrough", "down")
 
     def __init__(self, config: Config) -> None:
         self.ruleset: RuleSet = config.ruleset
         self.hostgroups = Hostgroups(config.servers, self.ruleset.replication_hostgroups)
         self.online = self.hostgroups.online
+        # Servers whose connections must not be used even mid-statement: SHUNNED (the monitor saw it
+        # fail) or OFFLINE_HARD (the operator took it out at once). Sessions drop theirs.
+        self.down: frozenset[str] = frozenset(s.address for s in config.servers if s.status in DOWN_STATUSES)
         # Nothing to decide: one hostgroup, no rules, no replication pair. Every statement goes to
         # the user's default hostgroup and is not classified at all (no session state to track
         # either: there is only ever one connection).

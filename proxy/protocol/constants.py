@@ -165,7 +165,11 @@ class CursorType(enum.IntFlag):
 
 
 class ErrorCode(enum.IntEnum):
-    """Server error codes the proxy itself sends, with their SQLSTATE in SQLSTATE below."""
+    """Server error codes the proxy itself sends, with their SQLSTATE in SQLSTATE below.
+
+    Never a client-library number (2000-2999): libmariadb clients (the `mariadb` CLI, sysbench)
+    turn an ERR packet carrying one into "2027 Received malformed packet" and the message is lost.
+    make_err refuses them."""
 
     CON_COUNT_ERROR = 1040
     HANDSHAKE_ERROR = 1043
@@ -181,11 +185,11 @@ class ErrorCode(enum.IntEnum):
     NOT_SUPPORTED_AUTH_MODE = 1251
     UNKNOWN_STMT_HANDLER = 1243
     MALFORMED_PACKET = 1835
+    QUERY_INTERRUPTED = 1317  # a statement stopped by its timeout (the server's own word for KILL QUERY)
+    CONNECTION_KILLED = 1927  # MariaDB: the session's server connection is gone, with its state
     CLIENT_INTERACTION_TIMEOUT = 4031  # MySQL 8.0.24+: sent before closing an idle client
-    # Client-library error numbers, which drivers print as "Can't connect to ... server"; the
-    # proxy uses it for "backend unreachable" because that is what the user would have seen.
-    CONN_HOST_ERROR = 2003
-    LOST_CONNECTION = 2013
+    # ProxySQL's own: no server of a hostgroup could be reached within connect_timeout_server_max.
+    HOSTGROUP_UNREACHABLE = 9001
 
 
 SQLSTATE: dict[int, str] = {
@@ -204,8 +208,9 @@ SQLSTATE: dict[int, str] = {
     ErrorCode.UNKNOWN_STMT_HANDLER: "HY000",
     ErrorCode.MALFORMED_PACKET: "HY000",
     ErrorCode.CLIENT_INTERACTION_TIMEOUT: "HY000",
-    ErrorCode.CONN_HOST_ERROR: "HY000",
-    ErrorCode.LOST_CONNECTION: "HY000",
+    ErrorCode.QUERY_INTERRUPTED: "70100",
+    ErrorCode.CONNECTION_KILLED: "70100",
+    ErrorCode.HOSTGROUP_UNREACHABLE: "HY000",
 }
 
 # Payload header bytes

@@ -438,6 +438,12 @@ def parse_err(payload: bytes | memoryview) -> ERR:
 
 
 def make_err(code: int, message: str, sqlstate: str | None = None) -> bytes:
+    """An ERR packet (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_err_packet.html).
+
+    Refuses client-library codes (2000-2999): libmariadb reports an ERR packet carrying one as
+    "2027 Received malformed packet", losing the message."""
+    if 2000 <= code < 3000:
+        raise ValueError(f"ERR {code} is a client-library error number; the proxy must send a server-range code")
     state = sqlstate or SQLSTATE.get(code, "HY000")
     return b"\xff" + struct.pack("<H", code) + b"#" + state.encode("ascii") + message.encode("utf-8")
 

@@ -230,12 +230,49 @@ def test_reads_fall_back_to_the_writer_when_no_reader_is_online(start_proxy, clu
     c = p.connect(autocommit=True)
     assert where(c) == ids["writer"]
     c.close()
-    strict = start_proxy(servers=servers, replication_hostgroups=pair, proxy_settings={"reader_fallback_to_writer": False})
+    # Without the fallback the read waits [pool] acquire_timeout for a server of its hostgroup, then
+    # gets ProxySQL's ERR 9001 naming the hostgroup (never a client-library 2003).
+    strict = start_proxy(servers=servers, replication_hostgroups=pair, proxy_settings={"reader_fallback_to_writer": False},
+                         extra_toml="[pool]\nacquire_timeout = 0.5\n")
     c = strict.connect(autocommit=True)
     with pytest.raises(pymysql.err.OperationalError) as e:
         where(c)
-    assert e.value.args[0] == 2003 and "hostgroup 1" in e.value.args[1]
+    assert e.value.args[0] == 9001 and "hostgroup 1" in e.value.args[1], e.value.args
     assert where(c, "/* rwproxy:route=writer */ SELECT @@server_id") == ids["writer"]
+    c.close()
+
+
+def test_a_write_sent_to_an_unreachable_hostgroup_runs_nowhere(start_proxy, cluster, schema, ids):
+    """The reader fallback is for provable reads only: an INSERT a rule sends to a hostgroup with no
+    reachable server gets ERR 9001 naming that hostgroup, and is not run on the writer instead."""
+    from proxy.sandbox import free_port
+
+    servers = [
+        {"hostgroup_id": 0, "hostname": cluster.primary.host, "port": cluster.primary.port},
+        *({"hostgroup_id": 1, "hostname": r.host, "port": r.port} for r in cluster.replicas),
+        {"hostgroup_id": 5, "hostname": "127.0.0.1", "port": free_port(), "comment": "nothing listens here"},
+    ]
+    pair = [{"writer_hostgroup": 0, "reader_hostgroup": 1}]
+    p = start_proxy(servers=servers, replication_hostgroups=pair, extra_toml=f"""[pool]
+acquire_timeout = 0.5
+
+[[query_rules]]
+rule_id = 1
+active = true
+match_digest = '^INSERT INTO `?{schema}`?\\.`?audit'
+destination_hostgroup = 5
+apply = true
+""")
+    cluster.primary.sql(f"CREATE TABLE {schema}.audit (id INT PRIMARY KEY)")
+    c = p.connect(autocommit=True)
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        with c.cursor() as cur:
+            cur.execute(f"INSERT INTO {schema}.audit VALUES (1)")
+    assert e.value.args[0] == 9001 and "hostgroup 5" in e.value.args[1], e.value.args
+    cluster.wait_replicated()
+    for server in [cluster.primary, *cluster.replicas]:
+        assert server.value(f"SELECT COUNT(*) FROM {schema}.audit") == "0", server.name
+    assert where(c) in ids["readers"]  # the session goes on
     c.close()
 
 

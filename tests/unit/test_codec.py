@@ -130,3 +130,13 @@ def test_scramble_has_no_nul():
     for _ in range(200):
         s = auth.new_scramble()
         assert len(s) == 20 and b"\0" not in s
+
+
+def test_err_packets_never_carry_a_client_library_code():
+    # libmariadb (the mariadb CLI, sysbench) shows "2027 Received malformed packet" for an ERR
+    # packet with a code in 2000-2999, and the proxy's message is lost.
+    for code in (2003, 2013, 2027, 2999):
+        with pytest.raises(ValueError, match="client-library"):
+            make_err(code, "backend down")
+    assert parse_err(make_err(9001, "Max connect timeout reached while reaching hostgroup 0")).code == 9001
+    assert parse_err(make_err(1927, "Connection was killed")).sqlstate == "70100"
