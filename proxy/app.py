@@ -284,9 +284,7 @@ class ProxyApp:
             await asyncio.sleep(self._sweep_interval())
             try:
                 now = self.clock()
-                timeout = self.config.client_idle_timeout
-                if timeout > 0:
-                    self.sweep_idle(now - timeout)
+                self.sweep_idle(now)
                 self.end_insert_id_holds(now - self.config.pool.last_insert_id_hold)
                 self.stop_overdue_statements()
                 self.stats.sample()  # MaxConnUsed: the pools' high-water mark, sampled
@@ -308,9 +306,15 @@ class ProxyApp:
             if sess.holding_insert_id and not sess.busy and sess.last_activity < cutoff:
                 sess.end_insert_id_hold()
 
-    def sweep_idle(self, cutoff: float) -> int:
-        """Close every logged-in, free session whose last activity is older than `cutoff`."""
-        expired = [s for s in self.sessions.values() if not s.busy and s.last_activity < cutoff and s.logged_in and not s.closed]
+    def sweep_idle(self, now: float) -> int:
+        """Close every logged-in, free session silent for longer than its idle limit (the client's
+        SET wait_timeout, else [proxy] client_idle_timeout; 0 = never)."""
+        expired = []
+        for s in self.sessions.values():
+            if not s.busy and s.logged_in and not s.closed:
+                limit = s.idle_limit()
+                if limit > 0 and now - s.last_activity > limit:
+                    expired.append(s)
         for sess in expired:
             sess.close_idle()
         return len(expired)

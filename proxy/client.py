@@ -122,6 +122,7 @@ class ClientSession(asyncio.Protocol):
         self.draining = False  # the host is shutting down: close once free outside a transaction
         self.clock = host.clock
         self.last_activity = 0.0  # host clock; when the client last sent bytes or a reply ended
+        self.wait_timeout: float | None = None  # the client's own SET wait_timeout (s), if it set one
 
     # What the host, the stats and the admin port read of the session (proxy.stats.SessionLike).
 
@@ -296,16 +297,21 @@ class ClientSession(asyncio.Protocol):
         self.host.forget(self)
         self.release_all()
 
+    def idle_limit(self) -> float:
+        """Seconds of silence after which the session is closed: the client's own SET wait_timeout,
+        else [proxy] client_idle_timeout (0 = never)."""
+        return self.wait_timeout if self.wait_timeout is not None else self.host.config.client_idle_timeout
+
     def close_idle(self) -> None:
-        """[proxy] client_idle_timeout passed without a command: tell the client as MySQL 8.0.24+
-        does for wait_timeout (ER_CLIENT_INTERACTION_TIMEOUT, sequence id 0), then close."""
-        timeout = self.host.config.client_idle_timeout
-        self.log(logging.INFO, "closed: no command for %.1fs (client_idle_timeout = %gs)", self.clock() - self.last_activity, timeout)
+        """The idle limit passed without a command: tell the client as MySQL 8.0.24+ does for
+        wait_timeout (ER_CLIENT_INTERACTION_TIMEOUT, sequence id 0), then close."""
+        timeout = self.idle_limit()
+        setting = "the session's wait_timeout" if self.wait_timeout is not None else "client_idle_timeout in the rwproxy configuration"
+        self.log(logging.INFO, "closed: no command for %.1fs (idle limit %gs)", self.clock() - self.last_activity, timeout)
         self.send_err(
             0,
             ErrorCode.CLIENT_INTERACTION_TIMEOUT,
-            "The client was disconnected by the server because of inactivity. "
-            f"See client_idle_timeout ({timeout:g}s) in the rwproxy configuration for configuring this behavior.",
+            f"The client was disconnected by the server because of inactivity. See {setting} ({timeout:g}s) for configuring this behavior.",
         )
         self.close()
 
@@ -336,7 +342,7 @@ class ClientSession(asyncio.Protocol):
         self.user, self.username, self.writer_hg = user, user.username, user.default_hostgroup
         self.state = SessionState(database, charset_entry(self.collation))
         self.pins.clear()
-        self.txn_hg, self.lost, self._view = None, None, None
+        self.txn_hg, self.lost, self._view, self.wait_timeout = None, None, None, None
         self.commands.holding_insert_id = False
         self.status = _AUTOCOMMIT
         self.lending.start((self.capabilities & MIRRORED_CAPABILITIES, self.collation))
@@ -345,7 +351,8 @@ class ClientSession(asyncio.Protocol):
     def release_all(self, keep: BackendConnection | None = None) -> None:
         """Give back every held connection; those with state nobody can replay are reset first."""
         dirty = self.pins.pinned or self.lost is not None or not self.multiplexing
-        self.lending.release_all(dirty, self.txn_hg, keep)
+        self.lending.release_all(dirty, self.txn_hg, keep, self.commands.diag_conn)
+        self.commands.diag_conn = None
 
     def config_changed(self, router: Router) -> None:
         """A new runtime configuration is live (the host's apply_config): the next statement uses it."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -40,7 +41,7 @@ from rules.model import Deny, RouteTo
 from .backend import BackendConnection, BackendError, kill_query
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
-from .local_answers import SESSION_VALUE, kill, session_values
+from .local_answers import kill, processlist, session_values
 from .logsafe import LogLimiter
 from .login import Login
 from .pins import Pins
@@ -51,7 +52,7 @@ from .protocol.packets import OK, make_ok
 from .protocol.results import Reply, ResultScanner
 from .router import classify_text
 from .session import PinReason
-from .tracking import record
+from .tracking import note_wait_timeout, record
 
 log = logging.getLogger("rwproxy.session")
 T = TypeVar("T")
@@ -75,6 +76,7 @@ class CommandSession(SessionCore, Protocol):
     lending: BackendLending
     prepared: PreparedStatements
     login: Login
+    wait_timeout: float | None
 
     @property
     def in_transaction(self) -> bool: ...
@@ -114,11 +116,18 @@ _AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
 _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
 _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
+_SHOW = Kind.SHOW
+_KILL_LATER = re.compile(r"; ?KILL\b")
+_PROCESSLIST = re.compile(r"SHOW (?:FULL )?PROCESSLIST\b")
 _STMT_EXECUTE = int(Command.STMT_EXECUTE)
 _RETRYABLE = frozenset((Command.QUERY, Command.STMT_EXECUTE))  # commands a failed read may be run again for
 _monotonic_ns = time.monotonic_ns
 # Warnings every session would repeat about one server: one line, then a count.
 _limited = LogLimiter(log)
+
+
+def _query_packet(sql: str) -> bytes:
+    return make_packet(b"\x03" + sql.encode("utf-8", "surrogateescape"), 0)
 
 
 def _lost_message(conn: BackendConnection) -> str:
@@ -137,7 +146,7 @@ class CommandLoop:
     __slots__ = (
         "session", "framer", "conns", "lending", "prepared", "_stats", "current", "post", "stat", "rule_ids", "t0",
         "current_sql", "rewrite_id", "infile", "insert_id", "row_count", "holding_insert_id", "reset_on_release",
-        "packet", "retries", "first_chunk", "timeout_ms", "killing",
+        "packet", "retries", "first_chunk", "timeout_ms", "killing", "diag_conn",
     )  # fmt: skip
 
     def __init__(self, session: CommandSession) -> None:
@@ -164,6 +173,9 @@ class CommandLoop:
         self.first_chunk = False  # nothing of the reply in flight has reached the client yet
         self.timeout_ms: int | None = None  # a query rule's timeout for the statement in flight
         self.killing: tuple[BackendConnection, int] | None = None  # (connection, t0) of a statement past its timeout
+        # The connection whose last statement (the session's previous one) left warnings or an
+        # error: held until the next statement, so SHOW WARNINGS & co. can run where they are.
+        self.diag_conn: BackendConnection | None = None
 
     # ---- dispatch -----------------------------------------------------------------------------
 
@@ -206,15 +218,19 @@ class CommandLoop:
             return
         if cmd == Command.QUERY:
             self.t0 = _monotonic_ns()
+            sql = bytes(payload[1:]).decode("utf-8", "surrogateescape")
             if s.passthrough:
                 # Nothing to route, but the digest table counts every statement: classify() is
                 # cached by raw text (a dict hit for a text seen before), else a fingerprint.
-                sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
-                self.stat = classify_text(sql)
-                self.rule_ids, self.current_sql = (), sql
-                self.run(s.writer_hg, pkt.raw, Reply.RESULT, None)
+                cls = self.stat = classify_text(sql)
+                self.rule_ids, self.current_sql, self.timeout_ms = (), sql, None
+                if cls.client_session and self._answer_here(cls, sql, only_connection_id=True):
+                    return
+                if cls.set_targets:
+                    note_wait_timeout(s, cls.set_targets)
+                self.run(s.writer_hg, pkt.raw if self.current_sql is sql else _query_packet(self.current_sql), Reply.RESULT, None)
             else:
-                self._query(pkt)
+                self._query(sql, pkt.raw)
             return
         if cmd in _STMT_COMMANDS and s.multiplexing:
             self.prepared.command(cmd, pkt)
@@ -258,26 +274,31 @@ class CommandLoop:
         post = (cmd, pkt.payload) if cmd in (Command.INIT_DB, Command.RESET_CONNECTION) else None
         self.run(s.writer_hg, pkt.raw, reply, post)
 
-    def _query(self, pkt: Packet) -> None:
+    def _query(self, sql: str, raw: bytes) -> None:
+        """A COM_QUERY of a routing session: classified (cached), decided, run."""
         s = self.session
-        sql = bytes(pkt.payload[1:]).decode("utf-8", "surrogateescape")
-        rewritten = None
-        if SESSION_VALUE.search(sql):
-            rewritten = sql = session_values(sql, s)
-        cls, decision = s.router.route(sql, s.session_view())
+        cls = classify_text(sql)
+        if cls.client_session:
+            self.stat, self.rule_ids, self.current_sql = cls, (), sql
+            if self._answer_here(cls, sql):
+                return
+            if self.current_sql is not sql:  # rewritten with the session's own values
+                sql = self.current_sql
+                raw = _query_packet(sql)
+                cls = classify_text(sql)
+        decision = s.router.decide(cls, sql, s.session_view())
         self.stat, self.rule_ids, self.current_sql = cls, decision.rule_ids, sql
         self.timeout_ms = decision.timeout_ms
-        if cls.kind is _KILL:
-            kill(s, sql)
-            if not s.busy:  # refused at once (else the KILL task records it)
-                self.answered_here()
-            return
         action = decision.action
         if type(action) is RouteTo:
-            raw = pkt.raw
-            if decision.sql is not None or rewritten is not None:
-                raw = make_packet(b"\x03" + (decision.sql or sql).encode("utf-8", "surrogateescape"), 0)
-            self.run(action.hostgroup, raw, Reply.RESULT, (cls, decision, sql))
+            if decision.sql is not None:
+                raw = _query_packet(decision.sql)
+            hostgroup = action.hostgroup
+            if cls.diagnostics and self.diag_conn is not None:
+                # SHOW WARNINGS, @@warning_count...: where the previous statement left them. (Without
+                # a held connection the previous statement left none, and any connection says so.)
+                hostgroup = self.diag_conn.hostgroup
+            self.run(hostgroup, raw, Reply.RESULT, (cls, decision, sql))
         elif type(action) is Deny:
             s.log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
             s.send_err(1, action.errno, action.error_msg, action.sqlstate)
@@ -285,6 +306,38 @@ class CommandLoop:
         else:
             s.send(make_ok(OK(status=s.status, info=action.ok_msg.encode()), s.capabilities), 1)
             self.answered_here()
+
+    def _answer_here(self, cls: Classification, sql: str, only_connection_id: bool = False) -> bool:
+        """A statement whose meaning depends on the client session (Classification.client_session):
+        KILL and SHOW PROCESSLIST are answered here (True); a text with CONNECTION_ID() & co. gets
+        the session's own values (`current_sql` is the rewritten text) and runs (False)."""
+        s = self.session
+        if cls.kind is _KILL:
+            kill(s, sql)
+            if not s.busy:  # refused at once (else the KILL task records it)
+                self.answered_here()
+            return True
+        if _KILL_LATER.search(cls.fingerprint.text):
+            # The server would read the id as one of its own threads: never send it.
+            s.send_err(1, 1235, "rwproxy: KILL in a multi-statement must come first (connection ids are the proxy's; CONNECTION_ID() returns them)", "42000")
+            self.answered_here()
+            return True
+        if cls.kind is _SHOW and _PROCESSLIST.match(cls.fingerprint.text):
+            processlist(s, full=cls.fingerprint.text.startswith("SHOW FULL"))
+            self.answered_here()
+            return True
+        self.current_sql = session_values(sql, s, only_connection_id)
+        return False
+
+    def query_text(self, sql: str) -> None:
+        """Run `sql` as if the client had sent it (the rest of a multi-statement after a KILL)."""
+        s = self.session
+        self.t0 = _monotonic_ns()
+        if s.passthrough:
+            self.stat, self.rule_ids, self.current_sql, self.timeout_ms = classify_text(sql), (), sql, None
+            self.run(s.writer_hg, _query_packet(sql), Reply.RESULT, None)
+        else:
+            self._query(sql, _query_packet(sql))
 
     def answered_here(self) -> None:
         """The statement in flight was answered by the proxy itself (a rule's Deny/Respond, KILL,
@@ -355,7 +408,7 @@ class CommandLoop:
         s = self.session
         hg = conn.hostgroup
         cursors = self.prepared.cursors
-        if hg == s.txn_hg or self.infile or (cursors and conn in cursors.values()):
+        if hg == s.txn_hg or self.infile or conn is self.diag_conn or (cursors and conn in cursors.values()):
             return True
         if hg == s.writer_hg and (s.pins.pinned or self.holding_insert_id):
             return True
@@ -452,6 +505,16 @@ class CommandLoop:
                 self.insert_id = scanner.last_insert_id
         if scanner.results or scanner.error is not None:
             self.row_count = scanner.row_count
+        diag = self.diag_conn
+        if scanner.warnings or scanner.error is not None:
+            self.diag_conn = conn
+            if diag is not None and diag is not conn:
+                self._drop_diagnostics(diag)
+        elif diag is not None and diag is not conn and (stat is None or stat.tables_read or stat.tables_written):
+            # As on a server, the warnings list is reset by the next statement that uses a table
+            # (SELECT 1 leaves it); on the connection that holds them the server says it itself.
+            self.diag_conn = None
+            self._drop_diagnostics(diag)
         if s.multiplexing and not self.holds(conn):
             self.lending.release(conn, reset=self.reset_on_release)
         self.reset_on_release = False
@@ -462,6 +525,12 @@ class CommandLoop:
             return
         if self.framer.buffered or s.reading_paused:
             self.process()
+
+    def _drop_diagnostics(self, conn: BackendConnection) -> None:
+        """`conn` held warnings of a statement the session has moved past: back to its pool, reset,
+        so no other client's SHOW WARNINGS shows them (unless the session holds it anyway)."""
+        if self.session.multiplexing and not conn.closed and not self.holds(conn):
+            self.lending.release(conn, reset=True)
 
     def end_insert_id_hold(self) -> None:
         """[pool] last_insert_id_hold passed with the session idle: give the writer connection back

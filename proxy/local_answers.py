@@ -28,7 +28,7 @@ from .backend import BackendConnection, BackendError
 from .interfaces import SessionCore
 from .lending import BackendLending
 from .protocol.constants import ErrorCode
-from .protocol.packets import OK, make_ok
+from .protocol.packets import OK, column_definitions, make_ok, make_result_set
 
 
 class _Answers(Protocol):
@@ -38,6 +38,7 @@ class _Answers(Protocol):
     insert_id: int
 
     def answered_here(self) -> None: ...
+    def query_text(self, sql: str) -> None: ...
 
 
 class Answerer(SessionCore, Protocol):
@@ -45,15 +46,20 @@ class Answerer(SessionCore, Protocol):
     target of a KILL."""
 
     logged_in: bool
+    peer: str
+    last_activity: float
+    clock: Callable[[], float]
     lending: BackendLending
     commands: _Answers
 
     @property
     def current(self) -> BackendConnection | None: ...
+    @property
+    def current_sql(self) -> str | None: ...
 
 # Functions whose value belongs to the client session, not to whichever connection runs the statement.
 SESSION_VALUE = re.compile(r"\b(CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID)\s*\(\s*\)", re.I)
-_KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*;?\s*$", re.I)
+_KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*(?:;(.*))?$", re.I | re.S)
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`", re.S)
 
 
@@ -68,16 +74,20 @@ def _outside_strings(sql: str, change: Callable[[str], str]) -> str:
     return "".join(out)
 
 
-def session_values(sql: str, session: Answerer) -> str:
+def session_values(sql: str, session: Answerer, only_connection_id: bool = False) -> str:
     """`sql` with the session's own values of CONNECTION_ID() / ROW_COUNT() / LAST_INSERT_ID()
-    (call only when SESSION_VALUE matched somewhere in it)."""
+    (the same string when there is nothing to change). `only_connection_id`: a session that runs
+    everything on one server connection (passthrough) needs only the connection id replaced."""
 
     def value(m: re.Match) -> str:
         name = m.group(1).upper()
         if name == "CONNECTION_ID":
-            # Under multiplexing the server's own CONNECTION_ID() changes from one statement to the
-            # next: the client's connection id is the proxy's (the one its handshake announced).
+            # The server's own CONNECTION_ID() is its connection's (under multiplexing it changes from
+            # one statement to the next): the client's connection id is the proxy's, the one its
+            # handshake announced and KILL and SHOW PROCESSLIST use.
             return f"CAST({session.id:010d} AS UNSIGNED)"
+        if only_connection_id:
+            return m.group(0)
         if name == "ROW_COUNT":
             # What the session's previous statement affected, wherever it ran (from its OK packet;
             # -1 after a result set or an error, as the server says).
@@ -88,17 +98,48 @@ def session_values(sql: str, session: Answerer) -> str:
         # sat idle past [pool] last_insert_id_hold): the value from that insert's OK packet.
         return f"CAST({session.commands.insert_id} AS UNSIGNED)"
 
-    return _outside_strings(sql, lambda part: SESSION_VALUE.sub(value, part))
+    out = _outside_strings(sql, lambda part: SESSION_VALUE.sub(value, part))
+    return sql if out == sql else out
+
+
+_PROCESSLIST_COLUMNS = ("Id", "User", "Host", "db", "Command", "Time", "State", "Info", "Progress")
+
+
+def processlist(session: Answerer, full: bool) -> None:
+    """SHOW [FULL] PROCESSLIST through the data port: the proxy's client sessions of this user, by
+    the ids CONNECTION_ID() and KILL use (as a server without the PROCESS privilege lists its user's
+    threads). Info is the statement in flight, its first 100 characters without FULL."""
+    rows = []
+    now = session.clock()
+    for other in list(session.host.sessions.values()):
+        if not other.logged_in or other.username != session.username:
+            continue
+        busy = other.busy or other is session  # (the asking session is running this very statement)
+        sql = other.current_sql if busy else None
+        if sql is not None and not full:
+            sql = sql[:100]
+        rows.append((
+            other.id, other.username, other.peer, other.state.schema, "Query" if busy else "Sleep",
+            int(now - other.last_activity), "", sql, "0.000",
+        ))  # fmt: skip
+    rows.sort()
+    columns = column_definitions(_PROCESSLIST_COLUMNS, rows)
+    payloads = make_result_set(columns, rows, session.capabilities, session.status)
+    for seq, payload in enumerate(payloads, start=1):
+        session.send(payload, seq & 0xFF)
 
 
 def kill(session: Answerer, sql: str) -> None:
     """KILL [CONNECTION | QUERY] <proxy connection id>: refused at once, or killed in a task (the
-    session stays busy until the answer is sent)."""
+    session stays busy until the answer is sent). A multi-statement that starts with the KILL
+    (`KILL 12; SELECT SLEEP(0.05)`) has the rest run after it, as `DO 0; <rest>`: the same reply
+    shape (an OK, then the rest's results) without sending the server an id it would misread."""
     m = _KILL_TARGET.match(sql)
     if m is None:
         session.send_err(1, 1064, "rwproxy: KILL takes [CONNECTION | QUERY] and a connection id as CONNECTION_ID() returns it", "42000")
         return
     query_only = (m.group(1) or "").upper() == "QUERY"
+    rest = (m.group(3) or "").strip()
     target = session.host.sessions.get(int(m.group(2)))
     if target is None or not target.logged_in:
         session.send_err(1, 1094, f"Unknown thread id: {m.group(2)}", "HY000")
@@ -107,10 +148,10 @@ def kill(session: Answerer, sql: str) -> None:
         session.send_err(1, 1095, f"You are not owner of thread {m.group(2)}", "HY000")
         return
     session.busy = True
-    session.spawn(_kill_slow(session, target, query_only))
+    session.spawn(_kill_slow(session, target, query_only, rest))
 
 
-async def _kill_slow(session: Answerer, target: Answerer, query_only: bool) -> None:
+async def _kill_slow(session: Answerer, target: Answerer, query_only: bool, rest: str) -> None:
     """Kill the statement the target runs (on its backend, over a short-lived connection of our
     own), then for KILL CONNECTION close the target. Its client sees what the server says: ERR 1317
     for an interrupted query, a closed connection for a killed one."""
@@ -130,12 +171,17 @@ async def _kill_slow(session: Answerer, target: Answerer, query_only: bool) -> N
     session.commands.answered_here()
     if err is not None:
         session.send_err(1, err.code, err.message, err.sqlstate)
-    else:
-        session.log(logging.INFO, "KILL %s session=%d", "QUERY" if query_only else "CONNECTION", target.id)
-        if not query_only and target is not session:
-            target.close()
+        session.free()
+        return
+    session.log(logging.INFO, "KILL %s session=%d", "QUERY" if query_only else "CONNECTION", target.id)
+    if not query_only and target is session:
         session.send(make_ok(OK(status=session.status), session.capabilities), 1)
-        if not query_only and target is session:
-            session.close()
-            return
+        session.close()
+        return
+    if not query_only:
+        target.close()
+    if rest:
+        session.commands.query_text("DO 0; " + rest)  # the session stays busy until its reply ends
+        return
+    session.send(make_ok(OK(status=session.status), session.capabilities), 1)
     session.free()

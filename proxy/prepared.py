@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from rules.classify import Classification
+from rules.classify import Classification, Kind
 from rules.engine import SessionView
 from rules.model import Deny, RouteTo
 
@@ -126,7 +126,11 @@ class PreparedStatements:
         payload = pkt.payload
         if cmd == Command.STMT_PREPARE:
             sql = bytes(payload[1:]).decode("utf-8", "surrogateescape")
-            _, decision = s.router.route(sql, s.session_view())
+            cls, decision = s.router.route(sql, s.session_view())
+            if cls.client_session and cls.kind is Kind.KILL:
+                # Its parameter would be read by a server as one of its own thread ids.
+                s.send_err(1, 1295, "This command is not supported in the prepared statement protocol yet (rwproxy: send KILL as a query; connection ids are the proxy's)", "HY000")
+                return
             action = decision.action
             if type(action) is not RouteTo:
                 msg = action.error_msg if type(action) is Deny else action.ok_msg

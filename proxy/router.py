@@ -45,5 +45,9 @@ class Router:
 
     def route(self, sql: str, view: SessionView) -> tuple[Classification, Decision]:
         cls = classify_text(sql)
+        return cls, self.decide(cls, sql, view)
+
+    def decide(self, cls: Classification, sql: str, view: SessionView) -> Decision:
+        """Where the statement `sql`, classified as `cls`, goes for the session seen as `view`."""
         ruleset = self.ruleset
-        return cls, decide(cls, view, ruleset, self.online, sql=sql if ruleset.needs_sql else None)
+        return decide(cls, view, ruleset, self.online, sql=sql if ruleset.needs_sql else None)

@@ -142,6 +142,7 @@ class Server:
             MARIADBD,
             "--no-defaults",
             f"--datadir={d}",
+            f"--tmpdir={_own_tmpdir(d)}",
             f"--socket={self.socket}",
             f"--port={self.port}",
             f"--bind-address={self.host}",
@@ -382,6 +383,7 @@ def _install(datadir: Path, log_path: Path) -> None:
         # Match the server's redo log size so the first start does not resize it.
         "--innodb-log-file-size=48M",
         f"--extra-file={bootstrap}",
+        f"--tmpdir={_own_tmpdir(datadir)}",  # (passed on to the bootstrap server)
     ]
     if _IS_ROOT:
         cmd.append("--user=root")
@@ -389,6 +391,16 @@ def _install(datadir: Path, log_path: Path) -> None:
         res = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     if res.returncode != 0:
         raise SandboxError(f"mariadb-install-db failed (status {res.returncode}); tail of {log_path}:\n{_tail(log_path)}")
+
+
+def _own_tmpdir(datadir: Path) -> Path:
+    """A server's own temporary directory beside its data dir: servers that share /tmp collide on
+    internal temporary table names when many start at once (seen: "Could not remove temporary
+    table '/tmp/#sql-temptable-...'" failing mariadb-install-db). Not inside the data dir, where
+    it would be a database."""
+    tmp = datadir.parent / f"{datadir.name}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp
 
 
 def _copy_datadirs(source: Path, targets: list[Path]) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Protocol
 
-from rules.classify import Classification, Kind
+from rules.classify import Classification, Kind, SetScope
 from rules.model import Decision
 
 from .backend import BackendConnection
@@ -49,6 +49,7 @@ class Tracked(SessionCore, Protocol):
     pins: Pins
     prepared: PreparedStatements
     commands: _Reply
+    wait_timeout: float | None  # the client's own SET wait_timeout, enforced by the host's sweeper
 
     def release_all(self, keep: BackendConnection | None = None) -> None: ...
     def view_changed(self) -> None: ...
@@ -95,6 +96,7 @@ def record(s: Tracked, post: tuple, scanner: ResultScanner, conn: BackendConnect
             conn.prepared.clear()
             s.prepared.clear()
             s.pins.clear()
+            s.wait_timeout = None
         s.view_changed()
     else:
         cls: Classification = first
@@ -110,8 +112,10 @@ def record(s: Tracked, post: tuple, scanner: ResultScanner, conn: BackendConnect
         if ok:
             if pins.reasons or cls.temp_table is not None:
                 pins.track_causes(cls, state.schema)
-            if cls.set_targets and not state.apply(cls.set_targets):
-                pins.pin(PinReason.UNTRACKABLE_SET)
+            if cls.set_targets:
+                if not state.apply(cls.set_targets):
+                    pins.pin(PinReason.UNTRACKABLE_SET)
+                note_wait_timeout(s, cls.set_targets)
             if cls.kind is _USE:
                 m = _USE_TARGET.match(post[2])
                 if m is None:
@@ -123,6 +127,19 @@ def record(s: Tracked, post: tuple, scanner: ResultScanner, conn: BackendConnect
     cs = conn.cstate
     if state.gen != before and cs.owner is state and cs.gen == before:
         state.mark_synced(cs)  # the change ran on this connection: it already has it
+
+
+def note_wait_timeout(s: Tracked, targets: tuple) -> None:
+    """A SET of the session's wait_timeout (or interactive_timeout's twin for this purpose): the
+    proxy closes the client after that much silence, as the server would (the client's own setting
+    wins over [proxy] client_idle_timeout). An expression's value is not known here: ignored."""
+    for t in targets:
+        if t.scope is SetScope.SESSION and t.name.lower() == "wait_timeout" and t.value is not None:
+            try:
+                seconds = float(t.value.strip("'\""))
+            except ValueError:
+                continue
+            s.wait_timeout = seconds if seconds > 0 else None
 
 
 def state_changed_unseen(s: Tracked) -> None:

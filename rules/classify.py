@@ -168,6 +168,17 @@ class Classification:
     multi_statement: bool
     parse_error: str | None
     fingerprint: Fingerprint
+    # About the statement before it (SHOW WARNINGS / ERRORS, GET DIAGNOSTICS, @@warning_count): its
+    # answer lives on the connection that ran the previous statement.
+    diagnostics: bool = False
+    # A read whose answer is about the server it runs on, not the data: global variables
+    # (@@global.x, @@port, @@read_only...) and information_schema (which a replica may not have
+    # caught up on after DDL). Routed to the writer by default, as a client expects of "the server".
+    server_specific: bool = False
+    # Its meaning depends on the client session, not on the server connection that runs it: it
+    # names connection ids (KILL, SHOW PROCESSLIST) or asks for CONNECTION_ID(), ROW_COUNT(),
+    # LAST_INSERT_ID(). A proxy that multiplexes answers these (in part) from the client session.
+    client_session: bool = False
 
 
 # -- function knowledge --------------------------------------------------------------------------
@@ -463,7 +474,18 @@ def _analyze(sql: str, fp: Fingerprint) -> Classification:
         multi_statement=multi,
         parse_error=f.parse_error,
         fingerprint=fp,
+        diagnostics=_DIAGNOSTICS.search(fp.text) is not None,
+        server_specific=_SERVER_SPECIFIC.search(fp.text) is not None or any(t.startswith("information_schema.") for t in f.tables_read),
+        client_session=_CLIENT_SESSION.search(fp.text) is not None,
     )
+
+
+# On the normalized (upper-case) text. See Classification.diagnostics / server_specific.
+_DIAGNOSTICS = re.compile(
+    r"^SHOW (?:COUNT\(\*\) ?)?(?:WARNINGS|ERRORS)\b|^GET (?:CURRENT |STACKED )?DIAGNOSTICS\b|@@(?:SESSION\.)?(?:WARNING_COUNT|ERROR_COUNT)\b"
+)
+_CLIENT_SESSION = re.compile(r"(?:^|; ?)KILL\b|^SHOW (?:FULL )?PROCESSLIST\b|\b(?:CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID) ?\( ?\)")
+_SERVER_SPECIFIC = re.compile(r"@@GLOBAL\.|@@(?:PORT|READ_ONLY|SUPER_READ_ONLY|INNODB_READ_ONLY|HOSTNAME|SOCKET|DATADIR|VERSION_COMPILE_\w+)\b")
 
 
 # Statement text splitting on top-level ';' (strings and quoted identifiers skipped).

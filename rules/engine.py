@@ -465,6 +465,8 @@ def decide(
             if cls.kind is _BEGIN:
                 reason = Reason.TRANSACTION_START
                 hg = ruleset.reader_of.get(writer, writer) if cls.txn_read_only else writer
+            elif read_only and cls.server_specific:
+                hg, reason = writer, Reason.SERVER_SPECIFIC
             elif read_only:
                 hg, reason = ruleset.reader_of.get(writer, writer), Reason.DEFAULT_READ
             elif starts_transaction(cls):

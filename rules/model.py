@@ -679,6 +679,7 @@ class Reason(enum.StrEnum):
     PINNED_WRITER = "pinned-writer"  # session (or this statement) is tied to the writer
     WRITE_SAFETY = "write-safety"  # a write was headed for a reader hostgroup: sent to its writer
     NO_READER_ONLINE = "no-reader-online"  # reader hostgroup has no ONLINE server: fell back to the writer
+    SERVER_SPECIFIC = "server-specific"  # a read about the server itself (@@global, information_schema): the writer's
 
 
 @dataclass(frozen=True, slots=True)

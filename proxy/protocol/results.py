@@ -108,6 +108,7 @@ class ResultScanner:
         "affected_rows",
         "last_insert_id",
         "row_count",
+        "warnings",
         "results",
     )
 
@@ -130,6 +131,7 @@ class ResultScanner:
         self.last_insert_id = 0
         self.results = 0  # number of result sets / OKs seen
         self.row_count = -1  # ROW_COUNT() after this reply: the last OK's affected rows, -1 after rows or ERR
+        self.warnings = 0  # warning count of the last OK/EOF (what SHOW WARNINGS would list next)
         self.last_ok: bytes | None = None
         if reply is Reply.RESULT:
             self._state = _FIRST
@@ -210,6 +212,9 @@ class ResultScanner:
                         self.error = bytes(data[start:end])
                     elif length and length < 0xFFFFFF and data[start] in (0x00, 0xFE):
                         self._status_from(data, start, end)
+                        if data[start] == 0x00:  # an OK (COM_PING, COM_INIT_DB...) sets ROW_COUNT() too
+                            self.results += 1
+                            self.row_count = self.affected_rows
                     state = _DONE
                 else:  # _ANY
                     state = _DONE
@@ -297,10 +302,12 @@ class ResultScanner:
             return
         if p + 2 <= end:
             status = self.status = data[p] | data[p + 1] << 8
+            self.warnings = data[p + 2] | data[p + 3] << 8 if p + 4 <= end else 0
             if status & _STATE_CHANGED:
                 self._state_changed(start, end)
 
     def _eof_status(self, data, start: int, end: int) -> None:
+        self.warnings = data[start + 1] | data[start + 2] << 8
         status = self.status = data[start + 3] | data[start + 4] << 8
         if status & _STATE_CHANGED:
             self._state_changed(start, end)

@@ -21,9 +21,10 @@ def _app(**proxy) -> ProxyApp:
     )
 
 
-def _session(i: int, **kw) -> SimpleNamespace:
+def _session(i: int, idle_limit: float = 1.0, **kw) -> SimpleNamespace:
     s = SimpleNamespace(id=i, admitted=False, counted_user=None, busy=False, logged_in=True, closed=False, last_activity=0.0, idle_closed=False)
     s.close_idle = lambda: setattr(s, "idle_closed", True)
+    s.idle_limit = lambda: idle_limit
     s.__dict__.update(kw)
     return s
 
@@ -57,13 +58,15 @@ def test_user_counts_move_and_release():
     assert app.user_sessions == {}
 
 
-def test_sweep_closes_only_logged_in_free_sessions_idle_past_the_cutoff():
+def test_sweep_closes_only_logged_in_free_sessions_idle_past_their_limit():
     app = _app(client_idle_timeout=1)
-    idle = _session(1, last_activity=10.0)
-    busy = _session(2, last_activity=10.0, busy=True)  # a statement in flight is not idleness
-    handshaking = _session(3, last_activity=0.0, logged_in=False, busy=True)
-    recent = _session(4, last_activity=20.0)
-    for s in (idle, busy, handshaking, recent):
+    idle = _session(1, last_activity=10.0, idle_limit=5.0)
+    busy = _session(2, last_activity=10.0, busy=True, idle_limit=5.0)  # a statement in flight is not idleness
+    handshaking = _session(3, last_activity=0.0, logged_in=False, busy=True, idle_limit=5.0)
+    recent = _session(4, last_activity=12.0, idle_limit=5.0)
+    patient = _session(5, last_activity=1.0, idle_limit=30.0)  # its own SET wait_timeout = 30
+    never = _session(6, last_activity=0.0, idle_limit=0.0)  # 0 = never
+    for s in (idle, busy, handshaking, recent, patient, never):
         app.admit(s)
-    assert app.sweep_idle(cutoff=15.0) == 1
-    assert [s.idle_closed for s in (idle, busy, handshaking, recent)] == [True, False, False, False]
+    assert app.sweep_idle(now=16.0) == 1
+    assert [s.idle_closed for s in (idle, busy, handshaking, recent, patient, never)] == [True, False, False, False, False, False]
