@@ -77,6 +77,7 @@ class CommandSession(SessionCore, Protocol):
     prepared: PreparedStatements
     login: Login
     wait_timeout: float | None
+    peer: str
 
     @property
     def in_transaction(self) -> bool: ...
@@ -88,7 +89,11 @@ class CommandSession(SessionCore, Protocol):
     def quit(self) -> None: ...
     def close_for_shutdown(self, cut: bool = False) -> None: ...
 
-# What reply each relayed command gets; commands absent here are refused with ER_UNKNOWN_COM_ERROR.
+# What reply each relayed command gets; commands absent here are answered by the proxy (below) or
+# refused with ER_UNKNOWN_COM_ERROR. Never relayed: commands that act on the shared server rather
+# than the client's session (COM_REFRESH ran RESET MASTER for a fuzzer and broke both replicas;
+# COM_DEBUG, COM_SHUTDOWN, the replication commands); COM_PROCESS_KILL and COM_PROCESS_INFO take the
+# proxy's connection ids, so they are answered here like KILL and SHOW PROCESSLIST.
 REPLY_FOR: dict[int, Reply] = {
     Command.QUERY: Reply.RESULT,
     Command.INIT_DB: Reply.SIMPLE,
@@ -97,10 +102,6 @@ REPLY_FOR: dict[int, Reply] = {
     Command.STATISTICS: Reply.ANY_ONE,
     Command.SET_OPTION: Reply.SIMPLE,
     Command.RESET_CONNECTION: Reply.SIMPLE,
-    Command.REFRESH: Reply.SIMPLE,
-    Command.DEBUG: Reply.SIMPLE,
-    Command.PROCESS_INFO: Reply.RESULT,
-    Command.PROCESS_KILL: Reply.SIMPLE,
     Command.STMT_PREPARE: Reply.PREPARE,
     Command.STMT_EXECUTE: Reply.RESULT,
     Command.STMT_FETCH: Reply.FETCH,
@@ -120,6 +121,7 @@ _SHOW = Kind.SHOW
 _KILL_LATER = re.compile(r"; ?KILL\b")
 _PROCESSLIST = re.compile(r"SHOW (?:FULL )?PROCESSLIST\b")
 _STMT_EXECUTE = int(Command.STMT_EXECUTE)
+_SERVER_WIDE = frozenset((Command.REFRESH, Command.DEBUG, Command.SHUTDOWN, Command.BINLOG_DUMP, Command.BINLOG_DUMP_GTID, Command.REGISTER_SLAVE, Command.TABLE_DUMP))
 _RETRYABLE = frozenset((Command.QUERY, Command.STMT_EXECUTE))  # commands a failed read may be run again for
 _monotonic_ns = time.monotonic_ns
 # Warnings every session would repeat about one server: one line, then a count.
@@ -246,9 +248,16 @@ class CommandLoop:
             s.busy = True
             s.spawn(s.login.change_user(pkt))
             return
+        if cmd == Command.PROCESS_KILL and len(payload) >= 5:
+            kill(s, f"KILL {int.from_bytes(payload[1:5], 'little')}")
+            return
+        if cmd == Command.PROCESS_INFO:
+            processlist(s, full=False)
+            return
         name = Command(cmd).name if cmd in Command._value2member_map_ else f"0x{cmd:02x}"
-        s.log(logging.WARNING, "unsupported command %s", name)
-        s.send_err(1, ErrorCode.UNKNOWN_COM_ERROR, f"Unknown command: rwproxy does not relay command {name}")
+        _limited.log(logging.WARNING, ("unsupported", cmd), "unsupported command %s (client %s)", name, s.peer)
+        why = " (it acts on the shared server, not on this session)" if cmd in _SERVER_WIDE else ""
+        s.send_err(1, ErrorCode.UNKNOWN_COM_ERROR, f"Unknown command: rwproxy does not relay COM_{name}{why}")
 
     def _relay_command(self, cmd: int, pkt: Packet, reply: Reply) -> None:
         """A command relayed unchanged to the writer (statement commands too, without multiplexing)."""

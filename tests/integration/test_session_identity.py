@@ -210,3 +210,41 @@ def test_reads_about_the_server_itself_go_to_the_writer(start_proxy, cluster, sc
         assert one(c, f"SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{schema}' AND TABLE_NAME = 'fresh'") == (1,)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_commands_that_act_on_the_shared_server_are_refused(start_proxy, cluster, mode):
+    """COM_REFRESH with REFRESH_MASTER would RESET MASTER on the writer (a fuzzer broke both replicas
+    that way); COM_DEBUG and COM_SHUTDOWN act on the server too. ERR 1047, the writer untouched."""
+    from tests.rawclient import Raw, parse_err
+
+    p = mode_proxy(start_proxy, cluster, mode)
+    before = cluster.primary.value("SELECT @@gtid_binlog_state")
+    raw = Raw(p.host, p.port)
+    try:
+        raw.login()
+        for payload in (b"\x07\x80", b"\x07\xff", b"\x0d", b"\x08\x00"):
+            raw.send_packet(payload, 0)
+            seq, reply = raw.expect_packet()
+            err = parse_err(reply)
+            assert (seq, err.code) == (1, 1047), (payload, err)
+        assert raw.query("SELECT 'alive'")  # the session carries on
+    finally:
+        raw.close()
+    assert cluster.primary.value("SELECT @@gtid_binlog_state") == before
+    assert cluster.primary.value("SHOW BINARY LOGS").count("mariadb-bin") >= 1
+
+
+def test_com_process_kill_takes_the_proxys_ids(start_proxy, cluster):
+    p = start_proxy()
+    a, b = p.connect(autocommit=True), p.connect(autocommit=True)
+    try:
+        b.kill(a.thread_id())  # COM_PROCESS_KILL: KILL CONNECTION of the proxy session
+        with pytest.raises(pymysql.err.OperationalError):
+            one(a, "SELECT 1")
+        with pytest.raises(pymysql.err.OperationalError) as e:
+            b.kill(999_999)
+        assert e.value.args[0] == 1094
+        assert one(b, "SELECT 'b lives'") == ("b lives",)
+    finally:
+        b.close()
