@@ -35,9 +35,13 @@ from .config import Config, Server
 from .pool import Pool, ServerBudget
 from .router import Router
 from .session import ConnState, PinReason, charset_entry
+from .logsafe import LogLimiter
+from .protocol.constants import ErrorCode
 from .stats import StatsRegistry
+from .throttle import LoginThrottle
 
 log = logging.getLogger("rwproxy")
+_limited = LogLimiter(log)  # warnings an attacker could make the proxy repeat
 
 DEFAULT_VERSION = "5.5.5-10.11.0-MariaDB-rwproxy"
 DEFAULT_COLLATION = 45  # utf8mb4_general_ci
@@ -76,6 +80,12 @@ class ProxyApp:
         )
         self.store = None  # admin.store.ConfigStore when the admin port is configured (set by __main__)
         self._snapshot_waiters: list[asyncio.Future] = []  # sessions waiting for the next routing snapshot
+        # Hostile clients: failed logins (proxy.throttle), connections still in their handshake (oldest
+        # first, and per address), bytes of unfinished packets held per session (over 1 MiB only).
+        self.throttle = LoginThrottle(config, lambda: self.clock())
+        self.handshaking: collections.OrderedDict[int, ClientSession] = collections.OrderedDict()
+        self._handshakes_from: collections.Counter[str] = collections.Counter()
+        self._partial: dict[int, int] = {}
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
         """The pool of `server` connections for this backend user and wire settings."""
@@ -169,6 +179,7 @@ class ProxyApp:
         connections close now, lent ones when they come back. Listeners and [admin] are not changed
         at runtime (a restart applies them)."""
         self.config = config
+        self.throttle.config = config
         self.router = router = Router(config)
         limits: dict[str, int] = {}
         for s in config.servers:
@@ -235,13 +246,60 @@ class ProxyApp:
 
     # ---- client accounting (called by ClientSession) ------------------------------------------
 
-    def admit(self, session: ClientSession) -> bool:
-        """A new client connection: register it; False when it is over [proxy] max_connections."""
+    def admit(self, session: ClientSession) -> tuple[int, str] | None:
+        """A new client connection: register it. Returns the ERR (code, message) that refuses it at
+        once: its address is blocked for failed logins (ERR 1129, proxy.throttle), or it already has
+        [proxy] max_handshakes_per_address connections not logged in (ERR 1040). Past
+        max_handshakes in all, the oldest connection still in its handshake is closed instead: a
+        flood of silent sockets cannot lock logged-in-to-be clients out."""
         self.sessions[session.id] = session
+        address = session.client_ip or "?"
+        if self.throttle.address_blocked(address):
+            _limited.log(logging.WARNING, ("blocked", address), "connection from %s refused: blocked after %d failed logins", address, self.config.max_connect_errors)
+            return ErrorCode.HOST_IS_BLOCKED, f"Host '{address}' is blocked because of many connection errors; it is unblocked after host_block_time ({self.config.host_block_time:g}s)"
+        if self._handshakes_from[address] >= self.config.max_handshakes_per_address:
+            _limited.log(logging.WARNING, ("handshakes", address), "connection from %s refused: %d connections from it are still in their handshake", address, self.config.max_handshakes_per_address)
+            return ErrorCode.CON_COUNT_ERROR, "Too many connections (from this address, not logged in yet)"
+        if len(self.handshaking) >= self.config.max_handshakes:
+            _, oldest = self.handshaking.popitem(last=False)
+            self._handshakes_from[oldest.client_ip or "?"] -= 1
+            _limited.log(logging.WARNING, "evicted", "%d connections in their handshake: the oldest (%s) closed", self.config.max_handshakes, oldest.peer)
+            oldest.close()
+        self.handshaking[session.id] = session
+        self._handshakes_from[address] += 1
+        return None
+
+    def handshake_over(self, session: ClientSession) -> None:
+        """The session logged in (or closed): it no longer counts among the handshakes."""
+        if self.handshaking.pop(session.id, None) is not None:
+            self._handshakes_from[session.client_ip or "?"] -= 1
+
+    def count_client(self, session: ClientSession) -> bool:
+        """A client that answered the greeting counts against [proxy] max_connections; False when
+        that is reached (it gets ERR 1040)."""
         if self.admitted >= self.config.max_connections:
             return False
         self.admitted += 1
+        session.admitted = True
         return True
+
+    def partial_packet(self, session: ClientSession, size: int) -> None:
+        """A client holds `size` bytes of a packet not yet whole (over 1 MiB): within [proxy]
+        partial_packet_budget for all clients together, or the largest holders are closed."""
+        self._partial[session.id] = size
+        total = sum(self._partial.values())
+        budget = self.config.partial_packet_budget
+        while total > budget and self._partial:
+            sid, biggest = max(self._partial.items(), key=lambda kv: kv[1])
+            del self._partial[sid]
+            total -= biggest
+            victim = self.sessions.get(sid)
+            if victim is not None:
+                _limited.log(logging.WARNING, "budget", "unfinished client packets hold %d bytes (partial_packet_budget %d): closing %s (%d bytes)", total + biggest, budget, victim.peer, biggest)
+                victim.close_for_budget()
+
+    def packet_done(self, session: ClientSession) -> None:
+        self._partial.pop(session.id, None)
 
     def login_user(self, username: str, limit: int) -> bool:
         """Count one more logged-in session for `username`; False (nothing counted) when at `limit`."""
@@ -262,6 +320,8 @@ class ProxyApp:
         """A client connection is gone: release everything it was counted against."""
         if self.sessions.pop(session.id, None) is None:
             return
+        self.handshake_over(session)
+        self._partial.pop(session.id, None)
         if session.admitted:
             self.admitted -= 1
         if session.counted_user is not None:
@@ -275,7 +335,7 @@ class ProxyApp:
     def _sweep_interval(self) -> float:
         """How often the sweeper looks: a quarter of the shortest timeout it enforces, within [0.05, 1] s."""
         config = self.config
-        limits = [config.client_idle_timeout / 4, config.pool.last_insert_id_hold / 2, config.default_query_timeout / 4]
+        limits = [config.client_idle_timeout / 4, config.pool.last_insert_id_hold / 2, config.default_query_timeout / 4, config.net_read_timeout / 4]
         limits += [r.timeout / 4000 for r in config.ruleset.rules if r.timeout]
         return max(0.05, min([1.0] + [x for x in limits if x > 0]))
 
@@ -287,9 +347,20 @@ class ProxyApp:
                 self.sweep_idle(now)
                 self.end_insert_id_holds(now - self.config.pool.last_insert_id_hold)
                 self.stop_overdue_statements()
+                self.stop_slow_packets(now)
                 self.stats.sample()  # MaxConnUsed: the pools' high-water mark, sampled
             except Exception:  # a bug here must not stop the sweeping
                 log.exception("idle sweep failed")
+
+    def stop_slow_packets(self, now: float) -> int:
+        """Close clients whose command packet began more than [proxy] net_read_timeout ago and is
+        still incomplete (a client dripping a 64 MB packet a byte at a time is not idle, but it must
+        not hold the buffer forever)."""
+        limit = self.config.net_read_timeout
+        slow = [s for s in self.sessions.values() if s.partial_since and not s.busy and now - s.partial_since > limit and not s.closed]
+        for sess in slow:
+            sess.close_read_timeout()
+        return len(slow)
 
     def stop_overdue_statements(self) -> int:
         """Statements past their timeout ([proxy] default_query_timeout or a rule's `timeout`) are

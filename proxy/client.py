@@ -66,6 +66,8 @@ _session_ids = itertools.count(1)
 
 # Pause reading from a client that pipelines more than this many bytes of commands.
 _PIPELINE_LIMIT = 1 << 20
+# Unfinished packets bigger than this count against [proxy] partial_packet_budget.
+_PARTIAL_ACCOUNTED = 1 << 20
 
 _IN_TRANS = int(ServerStatus.IN_TRANS)
 _AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
@@ -123,6 +125,7 @@ class ClientSession(asyncio.Protocol):
         self.clock = host.clock
         self.last_activity = 0.0  # host clock; when the client last sent bytes or a reply ended
         self.wait_timeout: float | None = None  # the client's own SET wait_timeout (s), if it set one
+        self.partial_since = 0.0  # host clock; since when a command packet has been arriving (0: none)
 
     # What the host, the stats and the admin port read of the session (proxy.stats.SessionLike).
 
@@ -184,7 +187,11 @@ class ClientSession(asyncio.Protocol):
             self.local = (sockname[0], sockname[1])
         set_nodelay(transport)
         self.host.stats.client_connected()
-        self.admitted = self.host.admit(self)
+        refusal = self.host.admit(self)
+        if refusal is not None:  # told before the greeting, as a server tells a blocked host
+            self.send_err(0, *refusal)
+            self.close()
+            return
         if self.host.draining:  # accepted just before the listener closed
             self.close()
             return
@@ -192,13 +199,27 @@ class ClientSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = self.clock()
-        self.framer.feed(data)
+        framer = self.framer
+        framer.feed(data)
         if self.busy and not self.commands.infile:
             self.login.wake()
-            if self.framer.buffered > _PIPELINE_LIMIT and not self.reading_paused:
+            if framer.buffered > _PIPELINE_LIMIT and not self.reading_paused:
                 self.set_reading(False)
             return
         self.commands.process()
+        if framer.buffered and not self.closed:  # a packet begun, not whole yet (rare: a big statement or a slow client)
+            self._partial(framer.buffered)
+        elif self.partial_since:
+            self.partial_since = 0.0
+            self.host.packet_done(self)
+
+    def _partial(self, size: int) -> None:
+        """A command packet is arriving: it must be whole within [proxy] net_read_timeout (the
+        host's sweeper), and big ones count against the host's budget for unfinished packets."""
+        if not self.partial_since:
+            self.partial_since = self.clock()
+        if size > _PARTIAL_ACCOUNTED:
+            self.host.partial_packet(self, size)
 
     def connection_lost(self, exc: Exception | None) -> None:
         infile = self.commands.infile
@@ -313,6 +334,18 @@ class ClientSession(asyncio.Protocol):
             ErrorCode.CLIENT_INTERACTION_TIMEOUT,
             f"The client was disconnected by the server because of inactivity. See {setting} ({timeout:g}s) for configuring this behavior.",
         )
+        self.close()
+
+    def close_read_timeout(self) -> None:
+        """A command packet began and did not arrive whole within [proxy] net_read_timeout."""
+        self.log(logging.WARNING, "closed: a packet begun %.1fs ago is still incomplete (%d bytes; net_read_timeout = %gs)",
+                 self.clock() - self.partial_since, self.framer.buffered, self.host.config.net_read_timeout)
+        self.send_err(0, ErrorCode.NET_READ_INTERRUPTED, "Got timeout reading communication packets")
+        self.close()
+
+    def close_for_budget(self) -> None:
+        """The host's budget for unfinished packets is spent and this client holds the most."""
+        self.send_err(0, ErrorCode.OUT_OF_RESOURCES, "Out of resources: rwproxy holds too many unfinished packets (partial_packet_budget); yours was the largest")
         self.close()
 
     def close_for_shutdown(self, cut: bool = False) -> None:

@@ -115,6 +115,19 @@ class Config:
     # Seconds a statement may run before the proxy stops it (KILL QUERY); a query rule's `timeout`
     # (ms) overrides it. 0 = never. ProxySQL's mysql-default_query_timeout (10 h).
     default_query_timeout: float = 36000.0
+    # Hostile clients (proxy.throttle): failed logins from one address / for one account slow down
+    # (a growing delay before the ERR), then block (ERR 1129 / 4150) for host_block_time seconds;
+    # connections still in the handshake have caps of their own, apart from logged-in clients; a
+    # command packet must arrive whole within net_read_timeout; partial packets share a budget.
+    max_connect_errors: int = 100  # failed logins from one address before it is blocked (MariaDB's default); 0 = never
+    max_password_errors: int = 0  # failed logins for one account before it is blocked; 0 = never (MariaDB's default)
+    host_block_time: float = 300.0  # seconds a blocked address / account stays blocked
+    login_delay_after: int = 3  # failed logins (address or account) before answers are delayed
+    max_login_delay: float = 5.0  # the delay doubles from 0.1 s per further failure, up to this
+    max_handshakes: int = 1024  # connections not logged in yet; one more evicts the oldest
+    max_handshakes_per_address: int = 64  # of those, from one client address; one more is refused (ERR 1040)
+    net_read_timeout: float = 30.0  # a command packet begun must arrive whole within this (ERR 1159)
+    partial_packet_budget: int = 256 << 20  # bytes of unfinished packets held for all clients together
     # Backend connections: pooled and lent per statement or transaction (multiplexing), or one set
     # per client session (multiplexing = false).
     multiplexing: bool = True
@@ -270,6 +283,17 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     idle_timeout = proxy.get("client_idle_timeout", float, 28800.0, _between(0, 31_536_000, " (0 = never)"))
     shutdown_timeout = proxy.get("shutdown_timeout", float, 30.0, _between(0, 86_400))
     query_timeout = proxy.get("default_query_timeout", float, 36000.0, _between(0, 31_536_000, " (0 = never)"))
+    hostile = {
+        "max_connect_errors": proxy.get("max_connect_errors", int, 100, _between(0, 1 << 32, " (0 = never)")),
+        "max_password_errors": proxy.get("max_password_errors", int, 0, _between(0, 1 << 32, " (0 = never)")),
+        "host_block_time": proxy.get("host_block_time", float, 300.0, _between(1, 31_536_000)),
+        "login_delay_after": proxy.get("login_delay_after", int, 3, _between(0, 1_000_000)),
+        "max_login_delay": proxy.get("max_login_delay", float, 5.0, _between(0, 60)),
+        "max_handshakes": proxy.get("max_handshakes", int, 1024, _between(1, 1_000_000)),
+        "max_handshakes_per_address": proxy.get("max_handshakes_per_address", int, 64, _between(1, 1_000_000)),
+        "net_read_timeout": proxy.get("net_read_timeout", float, 30.0, _between(1, 31_536_000)),
+        "partial_packet_budget": proxy.get("partial_packet_budget", int, 256 << 20, _between(1 << 20, 1 << 40)),
+    }
     proxy.finish()
 
     pool_sec = _Section(file, "pool", root.get("pool", dict, default={}))
@@ -407,6 +431,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         max_connections=max_connections,
         client_idle_timeout=idle_timeout,
         default_query_timeout=query_timeout,
+        **hostile,
         shutdown_timeout=shutdown_timeout,
         multiplexing=multiplexing,
         pool=pool,

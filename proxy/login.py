@@ -27,6 +27,7 @@ from typing import Protocol
 from .config import User
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
+from .logsafe import LogLimiter
 from .protocol import auth
 from .protocol.constants import (
     CACHING_SHA2_FAST_AUTH_OK,
@@ -49,6 +50,7 @@ from .protocol.packets import (
 )
 
 log = logging.getLogger("rwproxy.session")
+_limited = LogLimiter(log)  # failed logins: one line per address, then a count
 
 
 class LoginTarget(SessionCore, Protocol):
@@ -56,6 +58,7 @@ class LoginTarget(SessionCore, Protocol):
 
     framer: PacketFramer  # client bytes, buffered while the session logs in
     peer: str
+    client_ip: str | None
     admitted: bool  # within [proxy] max_connections
     logged_in: bool
     counted_user: str | None  # the user this session counts against
@@ -135,11 +138,12 @@ class Login:
         s.send(make_handshake_v10(hs), 0)
         timeout = host.config.handshake_timeout
         pkt = await self.read_packet(timeout)
-        if not s.admitted:
+        if not host.count_client(s):
             # MySQL sends this ERR in place of the greeting; here it comes where the client awaits
             # its authentication result, which every client reports faithfully (MariaDB's
             # Connector/C, which wants TLS by default, reports an ERR before the greeting as
             # CR_CONNECTION_ERROR 2002 "Received error packet before completion of TLS handshake").
+            # A connection that never answers the greeting does not count (proxy.app handshake caps).
             s.log(logging.WARNING, "too many connections (max_connections = %d): refused", host.config.max_connections)
             s.send_err(2, ErrorCode.CON_COUNT_ERROR, "Too many connections")
             s.close()
@@ -160,11 +164,17 @@ class Login:
         s.send(make_ok(OK(status=s.status), s.capabilities), seq)
         s.log(logging.DEBUG, "logged in")
         s.logged_in = True
+        host.handshake_over(s)
         s.free()
 
     async def _authenticate(self, username: str, plugin: str, token: bytes, seq: int, timeout: float) -> tuple[User | None, int]:
         """Verify the client; on failure send ERR 1045. Returns (user or None, next sequence id)."""
         s = self.session
+        throttle = s.host.throttle
+        if throttle.account_blocked(username):
+            s.log(logging.WARNING, "login refused: the account is blocked after %d failed logins", s.host.config.max_password_errors)
+            s.send_err(seq, ErrorCode.USER_IS_BLOCKED, f"User is blocked because of too many credential errors; it is unblocked after host_block_time ({s.host.config.host_block_time:g}s)")
+            return None, seq
         user = s.host.config.users.get(username)
         if user is not None and plugin != user.auth_plugin:
             # As MySQL does, the account's plugin decides: a client that tried another one is
@@ -174,12 +184,16 @@ class Login:
             s.send(make_auth_switch(AuthSwitchRequest(plugin, self.scramble)), seq)
             pkt = await self.read_packet(timeout)
             token, seq = bytes(pkt.payload), pkt.seq + 1
+        address = s.client_ip or "?"
         if user is None or not auth.verify(plugin, user.password, self.scramble, token):
-            s.log(logging.WARNING, "access denied")
+            delay = throttle.failed(address, username)
+            _limited.log(logging.WARNING, ("denied", address), "access denied for user %r from %s%s", username, address, f" (answered after {delay:g}s)" if delay else "")
+            if delay:
+                await asyncio.sleep(delay)  # a guesser waits; everyone else does not
             using = "YES" if token not in (b"", b"\0") else "NO"
-            host = s.peer.rsplit(":", 1)[0]
-            s.send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{username}'@'{host}' (using password: {using})")
+            s.send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{username}'@'{address}' (using password: {using})")
             return None, seq
+        throttle.succeeded(address, username)
         if plugin == CACHING_SHA2_PASSWORD:
             s.send(bytes((0x01, CACHING_SHA2_FAST_AUTH_OK)), seq)
             seq += 1

@@ -39,8 +39,8 @@ def parse_err(payload: bytes) -> Err:
 class Raw:
     """A minimal MySQL client over a raw socket."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float = 10.0, source: str | None = None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.connection_id = 0

@@ -172,11 +172,13 @@ class ErrorCode(enum.IntEnum):
     make_err refuses them."""
 
     CON_COUNT_ERROR = 1040
+    OUT_OF_RESOURCES = 1041
     HANDSHAKE_ERROR = 1043
     ACCESS_DENIED = 1045
     UNKNOWN_COM_ERROR = 1047
     BAD_DB_ERROR = 1049
     SERVER_SHUTDOWN = 1053
+    HOST_IS_BLOCKED = 1129
     NET_PACKET_TOO_LARGE = 1153
     NET_READ_ERROR = 1158
     NET_READ_INTERRUPTED = 1159
@@ -188,12 +190,16 @@ class ErrorCode(enum.IntEnum):
     QUERY_INTERRUPTED = 1317  # a statement stopped by its timeout (the server's own word for KILL QUERY)
     CONNECTION_KILLED = 1927  # MariaDB: the session's server connection is gone, with its state
     CLIENT_INTERACTION_TIMEOUT = 4031  # MySQL 8.0.24+: sent before closing an idle client
+    USER_IS_BLOCKED = 4150  # MariaDB: too many failed logins for an account (max_password_errors)
     # ProxySQL's own: no server of a hostgroup could be reached within connect_timeout_server_max.
     HOSTGROUP_UNREACHABLE = 9001
 
 
 SQLSTATE: dict[int, str] = {
     ErrorCode.CON_COUNT_ERROR: "08004",
+    ErrorCode.OUT_OF_RESOURCES: "HY000",
+    ErrorCode.HOST_IS_BLOCKED: "HY000",
+    ErrorCode.USER_IS_BLOCKED: "HY000",
     ErrorCode.HANDSHAKE_ERROR: "08S01",
     ErrorCode.ACCESS_DENIED: "28000",
     ErrorCode.UNKNOWN_COM_ERROR: "08S01",

@@ -486,7 +486,7 @@ def test_run_dispatches_store_commands(store, cf, config_file):
     assert store.run(parse("SET NAMES utf8mb4")) == Affected(0)
     assert store.run(parse("SELECT @@version_comment LIMIT 1")).rows == [("rwproxy admin",)]
     assert store.run(parse("SHOW TABLES LIKE 'runtime%users'")).rows == [("runtime_mysql_users",)]
-    assert store.run(parse("SHOW VARIABLES LIKE 'mysql-max_conn%'")).rows == [("mysql-max_connections", "42")]
+    assert store.run(parse("SHOW VARIABLES LIKE 'mysql-max_connecti%'")).rows == [("mysql-max_connections", "42")]
     with pytest.raises(Exception, match="needs the running proxy"):
         store.run(parse("LOAD MYSQL USERS TO RUNTIME"))
     with pytest.raises(Exception, match="Kill is executed by the admin listener"):

@@ -22,7 +22,8 @@ def _app(**proxy) -> ProxyApp:
 
 
 def _session(i: int, idle_limit: float = 1.0, **kw) -> SimpleNamespace:
-    s = SimpleNamespace(id=i, admitted=False, counted_user=None, busy=False, logged_in=True, closed=False, last_activity=0.0, idle_closed=False)
+    s = SimpleNamespace(id=i, admitted=False, counted_user=None, busy=False, logged_in=True, closed=False, last_activity=0.0, idle_closed=False,
+                        client_ip=f"10.0.0.{i}", peer=f"10.0.0.{i}:1000", partial_since=0.0)
     s.close_idle = lambda: setattr(s, "idle_closed", True)
     s.idle_limit = lambda: idle_limit
     s.__dict__.update(kw)
@@ -32,9 +33,9 @@ def _session(i: int, idle_limit: float = 1.0, **kw) -> SimpleNamespace:
 def test_admit_counts_up_to_max_connections_and_forget_releases():
     app = _app(max_connections=2)
     a, b, c = _session(1), _session(2), _session(3)
-    assert [app.admit(s) for s in (a, b, c)] == [True, True, False]
-    for s, ok in zip((a, b, c), (True, True, False), strict=True):
-        s.admitted = ok
+    assert [app.admit(s) for s in (a, b, c)] == [None, None, None]  # registered (handshake caps apart)
+    assert [app.count_client(s) for s in (a, b, c)] == [True, True, False]
+    assert [s.admitted for s in (a, b, c)] == [True, True, False]
     assert app.admitted == 2 and len(app.sessions) == 3  # the refused one is tracked, not counted
     app.forget(c)
     assert app.admitted == 2
@@ -42,7 +43,7 @@ def test_admit_counts_up_to_max_connections_and_forget_releases():
     app.forget(a)  # a second teardown changes nothing
     assert app.admitted == 1
     d = _session(4)
-    assert app.admit(d)
+    assert app.admit(d) is None and app.count_client(d)
 
 
 def test_user_counts_move_and_release():
