@@ -207,7 +207,7 @@ class ClientSession(asyncio.Protocol):
                 self.set_reading(False)
             return
         self.commands.process()
-        if framer.buffered and not self.closed:  # a packet begun, not whole yet (rare: a big statement or a slow client)
+        if framer.buf and not self.closed:  # a packet begun, not whole yet (rare: a big statement or a slow client)
             self._partial(framer.buffered)
         elif self.partial_since:
             self.partial_since = 0.0

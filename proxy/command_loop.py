@@ -148,7 +148,7 @@ class CommandLoop:
     __slots__ = (
         "session", "framer", "conns", "lending", "prepared", "_stats", "current", "post", "stat", "rule_ids", "t0",
         "current_sql", "rewrite_id", "infile", "insert_id", "row_count", "holding_insert_id", "reset_on_release",
-        "packet", "retries", "first_chunk", "timeout_ms", "killing", "diag_conn",
+        "packet", "retries", "first_chunk", "killing", "diag_conn",
     )  # fmt: skip
 
     def __init__(self, session: CommandSession) -> None:
@@ -171,9 +171,8 @@ class CommandLoop:
         self.reset_on_release = False  # the reply in flight left state nobody else may inherit
         # For a statement that failed before its reply began (retried when that is safe):
         self.packet: Packet | None = None  # the client's command packet in flight
-        self.retries = 0  # how often it was retried on another server
+        self.retries: tuple[Packet, int] | None = None  # (packet, how often it was run again elsewhere)
         self.first_chunk = False  # nothing of the reply in flight has reached the client yet
-        self.timeout_ms: int | None = None  # a query rule's timeout for the statement in flight
         self.killing: tuple[BackendConnection, int] | None = None  # (connection, t0) of a statement past its timeout
         # The connection whose last statement (the session's previous one) left warnings or an
         # error: held until the next statement, so SHOW WARNINGS & co. can run where they are.
@@ -213,7 +212,7 @@ class CommandLoop:
             s.protocol_error(1, ProtocolError("Malformed communication packet (empty command)"))
             return
         cmd = payload[0]
-        self.packet, self.retries = pkt, 0  # (a retry sets `retries` again after dispatching)
+        self.packet = pkt
         if s.lost is not None and cmd != Command.QUIT:
             s.send_err(1, ErrorCode.CONNECTION_KILLED, s.lost)
             s.close()
@@ -225,12 +224,15 @@ class CommandLoop:
                 # Nothing to route, but the digest table counts every statement: classify() is
                 # cached by raw text (a dict hit for a text seen before), else a fingerprint.
                 cls = self.stat = classify_text(sql)
-                self.rule_ids, self.current_sql, self.timeout_ms = (), sql, None
-                if cls.client_session and self._answer_here(cls, sql, only_connection_id=True):
-                    return
+                self.rule_ids, self.current_sql = (), sql
+                raw = pkt.raw
+                if cls.client_session:
+                    if self._answer_here(cls, sql, only_connection_id=True):
+                        return
+                    raw = _query_packet(self.current_sql)
                 if cls.set_targets:
                     note_wait_timeout(s, cls.set_targets)
-                self.run(s.writer_hg, pkt.raw if self.current_sql is sql else _query_packet(self.current_sql), Reply.RESULT, None)
+                self.run(s.writer_hg, raw, Reply.RESULT, None)
             else:
                 self._query(sql, pkt.raw)
             return
@@ -297,7 +299,6 @@ class CommandLoop:
                 cls = classify_text(sql)
         decision = s.router.decide(cls, sql, s.session_view())
         self.stat, self.rule_ids, self.current_sql = cls, decision.rule_ids, sql
-        self.timeout_ms = decision.timeout_ms
         action = decision.action
         if type(action) is RouteTo:
             if decision.sql is not None:
@@ -343,7 +344,7 @@ class CommandLoop:
         s = self.session
         self.t0 = _monotonic_ns()
         if s.passthrough:
-            self.stat, self.rule_ids, self.current_sql, self.timeout_ms = classify_text(sql), (), sql, None
+            self.stat, self.rule_ids, self.current_sql = classify_text(sql), (), sql
             self.run(s.writer_hg, _query_packet(sql), Reply.RESULT, None)
         else:
             self._query(sql, _query_packet(sql))
@@ -431,7 +432,9 @@ class CommandLoop:
         conn = self.current
         if conn is None or self.stat is None or self._stopping(conn):
             return False
-        limit = self.timeout_ms / 1000 if self.timeout_ms else default
+        post = self.post  # (a routed COM_QUERY's: classification, decision, text)
+        rule_ms = post[1].timeout_ms if post is not None and not isinstance(post[0], int) else None
+        limit = rule_ms / 1000 if rule_ms else default
         if not limit or now_ns - self.t0 < limit * 1e9:
             return False
         self.killing = (conn, self.t0)
@@ -514,16 +517,8 @@ class CommandLoop:
                 self.insert_id = scanner.last_insert_id
         if scanner.results or scanner.error is not None:
             self.row_count = scanner.row_count
-        diag = self.diag_conn
-        if scanner.warnings or scanner.error is not None:
-            self.diag_conn = conn
-            if diag is not None and diag is not conn:
-                self._drop_diagnostics(diag)
-        elif diag is not None and diag is not conn and (stat is None or stat.tables_read or stat.tables_written):
-            # As on a server, the warnings list is reset by the next statement that uses a table
-            # (SELECT 1 leaves it); on the connection that holds them the server says it itself.
-            self.diag_conn = None
-            self._drop_diagnostics(diag)
+        if scanner.warnings or scanner.error is not None or self.diag_conn is not None:
+            self._diagnostics(scanner, conn, stat)
         if s.multiplexing and not self.holds(conn):
             self.lending.release(conn, reset=self.reset_on_release)
         self.reset_on_release = False
@@ -534,6 +529,20 @@ class CommandLoop:
             return
         if self.framer.buffered or s.reading_paused:
             self.process()
+
+    def _diagnostics(self, scanner: ResultScanner, conn: BackendConnection, stat: Classification | None) -> None:
+        """Which connection holds the warnings SHOW WARNINGS & co. must read: the one whose
+        statement just left warnings or an error; the one held before stays until a statement that
+        uses a table runs elsewhere (as on a server, SELECT 1 leaves the list, a table resets it;
+        on the holding connection the server itself says)."""
+        diag = self.diag_conn
+        if scanner.warnings or scanner.error is not None:
+            self.diag_conn = conn
+            if diag is not None and diag is not conn:
+                self._drop_diagnostics(diag)
+        elif diag is not conn and (stat is None or stat.tables_read or stat.tables_written):
+            self.diag_conn = None
+            self._drop_diagnostics(diag)
 
     def _drop_diagnostics(self, conn: BackendConnection) -> None:
         """`conn` held warnings of a statement the session has moved past: back to its pool, reset,
@@ -606,17 +615,18 @@ class CommandLoop:
         self.current = None
         address, hg = conn.server.address, conn.hostgroup
         packet = self.packet
+        r = self.retries
+        retried = r[1] if r is not None and r[0] is packet else 0  # (a new statement is a new packet)
         if (
             not state_lost and s.multiplexing and s.txn_hg is None and not s.pins.pinned and self.is_read()
             and packet is not None and packet.payload[0] in _RETRYABLE and not self.prepared.long_data_sent
-            and self.retries < s.host.config.monitor.query_retries_on_failure
+            and retried < s.host.config.monitor.query_retries_on_failure
         ):  # fmt: skip
-            retries = self.retries + 1
+            self.retries = (packet, retried + 1)
             _limited.log(logging.WARNING, ("retry", address), "backend %s (hostgroup %d) lost before replying (%s); read retried on another server", address, hg, why)
             self.lending.avoid(conn.server)
             self.post = None
             self._dispatch(packet)
-            self.retries = retries
             return
         s.log(logging.WARNING, "backend %s (hostgroup %d) lost before replying: %s", address, hg, why)
         if state_lost:

@@ -58,33 +58,35 @@ def make_packet(payload: bytes | bytearray | memoryview, seq: int) -> bytes:
 
 
 class PacketFramer:
-    __slots__ = ("_buf", "_pos", "max_payload")
+    __slots__ = ("buf", "_pos", "max_payload")
 
     def __init__(self, max_payload: int = 1 << 30) -> None:
-        self._buf: bytes | bytearray = b""
+        # Bytes received and not handed out as packets yet, from `_pos` on; empty (falsy) when
+        # everything was: a cheap test for "a packet is still arriving".
+        self.buf: bytes | bytearray = b""
         self._pos = 0
         self.max_payload = max_payload
 
     def feed(self, data: bytes) -> None:
-        if self._pos >= len(self._buf):
+        if self._pos >= len(self.buf):
             # Nothing pending: keep the chunk as-is (no copy for the common one-packet case).
-            self._buf = data
+            self.buf = data
             self._pos = 0
             return
-        if isinstance(self._buf, bytes):
-            self._buf = bytearray(memoryview(self._buf)[self._pos :])
+        if isinstance(self.buf, bytes):
+            self.buf = bytearray(memoryview(self.buf)[self._pos :])
             self._pos = 0
         elif self._pos > 65536:
-            del self._buf[: self._pos]
+            del self.buf[: self._pos]
             self._pos = 0
-        self._buf += data
+        self.buf += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return len(self.buf) - self._pos
 
     def next_packet(self, join: bool = True) -> Packet | None:
-        buf, pos = self._buf, self._pos
+        buf, pos = self.buf, self._pos
         end = len(buf)
         if end - pos < 4:
             return None
@@ -98,12 +100,12 @@ class PacketFramer:
                 return None
             if pos == 0 and stop == end and isinstance(buf, bytes):
                 raw = buf
-                self._buf = b""
+                self.buf = b""
             else:
                 raw = bytes(memoryview(buf)[pos:stop])
                 self._pos = stop
                 if stop == end:
-                    self._buf, self._pos = b"", 0
+                    self.buf, self._pos = b"", 0
             return Packet(seq, seq, memoryview(raw)[4:], raw)
         # Split payload: walk the pieces until a short one; join only once all have arrived.
         pieces = []
@@ -137,5 +139,5 @@ class PacketFramer:
         raw = bytes(mv[pos:p])
         self._pos = p
         if p == end:
-            self._buf, self._pos = b"", 0
+            self.buf, self._pos = b"", 0
         return Packet(seq, (expect - 1) & 0xFF, payload, raw)
