@@ -9,6 +9,8 @@ hid a real difference would be a defect of the harness, so the list is short on 
   is the server's thread id, through the proxy the proxy's own session id: two counters that are
   never equal. Whether the id the client got agrees with ``CONNECTION_ID()`` and ``KILL`` is
   checked by the ``connection_id`` and ``kill`` steps instead, which compare ids within one run.
+* The port the client dialed, where Connector/J names it in a connect error
+  (``address=(host=127.0.0.1)(port=3306)``): the server's port directly, the proxy's through it.
 * Connection ids inside texts — the same two counters: the statement a ``kill`` step built from
   the handshake's id (``KILL 123`` becomes ``KILL <id>``), and MariaDB Connector/J's prefix on
   every exception message, ``(conn=123)``, which is the handshake's id too.
@@ -50,6 +52,7 @@ def _short(v: Any, limit: int = 160) -> str:
 
 _ID_IN_KILL = re.compile(r"(?i)\b(KILL(?:\s+(?:HARD|SOFT))?(?:\s+(?:QUERY|CONNECTION))?(?:\s+ID)?\s+)\d+")
 _CONNECTOR_J_CONN = re.compile(r"\(conn=\d+\)")
+_CONNECTOR_J_ADDRESS = re.compile(r"(address=\(host=[^)]*\))\(port=\d+\)")
 
 
 def normalize(record: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +67,7 @@ def normalize(record: dict[str, Any]) -> dict[str, Any]:
         text = json.dumps(out, ensure_ascii=False)
         if r.get("op") == "kill":
             text = _ID_IN_KILL.sub(r"\1<id>", text)
+        text = _CONNECTOR_J_ADDRESS.sub(r"\1(port=<port>)", text)
         out = json.loads(_CONNECTOR_J_CONN.sub("(conn=<id>)", text))
         r["out"] = out
     return r

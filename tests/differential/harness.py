@@ -92,8 +92,25 @@ def java_classes(build_dir: Path) -> Path:
     return out
 
 
+def driver_scenarios(driver: str, scenarios: list[dict[str, Any]], build_dir: Path) -> list[str]:
+    """The scenario files as `driver` runs them: a step whose ``skip`` names the driver (a crash of
+    that driver's own, say) becomes ``{"op": "skip"}`` with the reason, the same on both sides."""
+    out = build_dir / "scenarios" / driver
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sc in scenarios:
+        steps = []
+        for step in sc["steps"]:
+            why = step.get("skip", {}).get(driver)
+            steps.append({"op": "skip", "conn": step.get("conn", "a"), "reason": why} if why else step)
+        path = out / Path(sc["path"]).name
+        path.write_text(json.dumps(sc | {"steps": steps}, ensure_ascii=False))
+        paths.append(str(path))
+    return paths
+
+
 def runner_command(driver: str, host: str, port: int, user: str, password: str, scenarios: list[dict[str, Any]], build_dir: Path) -> list[str]:
-    paths = [sc["path"] for sc in scenarios]
+    paths = driver_scenarios(driver, scenarios, build_dir)
     common = ["--host", host, "--port", str(port), "--user", user, "--password", password]
     if driver in PYTHON_DRIVERS:
         return [sys.executable, "-m", "tests.differential.runners.python_runner", "--driver", driver, *common, *paths]

@@ -209,10 +209,24 @@ class Runner {
       const conn = s.conn || 'a';
       const t0 = process.hrtime.bigint();
       let out;
+      let timer;
+      // Every step ends: a command the driver itself puts no timeout on (COM_CHANGE_USER,
+      // COM_RESET_CONNECTION, COM_PING, COM_QUIT) is cut after the read timeout, and that
+      // connection is destroyed, as a query's timeout would.
+      const hang = new Promise((resolve) => {
+        timer = setTimeout(() => resolve({ hang: `no reply within ${READ_TIMEOUT_MS} ms` }), READ_TIMEOUT_MS + 1000);
+      });
       try {
-        out = await this.step(s.op, conn, s);
+        const work = this.step(s.op, conn, s);
+        out = await (s.op === 'sync' || s.op === 'sleep' ? work : Promise.race([work, hang]));
       } catch (e) {
         out = { error: error(e) };
+      } finally {
+        clearTimeout(timer);
+      }
+      if (out && out.hang && this.conns[conn]) {
+        this.conns[conn].destroy();
+        delete this.conns[conn];
       }
       emit({ type: 'step', scenario: sc.name, index: i, op: s.op, conn, out, elapsed: Number(process.hrtime.bigint() - t0) / 1e9 });
     }
