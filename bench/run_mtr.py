@@ -17,9 +17,15 @@ test's databases are dropped and `test` re-created; the vardir path is the same 
 
 A run that does not finish within --timeout seconds is killed and reported as a hang. Every test
 whose outputs differ is then judged again on fresh servers (a new D and P from the same template,
-a fresh proxy): a difference that disappears there came from an earlier test's leftovers and is
-reported as such; one that stays is real. The proxy's log lines during a test's run are kept with
+a fresh proxy): a difference that stays there belongs to the test itself; one that disappears came
+from what earlier tests left behind — on P's server (a global variable a failing test did not
+restore, when that earlier test itself differed) or in the proxy (pooled connections carrying
+another client's state: issue 10's defect 0) — and the first pass's diff says which. The proxy's log lines during a test's run are kept with
 its result (e.g. "sent N bytes after the end of a reply").
+
+Outputs are compared after replacing, on each side, the port the test connected to and the
+server's data directory (tests print paths under @@datadir) with placeholders. A test that shuts
+its server down gets it restarted, as mysql-test-run would.
 
 The proxy connects to P as root over TCP (root@127.0.0.1, no password, like mysql-test-run's root)
 and knows root as its only frontend user: a test that logs in as a user it created itself is
@@ -155,6 +161,8 @@ class Lab:
         (self.vardir / "tmp").mkdir(parents=True)
 
     def run(self, side: Side, test: str, timeout: float) -> Run:
+        if not side.server.is_running:  # a test shut it down (mysql-test-run would restart it)
+            side.server.start(timeout=60)
         self.reset(side)
         side.proxy_log_since_last()
         port = side.port
@@ -190,17 +198,21 @@ class Lab:
         return Run(status, out, time.monotonic() - t0, side.proxy_log_since_last())
 
 
-_PORT = re.compile(r"\b\d{4,5}\b")
+def canonical(run: Run, side: Side) -> str:
+    """The output without what differs between the two sides by construction: the port the test
+    connected to, and the server's data directory (tests print paths under @@datadir)."""
+    out = run.output.replace(str(side.server.datadir), "<datadir>")
+    return out.replace(str(side.port), "<port>").replace(str(side.server.port), "<port>")
 
 
-def same(a: Run, b: Run, direct_port: int, proxy_port: int) -> bool:
-    return a.status == b.status and a.output.replace(str(direct_port), "<port>") == b.output.replace(str(proxy_port), "<port>")
+def same(a: Run, b: Run, d: Side, p: Side) -> bool:
+    return a.status == b.status and canonical(a, d) == canonical(b, p)
 
 
-def first_difference(a: Run, b: Run) -> str:
+def first_difference(a: Run, b: Run, d: Side, p: Side) -> str:
     if a.status != b.status and "hang" in (a.status, b.status):
         return f"status {a.status} vs {b.status}; proxied output ends: {b.output.strip().splitlines()[-1:]!r}"
-    lines = list(difflib.unified_diff(a.output.splitlines(), b.output.splitlines(), "direct", "proxied", n=0, lineterm=""))
+    lines = list(difflib.unified_diff(canonical(a, d).splitlines(), canonical(b, p).splitlines(), "direct", "proxied", n=0, lineterm=""))
     return "\n".join(lines[:12]) + ("\n…" if len(lines) > 12 else "")
 
 
@@ -212,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tests", help="comma-separated test names (default: the issue's, then all of main)")
     ap.add_argument("--budget", type=float, default=20.0, help="minutes for the first pass (default %(default)s)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds before a test run counts as a hang (default %(default)s)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a test run counts as a hang (default %(default)s)")
     ap.add_argument("--json", type=Path, help="write every result here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (servers' and proxy's logs)")
     a = ap.parse_args(argv)
@@ -230,12 +242,22 @@ def main(argv: list[str] | None = None) -> int:
             named = test in ISSUE_TESTS
             if not named and time.monotonic() - t_start > a.budget * 60:
                 break
-            rd = lab.run(d, test, a.timeout)
-            rp = lab.run(p, test, a.timeout)
-            equal = same(rd, rp, d.port, p.port)
+            try:
+                rd = lab.run(d, test, a.timeout)
+                rp = lab.run(p, test, a.timeout)
+            except Exception as exc:  # a server that would not come back: new twins, go on
+                print(f"[{i + 1}/{len(tests)}] {test}: harness error {exc}", flush=True)
+                results[test] = {"direct": "error", "proxied": "error", "same": True, "seconds": 0, "proxy_log": [], "error": str(exc)[:500]}
+                d.stop()
+                p.stop()
+                d, p = lab.direct(), lab.proxied()
+                continue
+            equal = same(rd, rp, d, p)
             results[test] = {"direct": rd.status, "proxied": rp.status, "same": equal, "seconds": round(rd.seconds + rp.seconds, 1), "proxy_log": rp.proxy_log}
             if not equal:
-                results[test]["diff"] = first_difference(rd, rp)
+                results[test]["diff"] = first_difference(rd, rp, d, p)
+            if a.json:
+                a.json.write_text(json.dumps({"results": results}, indent=1))
             print(f"[{i + 1}/{len(tests)}] {test}: {'same' if equal else 'DIFFERS'} ({rd.status}/{rp.status}, {rd.seconds + rp.seconds:.1f}s)", flush=True)
             if rp.status == "hang" or (p.proxy and p.proxy.process and p.proxy.process.poll() is not None):
                 p.stop()  # a hung or dead proxy: a fresh one (and server) for the next test
@@ -249,13 +271,16 @@ def main(argv: list[str] | None = None) -> int:
         d, p = lab.direct(), lab.proxied()
         try:
             rd, rp = lab.run(d, test, a.timeout), lab.run(p, test, a.timeout)
+            fresh_same = same(rd, rp, d, p)
+            results[test]["fresh"] = {"direct": rd.status, "proxied": rp.status, "same": fresh_same, "proxy_log": rp.proxy_log}
+            if not fresh_same:
+                results[test]["fresh"]["diff"] = first_difference(rd, rp, d, p)
+        except Exception as exc:
+            fresh_same = False
+            results[test]["fresh"] = {"direct": "error", "proxied": "error", "same": False, "proxy_log": [], "diff": f"harness error: {exc}"[:500]}
         finally:
             d.stop()
             p.stop()
-        fresh_same = same(rd, rp, d.port, p.port)
-        results[test]["fresh"] = {"direct": rd.status, "proxied": rp.status, "same": fresh_same, "proxy_log": rp.proxy_log}
-        if not fresh_same:
-            results[test]["fresh"]["diff"] = first_difference(rd, rp)
         print(f"fresh servers: {test}: {'same (the first difference came from an earlier test)' if fresh_same else 'DIFFERS'}", flush=True)
     real = [t for t in differing if not results[t]["fresh"]["same"]]
     counts = {

@@ -40,7 +40,8 @@ import java.util.List;
 import java.util.Map;
 
 public final class DiffRunner {
-    static final int READ_TIMEOUT_MS = 5000; // a reply that never comes becomes an error
+    // A reply that never comes becomes an error (the harness sets the timeout).
+    static final int READ_TIMEOUT_MS = (int) (1000 * Double.parseDouble(System.getenv().getOrDefault("RWPROXY_DIFF_READ_TIMEOUT", "5")));
     static final Gson GSON = new GsonBuilder().serializeNulls().disableHtmlEscaping().create();
     static final PrintStream OUT = new PrintStream(System.out, true, StandardCharsets.UTF_8);
     static final BufferedReader IN = new BufferedReader(new InputStreamReader(System.in, StandardCharsets.UTF_8));

@@ -16,7 +16,8 @@ const path = require('path');
 const readline = require('readline');
 const mysql = require('mysql2');
 
-const READ_TIMEOUT_MS = 5000; // a reply that never comes becomes an error in the transcript
+// A reply that never comes becomes an error in the transcript (the harness sets the timeout).
+const READ_TIMEOUT_MS = Math.round(1000 * Number(process.env.RWPROXY_DIFF_READ_TIMEOUT || '5'));
 
 function parseArgs(argv) {
   const a = { host: '127.0.0.1', scenarios: [] };

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import re
 import shutil
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-READ_TIMEOUT = 5.0
+READ_TIMEOUT = float(os.environ.get("RWPROXY_DIFF_READ_TIMEOUT", "5"))  # set by the harness
 DELIMITER = "~~~"
 
 
