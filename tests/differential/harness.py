@@ -230,10 +230,23 @@ def run_side(cluster: Any, driver: str, host: str, port: int, scenarios: list[di
     return run_driver(cmd, on_sync=lambda: cluster.wait_replicated(timeout=30), read_timeout=DIRECT_READ_TIMEOUT if direct else PROXY_READ_TIMEOUT)
 
 
-def differences(driver: str, mode: str, scenarios: list[dict[str, Any]], direct: RunResult, proxied: RunResult) -> list[Difference]:
-    diffs = compare(driver, mode, scenarios, direct.transcript, proxied.transcript)
-    if direct.returncode != 0:
+def check_direct(driver: str, scenarios: list[dict[str, Any]], direct: RunResult) -> None:
+    """The baseline must be sound, or equal transcripts prove nothing (a driver that cannot even
+    connect looks the same on both sides): the runner finished, and every login the scenarios
+    expect to succeed succeeded directly."""
+    if direct.returncode != 0 or not any(r.get("type") == "done" for r in direct.transcript):
         raise HarnessError(f"{driver} runner failed directly against MariaDB (status {direct.returncode}):\n{direct.stderr[-4000:]}")
+    steps = {(r["scenario"], r["index"]): r for r in direct.transcript if r.get("type") == "step"}
+    for sc in scenarios:
+        for i, step in enumerate(sc["steps"]):
+            out = steps.get((sc["name"], i), {}).get("out", {})
+            if step["op"] == "connect" and step.get("expect") != "error" and "unsupported" not in out and not out.get("connected"):
+                raise HarnessError(f"{driver} could not log in directly against MariaDB at {sc['name']}#{i}: {json.dumps(out)[:500]}\n{direct.stderr[-2000:]}")
+
+
+def differences(driver: str, mode: str, scenarios: list[dict[str, Any]], direct: RunResult, proxied: RunResult) -> list[Difference]:
+    check_direct(driver, scenarios, direct)
+    diffs = compare(driver, mode, scenarios, direct.transcript, proxied.transcript)
     if proxied.returncode != 0:
         diffs.append(Difference(driver, mode, "-", "-", "-", "runner exit status", direct.returncode, proxied.returncode, proxied.stderr[-2000:]))
     return diffs

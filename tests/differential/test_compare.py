@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 
+import pytest
+
 from tests.differential.compare import compare, normalize
+from tests.differential.harness import HarnessError, RunResult, check_direct
 
 SCENARIOS = [{"name": "s", "steps": [{"op": "connect"}, {"op": "query", "sql": "SELECT 1"}, {"op": "kill", "target": "b"}]}]
 
@@ -42,3 +45,14 @@ def test_normalize_touches_nothing_else() -> None:
     before = copy.deepcopy(rec)
     n = normalize(rec)
     assert rec == before and "elapsed" not in n and n["out"] == rec["out"]
+
+
+def test_a_direct_run_whose_login_failed_is_refused_not_compared() -> None:
+    """Two transcripts of a driver that cannot log in are equal and prove nothing."""
+    broken = transcript()
+    broken[0]["out"] = {"error": {"message": "'float' object cannot be interpreted as an integer"}}
+    with pytest.raises(HarnessError, match="could not log in"):
+        check_direct("mysqlclient", SCENARIOS, RunResult(broken, "", 0))
+    check_direct("mysqlclient", SCENARIOS, RunResult(transcript(), "", 0))
+    with pytest.raises(HarnessError, match="failed directly"):
+        check_direct("mysqlclient", SCENARIOS, RunResult(transcript()[:-1], "", 0))

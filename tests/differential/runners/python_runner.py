@@ -38,7 +38,7 @@ from typing import Any
 
 # Seconds: a reply that never comes (a hang) becomes an error in the transcript. The harness sets
 # it (long directly, where MariaDB never hangs and only machine load can delay a reply).
-READ_TIMEOUT = float(os.environ.get("RWPROXY_DIFF_READ_TIMEOUT", "5"))
+READ_TIMEOUT = max(1, round(float(os.environ.get("RWPROXY_DIFF_READ_TIMEOUT", "5"))))  # whole seconds: some drivers take only ints
 
 
 # -- value and error encoding --------------------------------------------------------------------
