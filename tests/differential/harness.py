@@ -232,11 +232,14 @@ def run_side(cluster: Any, driver: str, host: str, port: int, scenarios: list[di
 
 def check_direct(driver: str, scenarios: list[dict[str, Any]], direct: RunResult) -> None:
     """The baseline must be sound, or equal transcripts prove nothing (a driver that cannot even
-    connect looks the same on both sides): the runner finished, and every login the scenarios
-    expect to succeed succeeded directly."""
+    connect, or a runner that trips over its own bug, looks the same on both sides): the runner
+    finished, hit no bug of its own, and every login the scenarios expect to succeed succeeded."""
     if direct.returncode != 0 or not any(r.get("type") == "done" for r in direct.transcript):
         raise HarnessError(f"{driver} runner failed directly against MariaDB (status {direct.returncode}):\n{direct.stderr[-4000:]}")
     steps = {(r["scenario"], r["index"]): r for r in direct.transcript if r.get("type") == "step"}
+    bugs = [f"{r['scenario']}#{r['index']}" for r in steps.values() if '"runner_bug": true' in json.dumps(r.get("out"))]
+    if bugs:
+        raise HarnessError(f"{driver}: the runner itself failed (not the driver) at {', '.join(bugs[:10])}: fix the runner")
     for sc in scenarios:
         for i, step in enumerate(sc["steps"]):
             out = steps.get((sc["name"], i), {}).get("out", {})

@@ -54,5 +54,9 @@ def test_a_direct_run_whose_login_failed_is_refused_not_compared() -> None:
     with pytest.raises(HarnessError, match="could not log in"):
         check_direct("mysqlclient", SCENARIOS, RunResult(broken, "", 0))
     check_direct("mysqlclient", SCENARIOS, RunResult(transcript(), "", 0))
+    buggy = transcript()
+    buggy[1]["out"] = {"results": [], "error": {"class": "AttributeError", "message": "no attribute 'db'", "runner_bug": True}}
+    with pytest.raises(HarnessError, match="runner itself failed"):
+        check_direct("asyncmy", SCENARIOS, RunResult(buggy, "", 0))
     with pytest.raises(HarnessError, match="failed directly"):
         check_direct("mysqlclient", SCENARIOS, RunResult(transcript()[:-1], "", 0))

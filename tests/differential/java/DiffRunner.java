@@ -99,6 +99,8 @@ public final class DiffRunner {
         JsonObject o = new JsonObject();
         o.addProperty("class", e.getClass().getName());
         o.addProperty("message", String.valueOf(e.getMessage()));
+        // The runner's own mistake, not the driver's answer: the harness refuses such a baseline.
+        if (e instanceof NullPointerException || e instanceof ClassCastException || e instanceof IndexOutOfBoundsException) o.addProperty("runner_bug", true);
         return o;
     }
 

@@ -82,7 +82,13 @@ def error_of(exc: BaseException) -> dict[str, Any]:
         msg = args[1] if len(args) > 1 else ""
     if msg is None:
         msg = str(exc)
-    return {"class": type(exc).__name__, "code": code, "sqlstate": sqlstate, "message": str(msg)}
+    out = {"class": type(exc).__name__, "code": code, "sqlstate": sqlstate, "message": str(msg)}
+    if isinstance(exc, RUNNER_BUGS):  # the runner's own mistake, not the driver's answer
+        out["runner_bug"] = True
+    return out
+
+
+RUNNER_BUGS = (AttributeError, NameError, KeyError, IndexError)
 
 
 def param_value(p: list[Any]) -> Any:
@@ -212,12 +218,16 @@ class PyMySQL(Driver):
 
 
 def _field(f: Any) -> dict[str, Any]:
-    """PyMySQL's/asyncmy's column definition packet, field by field."""
-    return {
+    """PyMySQL's/asyncmy's column definition packet, field by field (asyncmy's compiled packet
+    keeps no public `db`/`catalog`: they are recorded where the driver exposes them)."""
+    out = {
         "name": f.name, "org_name": f.org_name, "table": f.table_name, "org_table": f.org_table,
-        "db": jsonable(f.db), "catalog": jsonable(f.catalog), "charsetnr": f.charsetnr, "length": f.length,
-        "type": f.type_code, "flags": f.flags, "decimals": f.scale,
+        "charsetnr": f.charsetnr, "length": f.length, "type": f.type_code, "flags": f.flags, "decimals": f.scale,
     }  # fmt: skip
+    for attr in ("db", "catalog"):
+        if hasattr(f, attr):
+            out[attr] = jsonable(getattr(f, attr))
+    return out
 
 
 class MySQLConnector(Driver):
