@@ -200,10 +200,14 @@ class Lab:
         return Run(status, out, time.monotonic() - t0, side.proxy_log_since_last())
 
 
+_PERL_TMP = re.compile(r"/tmp[A-Za-z0-9]{6}\b")  # mysqltest's --perl blocks run from mkstemp() files
+
+
 def canonical(run: Run, side: Side) -> str:
     """The output without what differs between the two sides by construction: the port the test
-    connected to, and the server's data directory (tests print paths under @@datadir)."""
-    out = run.output.replace(str(side.server.datadir), "<datadir>")
+    connected to, the server's data directory (tests print paths under @@datadir), and the random
+    name of the temporary file a test's perl block runs from (printed in perl's error messages)."""
+    out = _PERL_TMP.sub("/tmpXXXXXX", run.output.replace(str(side.server.datadir), "<datadir>"))
     return out.replace(str(side.port), "<port>").replace(str(side.server.port), "<port>")
 
 
