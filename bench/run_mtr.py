@@ -16,8 +16,8 @@ state a test leaves behind (a changed global variable) affects both alike. Befor
 test's databases are dropped and `test` re-created; the vardir path is the same on both sides.
 
 A run that does not finish within --timeout seconds is killed and reported as a hang. Every test
-whose outputs differ is followed by a fresh proxy and P (a pool polluted by one test would
-otherwise make every later test differ), and is then judged again on fresh servers (a new D and P from the same template,
+whose outputs differ is followed by fresh twins (a new D, P and proxy: a pool polluted by one
+test would otherwise make every later test differ), and is then judged again on fresh servers (a new D and P from the same template,
 a fresh proxy): a difference that stays there belongs to the test itself; one that disappears came
 from what earlier tests left behind — on P's server (a global variable a failing test did not
 restore, when that earlier test itself differed) or in the proxy (pooled connections carrying
@@ -132,7 +132,8 @@ class Lab:
         name = f"s{self.count}"
         datadir = self.work / name
         _copy_datadirs(self.template, [datadir])
-        s = MtrServer(host="127.0.0.1", port=free_port(), server_id=self.count, datadir=datadir, socket=datadir / "mariadbd.sock", role=Role.PRIMARY, name=name)
+        # One server_id for all: D and P must be indistinguishable (events print it as Originator).
+        s = MtrServer(host="127.0.0.1", port=free_port(), server_id=1, datadir=datadir, socket=datadir / "mariadbd.sock", role=Role.PRIMARY, name=name)
         s.vardir = self.vardir
         self.vardir.mkdir(exist_ok=True)
         s.start(timeout=60)
@@ -278,11 +279,13 @@ def main(argv: list[str] | None = None) -> int:
                 a.json.write_text(json.dumps({"results": results}, indent=1))
             print(f"[{i + 1}/{len(tests)}] {key}: {'same' if equal else 'DIFFERS'} ({rd.status}/{rp.status}, {rd.seconds + rp.seconds:.1f}s)", flush=True)
             if not equal:
-                # A fresh proxy (and server) for the next test: what this one left in the pool
-                # (defect 0: another client's schema) would otherwise make every later test
-                # differ. So one leak costs one victim, and the victim names the leak.
+                # Fresh twins for the next test: what this one left in the proxy's pool (defect 0:
+                # another client's schema) would otherwise make every later test differ, so one
+                # leak costs one victim and the victim names the leak. D is replaced with P, or
+                # the two would drift apart (globals and users earlier tests left on D only).
+                d.stop()
                 p.stop()
-                p = lab.proxied()
+                d, p = lab.direct(), lab.proxied()
     finally:
         d.stop()
         p.stop()
