@@ -220,7 +220,10 @@ def first_difference(a: Run, b: Run, d: Side, p: Side) -> str:
     if a.status != b.status and "hang" in (a.status, b.status):
         return f"status {a.status} vs {b.status}; proxied output ends: {b.output.strip().splitlines()[-1:]!r}"
     lines = list(difflib.unified_diff(canonical(a, d).splitlines(), canonical(b, p).splitlines(), "direct", "proxied", n=0, lineterm=""))
-    return "\n".join(lines[:12]) + ("\n…" if len(lines) > 12 else "")
+    text = "\n".join(lines[:12]) + ("\n…" if len(lines) > 12 else "")
+    if a.status != b.status:  # where the failing side stopped, and why (mysqltest's last words)
+        text += f"\n[{b.status if b.status != 'ok' else a.status} side ends]: " + " | ".join((b if b.status != "ok" else a).output.strip().splitlines()[-3:])
+    return text
 
 
 # A test that shuts down, kills or restarts its server waits for mysql-test-run to bring it back:
