@@ -42,6 +42,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write every result here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (servers' and proxy's logs)")
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop the servers and proxies
     if not (MTR_DIR / "main").is_dir() or shutil.which("mariadb-test") is None:
         print("needs the Debian package mariadb-test (apt-get install mariadb-test)", file=sys.stderr)
         return 2

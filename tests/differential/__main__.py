@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenario", action="append", help="only these scenarios (by name; default all)")
     p.add_argument("--dump", type=Path, help="write each transcript as JSON lines into this directory")
     a = p.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the servers and proxies started below are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     drivers = list(DRIVERS) if not a.driver or "all" in a.driver else a.driver
     modes = list(MODES) if not a.mode or "all" in a.mode else a.mode
     for name in drivers:
