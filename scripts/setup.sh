@@ -56,6 +56,35 @@ else
     say "system packages present (mariadbd, mariadb, mariadb-dump, sysbench, docker-compose)"
 fi
 
+# -- the differential harness's drivers (tests/differential) ---------------------------------------
+# MariaDB Connector/J and gson for the Java runner (compiled by the tests with javac), the MariaDB
+# Connector/C headers and pkg-config that pip needs to build mysqlclient, Node and npm for mysql2,
+# mariadb-test for bench/run_mtr.py (MariaDB's own test suite through the proxy).
+diff_packages=()
+[ -f /usr/share/java/mariadb-java-client.jar ] || diff_packages+=(libmariadb-java)
+[ -f /usr/share/java/gson.jar ] || diff_packages+=(libgoogle-gson-java)
+have javac || diff_packages+=(openjdk-17-jdk-headless)
+have pkg-config || diff_packages+=(pkg-config)
+{ have pkg-config && pkg-config --exists libmariadb; } || diff_packages+=(libmariadb-dev)
+have node || diff_packages+=(nodejs)
+have npm || diff_packages+=(npm)
+have mariadb-test || diff_packages+=(mariadb-test)
+if [ ${#diff_packages[@]} -gt 0 ]; then
+    [ "$sudo" != "__need_root__" ] || die "missing ${diff_packages[*]}; run as root (or install sudo)"
+    say "differential harness: apt-get install ${diff_packages[*]}"
+    $sudo apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${diff_packages[@]}" >/dev/null
+else
+    say "differential harness packages present (Connector/J, gson, javac, libmariadb-dev, node, npm, mariadb-test)"
+fi
+node_dir=tests/differential/node
+if [ ! -f "$node_dir/node_modules/.package-lock.json" ] || [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    say "npm ci in $node_dir (mysql2)"
+else
+    say "mysql2 installed in $node_dir/node_modules"
+fi
+
 # -- Python venv ----------------------------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
