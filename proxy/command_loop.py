@@ -114,7 +114,9 @@ _STMT_COMMANDS = frozenset(
 )
 _IN_TRANS = int(ServerStatus.IN_TRANS)
 _AUTOCOMMIT = int(ServerStatus.AUTOCOMMIT)
-_STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
+# The status flags that describe the session (kept for the OKs the proxy makes itself), not one
+# statement (NO_INDEX_USED, QUERY_WAS_SLOW, SESSION_STATE_CHANGED, MORE_RESULTS_EXISTS, ...).
+_SESSION_STATUS = int(ServerStatus.IN_TRANS | ServerStatus.AUTOCOMMIT | ServerStatus.IN_TRANS_READONLY | ServerStatus.NO_BACKSLASH_ESCAPES)
 _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
 _SHOW = Kind.SHOW
@@ -336,7 +338,9 @@ class CommandLoop:
             processlist(s, full=cls.fingerprint.text.startswith("SHOW FULL"))
             self.answered_here()
             return True
-        self.current_sql = session_values(sql, s, only_connection_id)
+        # Inside a multi-statement ROW_COUNT() and LAST_INSERT_ID() follow its own statements, which
+        # run on one connection in order: only the connection id is the proxy's there.
+        self.current_sql = session_values(sql, s, only_connection_id or cls.multi_statement)
         return False
 
     def query_text(self, sql: str) -> None:
@@ -496,7 +500,7 @@ class CommandLoop:
                 self._stats.error(_err_code(scanner.error))
         status = scanner.status
         if status >= 0:
-            s.status = status & ~_STATE_CHANGED  # (OKs the proxy makes carry no state information)
+            s.status = status & _SESSION_STATUS  # what OKs the proxy makes may say: no statement's own flags
             hg = conn.hostgroup
             if status & _IN_TRANS or not status & _AUTOCOMMIT:
                 if s.txn_hg != hg:

@@ -60,46 +60,65 @@ class Answerer(SessionCore, Protocol):
 # Functions whose value belongs to the client session, not to whichever connection runs the statement.
 SESSION_VALUE = re.compile(r"\b(CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID)\s*\(\s*\)", re.I)
 _KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*(?:;(.*))?$", re.I | re.S)
+_KILL_QUERY_ID = re.compile(r"\s*KILL\s+(?:HARD\s+|SOFT\s+)?QUERY\s+ID\s+(\d+)\s*;?\s*$", re.I)
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`", re.S)
-
-
-def _outside_strings(sql: str, change: Callable[[str], str]) -> str:
-    """Apply `change` to the parts of `sql` that are not quoted strings or identifiers."""
-    out, pos = [], 0
-    for m in _QUOTED.finditer(sql):
-        out.append(change(sql[pos : m.start()]))
-        out.append(m.group())
-        pos = m.end()
-    out.append(change(sql[pos:]))
-    return "".join(out)
 
 
 def session_values(sql: str, session: Answerer, only_connection_id: bool = False) -> str:
     """`sql` with the session's own values of CONNECTION_ID() / ROW_COUNT() / LAST_INSERT_ID()
     (the same string when there is nothing to change). `only_connection_id`: a session that runs
-    everything on one server connection (passthrough) needs only the connection id replaced."""
+    everything on one server connection (passthrough), or a multi-statement (whose ROW_COUNT()
+    follows its own statements), needs only the connection id replaced. A call that is a whole
+    select item without an alias keeps its column name (`AS \`ROW_COUNT()\``, as written)."""
 
-    def value(m: re.Match) -> str:
-        name = m.group(1).upper()
+    def value(name: str, call: str) -> str | None:
         if name == "CONNECTION_ID":
             # The server's own CONNECTION_ID() is its connection's (under multiplexing it changes from
             # one statement to the next): the client's connection id is the proxy's, the one its
             # handshake announced and KILL and SHOW PROCESSLIST use.
             return f"CAST({session.id:010d} AS UNSIGNED)"
         if only_connection_id:
-            return m.group(0)
+            return None
         if name == "ROW_COUNT":
             # What the session's previous statement affected, wherever it ran (from its OK packet;
             # -1 after a result set or an error, as the server says).
             return f"CAST({session.commands.row_count} AS SIGNED)"
         if session.writer_hg in session.lending.conns:
-            return m.group(0)  # the connection that made the value is still the session's: ask it
+            return None  # the connection that made the value is still the session's: ask it
         # The writer connection of the insert has gone back to its pool (the session moved on, or
         # sat idle past [pool] last_insert_id_hold): the value from that insert's OK packet.
         return f"CAST({session.commands.insert_id} AS UNSIGNED)"
 
-    out = _outside_strings(sql, lambda part: SESSION_VALUE.sub(value, part))
-    return sql if out == sql else out
+    masked = _QUOTED.sub(lambda m: " " * len(m.group()), sql)  # strings and quoted names hide nothing
+    out, pos = [], 0
+    for m in SESSION_VALUE.finditer(masked):
+        literal = value(m.group(1).upper(), m.group())
+        if literal is None:
+            continue
+        call = sql[m.start() : m.end()]
+        if _whole_select_item(masked, m.start(), m.end()):
+            literal += " AS `" + call.replace("`", "``") + "`"
+        out.append(sql[pos : m.start()])
+        out.append(literal)
+        pos = m.end()
+    if not out:
+        return sql
+    out.append(sql[pos:])
+    return "".join(out)
+
+
+_ITEM_BEFORE = re.compile(r"(?:\bSELECT(?:\s+(?:ALL|DISTINCT|DISTINCTROW|HIGH_PRIORITY|STRAIGHT_JOIN|SQL_\w+))*|,)\s*$", re.I)
+_ITEM_AFTER = re.compile(r"\s*(?:,|;|\)|$|(?:FROM|INTO|WHERE|GROUP|HAVING|ORDER|LIMIT|UNION|FOR|LOCK|WINDOW)\b)", re.I)
+
+
+def _whole_select_item(masked: str, start: int, end: int) -> bool:
+    """Is masked[start:end] a whole item of a SELECT list, without an alias, at the top level of its
+    statement (so that the server names the column after its text)?"""
+    head = masked[:start]
+    if head.count("(") != head.count(")"):
+        return False  # inside an expression or a function's arguments
+    tail = _ITEM_AFTER.match(masked, end)
+    return tail is not None and not tail.group().strip().startswith(")") and _ITEM_BEFORE.search(head) is not None
 
 
 _PROCESSLIST_COLUMNS = ("Id", "User", "Host", "db", "Command", "Time", "State", "Info", "Progress")
@@ -136,6 +155,10 @@ def kill(session: Answerer, sql: str) -> None:
     shape (an OK, then the rest's results) without sending the server an id it would misread."""
     m = _KILL_TARGET.match(sql)
     if m is None:
+        qid = _KILL_QUERY_ID.match(sql)
+        if qid is not None:  # MariaDB's KILL QUERY ID: a server's query ids mean nothing through a proxy
+            session.send_err(1, 1957, f"Unknown query id: {qid.group(1)}", "HY000")
+            return
         session.send_err(1, 1064, "rwproxy: KILL takes [CONNECTION | QUERY] and a connection id as CONNECTION_ID() returns it", "42000")
         return
     query_only = (m.group(1) or "").upper() == "QUERY"
