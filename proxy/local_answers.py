@@ -69,7 +69,7 @@ def session_values(sql: str, session: Answerer, only_connection_id: bool = False
     (the same string when there is nothing to change). `only_connection_id`: a session that runs
     everything on one server connection (passthrough), or a multi-statement (whose ROW_COUNT()
     follows its own statements), needs only the connection id replaced. A call that is a whole
-    select item without an alias keeps its column name (`AS \`ROW_COUNT()\``, as written)."""
+    select item without an alias keeps its column name (AS `ROW_COUNT()`, as written)."""
 
     def value(name: str, call: str) -> str | None:
         if name == "CONNECTION_ID":
