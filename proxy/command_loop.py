@@ -338,6 +338,8 @@ class CommandLoop:
             processlist(s, full=cls.fingerprint.text.startswith("SHOW FULL"))
             self.answered_here()
             return True
+        if "information_schema.processlist" in cls.tables_read:
+            return False  # the server's own threads: its CONNECTION_ID() is the one to compare with
         # Inside a multi-statement ROW_COUNT() and LAST_INSERT_ID() follow its own statements, which
         # run on one connection in order: only the connection id is the proxy's there.
         self.current_sql = session_values(sql, s, only_connection_id or cls.multi_statement)

@@ -82,12 +82,12 @@ def session_values(sql: str, session: Answerer, only_connection_id: bool = False
         if name == "ROW_COUNT":
             # What the session's previous statement affected, wherever it ran (from its OK packet;
             # -1 after a result set or an error, as the server says).
-            return f"CAST({session.commands.row_count} AS SIGNED)"
+            return _typed(session.commands.row_count, signed=True)
         if session.writer_hg in session.lending.conns:
             return None  # the connection that made the value is still the session's: ask it
         # The writer connection of the insert has gone back to its pool (the session moved on, or
         # sat idle past [pool] last_insert_id_hold): the value from that insert's OK packet.
-        return f"CAST({session.commands.insert_id} AS UNSIGNED)"
+        return _typed(session.commands.insert_id, signed=False)
 
     masked = _QUOTED.sub(lambda m: " " * len(m.group()), sql)  # strings and quoted names hide nothing
     out, pos = [], 0
@@ -105,6 +105,17 @@ def session_values(sql: str, session: Answerer, only_connection_id: bool = False
         return sql
     out.append(sql[pos:])
     return "".join(out)
+
+
+def _typed(value: int, signed: bool) -> str:
+    """A literal the server types as it types ROW_COUNT() / LAST_INSERT_ID(): BIGINT, 21 wide (so a
+    driver reads the same column type, length and flags). MariaDB sizes a cast integer literal by
+    its digits: zero-padded to 21 characters, sign included."""
+    if value < 0:
+        return f"CAST(-{-value:020d} AS SIGNED)"
+    if signed:
+        return f"CAST({value:022d} AS SIGNED)"
+    return f"CAST({value:021d} AS UNSIGNED)"
 
 
 _ITEM_BEFORE = re.compile(r"(?:\bSELECT(?:\s+(?:ALL|DISTINCT|DISTINCTROW|HIGH_PRIORITY|STRAIGHT_JOIN|SQL_\w+))*|,)\s*$", re.I)

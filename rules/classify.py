@@ -1576,6 +1576,17 @@ def _text_heuristics(ftext: str, f: _Facts) -> None:
         f.calc_found_rows = True
 
 
+def _h_get(text: str, ftext: str, depth: int) -> _Facts:
+    """GET [CURRENT | STACKED] DIAGNOSTICS @a = NUMBER ...: its targets may be user variables."""
+    f = _Facts(Kind.OTHER)
+    if _USER_VAR_TARGET.search(ftext):
+        f.assigns_user_vars = True
+    return f
+
+
+_USER_VAR_TARGET = re.compile(r"(?<![@\w])@(?!@)\w")
+
+
 _HANDLERS = {
     "SELECT": _h_query,
     "WITH": _h_query,
@@ -1611,6 +1622,7 @@ _HANDLERS = {
     "HANDLER": _h_handler,
     "FLUSH": _simple(Kind.FLUSH),
     "KILL": _simple(Kind.KILL),
+    "GET": _h_get,
     "PREPARE": _simple(Kind.PREPARE),
     "EXECUTE": _simple(Kind.EXECUTE),
     "DEALLOCATE": _simple(Kind.DEALLOCATE),

@@ -13,14 +13,14 @@ SESSION = NS(id=7, commands=NS(row_count=3, insert_id=42), writer_hg=0, lending=
 
 
 @pytest.mark.parametrize(("sql", "expected"), [
-    ("SELECT ROW_COUNT()", "SELECT CAST(3 AS SIGNED) AS `ROW_COUNT()`"),
-    ("select row_count(), 1", "select CAST(3 AS SIGNED) AS `row_count()`, 1"),  # named as written
-    ("SELECT LAST_INSERT_ID() FROM DUAL", "SELECT CAST(42 AS UNSIGNED) AS `LAST_INSERT_ID()` FROM DUAL"),
+    ("SELECT ROW_COUNT()", "SELECT CAST(0000000000000000000003 AS SIGNED) AS `ROW_COUNT()`"),
+    ("select row_count(), 1", "select CAST(0000000000000000000003 AS SIGNED) AS `row_count()`, 1"),  # named as written
+    ("SELECT LAST_INSERT_ID() FROM DUAL", "SELECT CAST(000000000000000000042 AS UNSIGNED) AS `LAST_INSERT_ID()` FROM DUAL"),
     ("SELECT CONNECTION_ID() AS id", "SELECT CAST(0000000007 AS UNSIGNED) AS id"),  # its own alias
-    ("SELECT ROW_COUNT() rc", "SELECT CAST(3 AS SIGNED) rc"),
-    ("SELECT IF(ROW_COUNT() > 0, 1, 2)", "SELECT IF(CAST(3 AS SIGNED) > 0, 1, 2)"),  # inside an expression
+    ("SELECT ROW_COUNT() rc", "SELECT CAST(0000000000000000000003 AS SIGNED) rc"),
+    ("SELECT IF(ROW_COUNT() > 0, 1, 2)", "SELECT IF(CAST(0000000000000000000003 AS SIGNED) > 0, 1, 2)"),  # inside an expression
     ("SELECT CONCAT(CONNECTION_ID(), 'x')", "SELECT CONCAT(CAST(0000000007 AS UNSIGNED), 'x')"),
-    ("INSERT INTO t VALUES (ROW_COUNT())", "INSERT INTO t VALUES (CAST(3 AS SIGNED))"),
+    ("INSERT INTO t VALUES (ROW_COUNT())", "INSERT INTO t VALUES (CAST(0000000000000000000003 AS SIGNED))"),
     ("SELECT 'ROW_COUNT()', `ROW_COUNT()` FROM t", "SELECT 'ROW_COUNT()', `ROW_COUNT()` FROM t"),  # strings and names
     ("SELECT 1", "SELECT 1"),
 ])
