@@ -105,19 +105,37 @@ _LOG_TABLE = {
 
 
 class _Link:
-    """A server's kept-open monitor connection, shared in turn by ping, read_only and lag."""
+    """A server's kept-open monitor connection, shared in turn by ping, read_only and lag.
 
-    __slots__ = ("server", "conn", "lock")
+    When the server closes it (a crash, a restart, a killed thread), `lost` is set: the ping loop
+    pings at once instead of at its next interval, so a dead server is counted a failed ping
+    right away. (The monitor's own close detaches first, so it does not count.)"""
+
+    __slots__ = ("server", "conn", "lock", "lost")
 
     def __init__(self, server: Server) -> None:
         self.server = server
         self.conn: BackendConnection | None = None
         self.lock = asyncio.Lock()
+        self.lost = asyncio.Event()
+
+    def watch(self, conn: BackendConnection) -> BackendConnection:
+        self.conn = conn
+        conn.attach(self)  # type: ignore[arg-type]  # only connection events reach it: no relaying here
+        return conn
 
     def drop(self) -> None:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+    # the part of proxy.backend.ReplySink a packet-mode connection calls
+    def backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
+        if conn is self.conn:
+            self.lost.set()
+
+    def backend_write_paused(self, paused: bool) -> None:
+        pass
 
 
 class _Repeats:
@@ -272,6 +290,7 @@ class Monitor:
 
     async def _loop(self, address: str, kind: CheckKind) -> None:
         await asyncio.sleep(random.uniform(0, 0.05))  # servers' checks do not all fire at once
+        quick = False  # the ping loop skips its wait once per interval when the connection is lost
         while True:
             started = self.clock()
             try:
@@ -281,13 +300,29 @@ class Monitor:
             except Exception:  # a bug here must not stop the monitoring
                 log.exception("monitor: %s check of %s failed unexpectedly", kind, address)
             wait = self._interval(kind) - (self.clock() - started)
+            link = self._links.get(address)
+            if kind is not CheckKind.PING or link is None:
+                await asyncio.sleep(max(wait, 0.01))
+                continue
             h = self.health.get(address)
-            if kind is CheckKind.PING and h is not None and h.shunned:
+            if h is not None and h.shunned:
                 # A SHUNNED server is looked at again as soon as it may come back.
                 due = h.shunned_at + self.settings.shun_recovery_time_sec - self.clock()
                 if due > 0:
                     wait = min(wait, due)
-            await asyncio.sleep(max(wait, 0.01))
+            if quick:
+                quick = False
+                await asyncio.sleep(max(wait, 0.01))
+                continue
+            link.lost.clear()
+            if link.conn is not None and link.conn.closed:
+                quick = True  # lost while this ping was being recorded: ping again now
+                continue
+            try:
+                await asyncio.wait_for(link.lost.wait(), max(wait, 0.01))
+                quick = True
+            except TimeoutError:
+                pass
 
     async def _check(self, address: str, kind: CheckKind) -> None:
         link = self._links.get(address)
@@ -320,7 +355,7 @@ class Monitor:
         async with link.lock:
             try:
                 if link.conn is None or link.conn.closed:
-                    link.conn = await checks.open_connection(link.server, self.settings, timeout)
+                    link.watch(await checks.open_connection(link.server, self.settings, timeout))
                 conn = link.conn
                 if kind is CheckKind.PING:
                     start = time.monotonic_ns()
@@ -382,7 +417,7 @@ class Monitor:
         elif kind is CheckKind.PING:
             new = check_succeeded(h, now, self.settings, ping_us=us)
         elif kind is CheckKind.READ_ONLY:
-            new = read_only_seen(h, value[0], value[1])
+            new = read_only_seen(h, now, value[0], value[1], self.settings)
         else:
             new = replication_seen(h, value, self.settings)
         self._set(address, new, kind.value)

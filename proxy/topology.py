@@ -16,8 +16,11 @@ semantics:
   is configured. A server in no pair never moves.
 * status: OFFLINE_SOFT / OFFLINE_HARD are the operator's and kept as configured; otherwise SHUNNED
   while the health says so (`shun_on_failures` connect errors within one second, or
-  `ping_max_failures` missed pings in a row; lifted by a successful ping or connect once
-  `shun_recovery_time_sec` has passed), SHUNNED_REPLICATION_LAG while the last
+  `ping_max_failures` missed pings in a row; lifted once `shun_recovery_time_sec` has passed, the
+  server answered a ping or connect since it was shunned and -- when its read_only was ever known --
+  a read_only check has answered again too: a server back from the dead may have changed role (a
+  restarted old primary comes back read_only), and must not rejoin where it used to be),
+  SHUNNED_REPLICATION_LAG while the last
   `replication_lag_count` lag checks all exceeded the row's `max_replication_lag` (a stopped or
   broken replica counts `lag_when_null` seconds), else ONLINE. With no health for a server (the
   monitor is off, or has not looked yet) the configured status stands.
@@ -115,6 +118,8 @@ class ServerHealth:
     recent_lags: tuple[int | None, ...] = ()  # the last MAX_LAG_COUNT lags, most recent last
     gtid_position: str | None = None  # @@gtid_current_pos (MariaDB) / @@gtid_executed (MySQL)
     ping_us: int | None = None  # the last successful ping's round trip
+    answered_at: float = float("-inf")  # the last successful ping or connect check (monitor clock)
+    read_only_at: float = float("-inf")  # the last successful read_only check
 
     def lagging(self, max_lag: int, count: int) -> bool:
         """The last `count` lag checks all exceeded `max_lag` seconds (0 = no limit)."""
@@ -151,28 +156,36 @@ def ping_failed(h: ServerHealth, now: float, error: str, t: Thresholds) -> Serve
     return dataclasses.replace(h, ping_failures=n, ping_us=None)
 
 
+def _recovered(h: ServerHealth, now: float, t: Thresholds) -> ServerHealth:
+    """Lift a SHUNNED status when the server has earned it back (see the module docstring)."""
+    if (
+        h.shunned
+        and now - h.shunned_at >= t.shun_recovery_time_sec
+        and h.answered_at > h.shunned_at
+        and (h.read_only is None or h.read_only_at > h.shunned_at)
+    ):
+        return dataclasses.replace(h, shunned=False, shun_reason="", connect_errors=())
+    return h
+
+
 def check_succeeded(h: ServerHealth, now: float, t: Thresholds, ping_us: int | None = None) -> ServerHealth:
-    """A ping (`ping_us` given) or a connect check succeeded. A SHUNNED server comes back once
-    `shun_recovery_time_sec` has passed since it was shunned."""
-    changes: dict = {}
+    """A ping (`ping_us` given) or a connect check succeeded."""
     if ping_us is not None:
-        changes.update(ping_failures=0, ping_us=ping_us)
-    if h.shunned and now - h.shunned_at >= t.shun_recovery_time_sec:
-        changes.update(shunned=False, shun_reason="", connect_errors=())
-    return dataclasses.replace(h, **changes) if changes else h
+        h = dataclasses.replace(h, answered_at=now, ping_failures=0, ping_us=ping_us)
+    else:
+        h = dataclasses.replace(h, answered_at=now)
+    return _recovered(h, now, t)
 
 
-def read_only_seen(h: ServerHealth, read_only: bool, gtid_position: str | None = None) -> ServerHealth:
+def read_only_seen(h: ServerHealth, now: float, read_only: bool, gtid_position: str | None, t: Thresholds) -> ServerHealth:
     """A read_only check answered (and the GTID position read with it, when it was). A replica
     that became writable was promoted: what its lag checks said belongs to its old role."""
-    if h.read_only == read_only and (gtid_position is None or gtid_position == h.gtid_position):
-        return h
-    changes: dict = {"read_only": read_only}
+    changes: dict = {"read_only": read_only, "read_only_at": now}
     if gtid_position is not None:
         changes["gtid_position"] = gtid_position
     if h.read_only and not read_only:
         changes.update(replication=None, lag=None, recent_lags=())
-    return dataclasses.replace(h, **changes)
+    return _recovered(dataclasses.replace(h, **changes), now, t)
 
 
 def replication_seen(h: ServerHealth, repl: Replication | None, t: Thresholds) -> ServerHealth:

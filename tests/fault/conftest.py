@@ -116,6 +116,22 @@ def connector(handle: ProxyHandle, **kw: Any) -> Callable[[], Any]:
     return lambda: pymysql.connect(**args)
 
 
+def probe_reads(handle: ProxyHandle, n: int = 24) -> dict[int, int]:
+    """server_id -> how many of `n` fresh sessions' first read it served. A session chooses its
+    reader once (by weight), so fresh sessions are what shows every server in rotation."""
+    out: dict[int, int] = {}
+    for _ in range(n):
+        conn = connector(handle)()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@server_id")
+                sid = int(cur.fetchone()[0])
+            out[sid] = out.get(sid, 0) + 1
+        finally:
+            conn.close()
+    return out
+
+
 class Admin:
     """The proxy's admin port, for what the monitor made of the servers."""
 

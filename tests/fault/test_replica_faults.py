@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FAST_MONITOR, Admin, connector, launch, log_length, log_lines, servers_toml
+from .conftest import FAST_MONITOR, Admin, connector, launch, log_length, log_lines, probe_reads, servers_toml
 from .loadgen import Load, read_server_id
 
 READ = "SELECT @@server_id, SLEEP(0.01)"
@@ -37,6 +37,7 @@ class Run:
     other: Any
     marks: dict[str, float]
     log_lines: list[str]  # proxy log lines naming the victim, from the fault until it was back
+    probe: dict[int, int]  # fresh sessions' reads once it was back (probe_reads)
 
 
 def _ratio(after: dict[int, float], before: dict[int, float]) -> float:
@@ -67,10 +68,11 @@ def killed(fcluster, tmp_path_factory):
             victim.start()
             marks["started"] = time.monotonic()
             marks["online"] = admin.wait("victim ONLINE again", lambda: admin.placement(victim.port) == [(1, "ONLINE")], 15)
-            time.sleep(2.0)
+            probe = probe_reads(proxy)
+            time.sleep(1.0)
             marks["end"] = time.monotonic()
         lines = log_lines(proxy, f":{victim.port}", start_line)
-        yield Run(load, victim, other, marks, lines)
+        yield Run(load, victim, other, marks, lines, probe)
     finally:
         admin.close()
         proxy.stop()
@@ -81,15 +83,21 @@ def killed(fcluster, tmp_path_factory):
 def test_killed_replica_is_shunned_and_reads_move_away(killed):
     load, m, victim, other = killed.load, killed.marks, killed.victim, killed.other
     # SHUNNED within 2 check intervals (sessions' refused connects shun it even sooner)
-    assert m["shunned"] - m["kill"] <= 2 * PING, load.summary()
+    assert m["shunned"] - m["kill"] <= 2 * PING, (m["shunned"] - m["kill"], load.summary())
     # every read that started after the shun was served, by the other replica only (not the writer)
     after = load.between(m["shunned"] + 0.05, m["restart"])
     assert after and all(o.ok and o.server_id == other.server_id for o in after), load.summary(m["shunned"], m["restart"])
-    # per-session statement rate back to >= 90% of before within 2 s of the kill
+    # per-session statement rate back to >= 90% within 2 s of the kill. Measured against the
+    # sessions that were on the other replica all along, in the same second (the machine is shared:
+    # its load moves every rate, not only the victim's sessions'); and, loosely, against before.
     before = load.rate(m["kill"] - 1.5, m["kill"])
     recovered = load.rate(m["kill"] + 2.0, m["kill"] + 3.0)
-    assert _ratio(recovered, before) >= 0.9, (before, recovered)
-    assert statistics.median(recovered[c] / max(before[c], 1e-9) for c in before) >= 0.9, (before, recovered)
+    on_victim = {o.client for o in load.between(m["kill"] - 1.5, m["kill"]) if o.server_id == victim.server_id}
+    control = [recovered[c] for c in recovered if c not in on_victim]
+    moved = [recovered[c] for c in on_victim]
+    if control and moved:
+        assert statistics.mean(moved) >= 0.9 * statistics.mean(control), (on_victim, recovered)
+    assert _ratio(recovered, before) >= 0.7, (before, recovered)  # nothing like the 196-of-5,000 collapse
     # errors, if any, only from reads in flight on the victim at the kill
     errs = load.errors()
     assert all(o.start < m["kill"] + 0.05 for o in errs), load.summary()
@@ -107,8 +115,8 @@ def test_killed_replica_costs_a_few_log_lines(killed):
 def test_restarted_replica_is_online_again_and_gets_reads(killed):
     load, m = killed.load, killed.marks
     assert m["online"] - m["started"] <= FAST_MONITOR["shun_recovery_time_sec"] + 2 * PING + 1.0
-    served = load.served_by(m["online"] + 0.5, m["end"])
-    assert served.get(killed.victim.server_id, 0) > 0 and served.get(killed.other.server_id, 0) > 0, load.summary(m["online"], m["end"])
+    assert set(killed.probe) == {killed.victim.server_id, killed.other.server_id}, killed.probe
+    assert load.errors(m["online"], m["end"]) == [], load.summary(m["online"], m["end"])
 
 
 @pytest.mark.xfail(strict=True, reason="needs session-side failover: an autocommit read that failed before its reply started is retried on another server")
@@ -143,9 +151,10 @@ def frozen(fcluster, tmp_path_factory):
                 marks["thaw"] = time.monotonic()
                 victim.thaw()
             marks["online"] = admin.wait("thawed replica ONLINE again", lambda: admin.placement(victim.port) == [(1, "ONLINE")], 10)
-            time.sleep(2.0)
+            probe = probe_reads(proxy)
+            time.sleep(1.0)
             marks["end"] = time.monotonic()
-        yield Run(load, victim, other, marks, log_lines(proxy, f":{victim.port}", start_line))
+        yield Run(load, victim, other, marks, log_lines(proxy, f":{victim.port}", start_line), probe)
     finally:
         victim.thaw()
         admin.close()
@@ -158,15 +167,17 @@ def test_frozen_replica_is_shunned_within_the_detection_time(frozen):
     # sessions not stuck on the frozen server go on with the other replica
     during = load.between(m["shunned"] + 0.1, m["thaw"])
     assert during and {o.server_id for o in during if o.ok} == {frozen.other.server_id}, load.summary(m["shunned"], m["thaw"])
+    # the sessions caught in flight on the frozen server wait for it (the xfail test below); every
+    # other session keeps reading
+    stuck = {o.client for o in load.ops if o.server_id == frozen.victim.server_id and o.latency > 1.0}
     busy = {o.client for o in during if o.ok}
-    assert len(busy) >= load.clients // 2, load.summary(m["shunned"], m["thaw"])
+    assert busy == set(range(load.clients)) - stuck and busy, (stuck, load.summary(m["shunned"], m["thaw"]))
 
 
 def test_thawed_replica_is_back_in_rotation(frozen):
     load, m = frozen.load, frozen.marks
     assert m["online"] - m["thaw"] <= FAST_MONITOR["shun_recovery_time_sec"] + 2 * PING + 1.0
-    served = load.served_by(m["online"] + 0.5, m["end"])
-    assert served.get(frozen.victim.server_id, 0) > 0, load.summary(m["online"], m["end"])
+    assert set(frozen.probe) == {frozen.victim.server_id, frozen.other.server_id}, frozen.probe
     assert len(frozen.log_lines) <= 12, "\n".join(frozen.log_lines)
 
 
@@ -202,12 +213,12 @@ def test_stopped_replication_takes_the_replica_out_until_it_caught_up(fcluster, 
             victim.sql("START SLAVE SQL_THREAD")
             back = admin.wait("caught up, ONLINE", lambda: admin.pool_status(victim.port) == [(1, "ONLINE")], 5)
             assert back - t_start <= 2 * LAG_INTERVAL + 0.5
-            time.sleep(1.5)
+            probe = probe_reads(proxy)
             t_end = time.monotonic()
         # no read started after the shun went to the stopped replica; reads are fresh there again after
         stale = load.served_by(shunned + 0.05, t_start)
         assert set(stale) == {other.server_id}, load.summary(shunned, t_start)
-        assert load.served_by(back + 0.5, t_end).get(victim.server_id, 0) > 0, load.summary(back, t_end)
+        assert set(probe) == {victim.server_id, other.server_id}, probe
         assert load.errors() == [], load.summary()
         health = dict(zip(("repl_lag", "io_running", "sql_running"), admin.rows(f"SELECT repl_lag, io_running, sql_running FROM monitor.mysql_server_health WHERE port = {victim.port}")[0]))
         assert health == {"repl_lag": 0, "io_running": 1, "sql_running": 1}

@@ -11,7 +11,7 @@ import pytest
 
 from proxy.backend import BackendError
 from proxy.checks import CheckError, parse_replication
-from proxy.config import ConfigError, MonitorSettings, parse_config
+from proxy.config import ConfigError, MonitorSettings, Server, parse_config
 from proxy.monitor import HISTORY_ROWS, MONITOR_TABLES, CheckKind, Monitor, _Link
 from proxy.protocol.packets import ERR
 from proxy.stats import StatsRegistry
@@ -261,3 +261,25 @@ def test_the_example_config_enables_the_monitor(monkeypatch):
     monkeypatch.setenv("RWPROXY_APP_PASSWORD", "x")
     cfg = load_config("config/rwproxy.example.toml")
     assert cfg.monitor == MonitorSettings(enabled=True)  # every other key at its (ProxySQL's) default
+
+
+def test_a_lost_monitor_connection_wakes_the_ping_loop_but_its_own_close_does_not():
+    class Conn:
+        closed = False
+
+        def attach(self, owner):
+            self.owner = owner
+
+        def close(self):
+            self.owner = None  # as BackendConnection.close: detached before the transport closes
+            self.closed = True
+
+    link = _Link(Server(1, "h", 1))
+    conn = link.watch(Conn())
+    link.backend_lost(Conn(), None)  # some other connection
+    assert not link.lost.is_set()
+    link.backend_lost(conn, ConnectionResetError())
+    assert link.lost.is_set()
+    link.lost.clear()
+    link.drop()
+    assert conn.owner is None and link.conn is None and not link.lost.is_set()

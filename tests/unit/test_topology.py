@@ -113,7 +113,7 @@ def test_shunned_comes_back_only_after_the_recovery_time():
 def test_recovery_time_zero_brings_it_back_at_the_next_success():
     t = dataclasses.replace(T, shun_recovery_time_sec=0)
     h = ping_failed(ping_failed(ping_failed(healthy("a"), 1.0, "x", t), 1.0, "x", t), 1.0, "x", t)
-    assert not check_succeeded(h, 1.0, t, ping_us=5).shunned
+    assert not check_succeeded(h, 1.5, t, ping_us=5).shunned
 
 
 def test_already_shunned_keeps_its_first_reason_and_time():
@@ -123,21 +123,44 @@ def test_already_shunned_keeps_its_first_reason_and_time():
     assert (h2.shunned_at, h2.shun_reason) == (3.0, h.shun_reason)
 
 
-def test_unchanged_health_is_the_same_object():
-    h = healthy("a", read_only=True)
-    assert read_only_seen(h, True) is h
-    assert check_succeeded(h, 1.0, T) is h
+def test_a_server_back_from_shunned_must_answer_read_only_again_first():
+    """An old primary that died (read_only=0 known) and restarts read_only: a ping alone must not
+    bring it back where it was (the writer hostgroup)."""
+    h = read_only_seen(healthy(P.address), 1.0, False, "0-1-5", T)
+    for i in range(3):
+        h = ping_failed(h, 2.0, "Connection refused", T)
+    assert h.shunned
+    h = check_succeeded(h, 20.0, T, ping_us=100)  # long after the recovery time
+    assert h.shunned  # its read_only is a dead server's
+    placed = runtime_servers(SERVERS, [PAIR], {P.address: h})
+    assert placement(placed)[0] == (0, P.address, "SHUNNED")
+    h = read_only_seen(h, 20.2, True, "0-1-5", T)
+    assert not h.shunned
+    assert placement(runtime_servers(SERVERS, [PAIR], {P.address: h}))[0] == (1, P.address, "ONLINE")
+
+
+def test_a_read_only_answer_alone_does_not_bring_it_back_either():
+    h = read_only_seen(healthy(R1.address), 1.0, True, None, T)
+    h = connect_failed(h, 2.0, "refused", dataclasses.replace(T, shun_on_failures=1))
+    h = read_only_seen(h, 20.0, True, None, T)
+    assert h.shunned  # no ping or connect has answered since
+    assert not check_succeeded(h, 20.1, T).shunned
+
+
+def test_a_server_whose_read_only_never_answered_comes_back_on_a_ping():
+    h = connect_failed(healthy(R1.address), 2.0, "refused", dataclasses.replace(T, shun_on_failures=1))
+    assert not check_succeeded(h, 12.0, T, ping_us=1).shunned
 
 
 # ---- read_only and replication ------------------------------------------------------------------------
 
 
 def test_read_only_records_the_gtid_position_and_keeps_the_last_one():
-    h = read_only_seen(healthy("a"), True, "0-1-10")
-    assert (h.read_only, h.gtid_position) == (True, "0-1-10")
-    h = read_only_seen(h, True, None)
+    h = read_only_seen(healthy("a"), 1.0, True, "0-1-10", T)
+    assert (h.read_only, h.gtid_position, h.read_only_at) == (True, "0-1-10", 1.0)
+    h = read_only_seen(h, 2.0, True, None, T)
     assert h.gtid_position == "0-1-10"
-    assert read_only_seen(h, True, "0-1-11").gtid_position == "0-1-11"
+    assert read_only_seen(h, 3.0, True, "0-1-11", T).gtid_position == "0-1-11"
 
 
 def test_replication_lag_and_lag_when_null():
@@ -162,9 +185,9 @@ def test_recent_lags_are_bounded():
 
 
 def test_a_promoted_replica_forgets_its_lag():
-    h = replication_seen(read_only_seen(healthy("a"), True), Replication(None, False, True), T)
+    h = replication_seen(read_only_seen(healthy("a"), 1.0, True, None, T), Replication(None, False, True), T)
     assert h.lag == 60
-    h = read_only_seen(h, False)
+    h = read_only_seen(h, 2.0, False, None, T)
     assert (h.read_only, h.lag, h.recent_lags, h.replication) == (False, None, (), None)
 
 
