@@ -17,6 +17,8 @@ bounded (waits have timeouts, loads have a max_seconds) and the directory runs i
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -164,6 +166,15 @@ class Admin:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def report(scenario: str, **figures: Any) -> None:
+    """Append a scenario's measured timings to $RWPROXY_FAULT_TIMINGS (JSON lines), when set: how
+    docs/benchmarks.md's failover timings are produced."""
+    path = os.environ.get("RWPROXY_FAULT_TIMINGS")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"scenario": scenario, **{k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}}) + "\n")
 
 
 def log_lines(handle: ProxyHandle, needle: str, since_line: int = 0) -> list[str]:

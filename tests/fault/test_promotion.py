@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FAST_MONITOR, Admin, connector, launch, probe_reads
+from .conftest import FAST_MONITOR, Admin, connector, launch, probe_reads, report
 from .loadgen import Load, insert_row, read_server_id
 
 READ_ONLY_INTERVAL = FAST_MONITOR["read_only_interval"] / 1000
@@ -72,6 +72,7 @@ def failover(fcluster, tmp_path_factory):
             # the old primary comes back as a read-only replica of the new one; it may hold writes the
             # new primary never received (asynchronous replication), hence non-strict GTID mode there
             old.start()
+            marks["restarted"] = time.monotonic()
             c.point_to(old, new, strict=False, gtid_slave_pos=position)
             marks["rejoined"] = admin.wait("old primary ONLINE in the readers", lambda: admin.placement(old.port) == [(1, "ONLINE")], 10)
             time.sleep(0.3)
@@ -83,6 +84,12 @@ def failover(fcluster, tmp_path_factory):
         c.wait_replicated(timeout=20)
         after = own_gtid(old)
         rows = {int(sid): int(n) for sid, n in (line.split("\t") for line in new.sql("SELECT sid, COUNT(*) FROM ft.w GROUP BY sid").splitlines())}
+        first_ok = min((o.start for o in writes.ops if o.ok and o.start >= marks["read_only_0"]), default=float("nan"))
+        errs = writes.errors(marks["kill"] + 0.05, marks["end"])
+        report("primary SIGKILLed, replica promoted 1 s later (4 writers, 2 readers)", placed_after_read_only_0_s=marks["placed"] - marks["read_only_0"],
+               writes_resumed_after_read_only_0_s=first_ok - marks["read_only_0"], write_errors_after_kill=len(errs),
+               error_codes=sorted({o.error for o in errs}), read_errors=len(reads.errors()),
+               old_primary_online_as_reader_after_restart_s=marks["rejoined"] - marks["restarted"], old_primary_own_gtid_unchanged=before == after)
         yield Failover(writes, reads, old, new, marks, rows, before, after, probe)
     finally:
         admin.close()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import FAST_MONITOR, Admin, connector, launch, probe_reads
+from .conftest import FAST_MONITOR, Admin, connector, launch, probe_reads, report
 from .loadgen import Load, insert_row, read_server_id
 from .test_promotion import own_gtid
 
@@ -50,6 +50,9 @@ def switchover(fcluster, tmp_path_factory):
             time.sleep(1.0)
             marks["end"] = time.monotonic()
         c.wait_replicated(timeout=20)
+        errs = writes.errors()
+        report("switchover via OFFLINE_SOFT (4 writers, 2 readers)", placed_after_read_only_0_s=marks["placed"] - marks["read_only_0"],
+               writer_gap_s=marks["placed"] - marks["soft"], write_errors=len(errs), error_codes=sorted({o.error for o in errs}), read_errors=len(reads.errors()))
         yield writes, reads, old, new, marks, gtid_before, own_gtid(old), probe
     finally:
         admin.close()
