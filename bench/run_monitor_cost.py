@@ -22,6 +22,13 @@ proxy CPU µs per statement, far less sensitive to what else runs on the machine
 checks during a run are counted from the proxy's Prometheus endpoint (rwproxy_monitor_check_seconds
 count), to show the monitor was really working.
 
+Because even CPU µs per statement moves by ±10 % between rounds on a shared machine, the monitor's own
+cost is also measured directly, before the sysbench rounds: the three proxies sit idle side by side
+for `--idle` seconds (same window, no traffic) and their CPU time is read; (CPU of a monitoring proxy −
+CPU of the `off` one) / checks run = CPU per check. Times the checks per second, divided by the
+statements per second, that is the monitor's share of each statement's CPU -- a figure the noise
+cannot hide.
+
     .venv/bin/python bench/run_monitor_cost.py --time 20 --rounds 5
     .venv/bin/python bench/run_monitor_cost.py --time 5 --rounds 1        # a quick look
 
@@ -79,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tables", type=int, default=4)
     ap.add_argument("--table-size", type=int, default=10000)
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma list from {','.join(TARGETS)}")
+    ap.add_argument("--idle", type=int, default=30, help="seconds of the idle CPU-per-check measurement (0 = skip)")
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--base-dir", type=Path, default=None)
@@ -111,6 +119,21 @@ def main(argv: list[str] | None = None) -> int:
             if problem:
                 sys.exit(f"{name}: {problem}")
             where[name] = ("127.0.0.1", port, proc.pid, mport)
+        per_check: dict[str, float] = {}
+        if args.idle and "off" in where:
+            import time
+
+            time.sleep(3)  # past startup work (first checks, connections)
+            c0 = {n: cpu_seconds(w[2]) for n, w in where.items()}
+            k0 = {n: checks_done(w[3]) for n, w in where.items()}
+            time.sleep(args.idle)
+            c1 = {n: cpu_seconds(w[2]) for n, w in where.items()}
+            k1 = {n: checks_done(w[3]) for n, w in where.items()}
+            base = c1["off"] - c0["off"]
+            for n in where:
+                if n != "off" and k1[n] > k0[n]:
+                    per_check[n] = (c1[n] - c0[n] - base) / (k1[n] - k0[n]) * 1e6
+            print(f"idle {args.idle}s: CPU s " + ", ".join(f"{n}={c1[n] - c0[n]:.3f} ({k1[n] - k0[n]} checks)" for n in where), flush=True)
         qps: dict[str, list[float]] = {}
         cpu: dict[str, list[float]] = {}
         checks: dict[str, list[float]] = {}
@@ -147,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             f"- Command: `{invocation}`; sysbench oltp_point_select --db-ps-mode=disable, {args.threads} threads, "
             f"{args.time} s per run, {args.rounds} round(s), target order rotating; MariaDB primary + 1 replica (proxy.sandbox)",
             "",
-            "| monitor | checks/s | QPS (median) | QPS / off | QPS / off per round | proxy CPU µs/stmt (median) | − off | per round |",
-            "|---|---:|---:|---:|---|---:|---:|---|",
+            "| monitor | checks/s | QPS (median) | QPS / off | QPS / off per round | proxy CPU µs/stmt (median) | − off | per round "
+            "| CPU µs per check (idle) | = µs per statement |",
+            "|---|---:|---:|---:|---|---:|---:|---|---:|---:|",
         ]
         for name in names:
             q, cp = med(qps, name), med(cpu, name)
@@ -156,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(
                 f"| {name} | {rs.fmt(med(checks, name), '.1f')} | {rs.fmt(q, ',.0f')} | {rs.ratio(q, base_q) if name != 'off' else '1'} | {per_round} | "
                 f"{rs.fmt(cp, '.2f')} | {rs.fmt(None if cp is None or base_c is None or name == 'off' else cp - base_c, '+.2f')} | "
-                f"{', '.join(f'{x:.2f}' for x in cpu.get(name, []))} |"
+                f"{', '.join(f'{x:.2f}' for x in cpu.get(name, []))} | {rs.fmt(per_check.get(name), '.0f')} | "
+                f"{rs.fmt(None if name not in per_check or not q or med(checks, name) is None else per_check[name] * med(checks, name) / q, '.3f')} |"
             )
         if failed:
             lines += ["", "Failed runs (not in the medians): " + "; ".join(failed)]

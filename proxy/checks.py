@@ -20,13 +20,16 @@ from .backend import connect as backend_connect
 from .config import MonitorSettings, Server
 from .protocol.constants import ERR_HEADER, OK_HEADER, Capability, Command
 from .protocol.framing import ProtocolError, make_packet
-from .protocol.packets import Reader, parse_column_definition, parse_err, parse_text_row
+from .protocol.packets import Reader, parse_err, parse_text_row
 from .topology import Replication
 
 __all__ = ["CheckError", "is_mariadb", "open_connection", "ping", "query", "read_only", "replication"]
 
 UTF8MB4_GENERAL_CI = 45
 _ATTRIBUTES = {"_client_name": "rwproxy", "program_name": "rwproxy-monitor"}
+# (server version, query, column count) -> column names: the names of a monitor query's columns
+# are read once per server version, not at every check (SHOW SLAVE STATUS has ~60).
+_NAMES: dict[tuple[str, str, int], list[str]] = {}
 
 
 class CheckError(Exception):
@@ -62,6 +65,16 @@ async def _read(conn: BackendConnection):
         raise CheckError(f"connection lost: {e}" if str(e) else "connection lost") from None
 
 
+def column_name(payload: bytes | memoryview) -> str:
+    """The name of a ColumnDefinition41 (its fifth length-encoded string), without parsing the
+    rest: SHOW SLAVE STATUS has ~60 columns and only their names are needed here."""
+    r = Reader(payload, "column definition")
+    for _ in range(4):  # catalog, schema, table, org_table
+        n = r.lenenc_int()
+        r.pos += n
+    return bytes(r.lenenc_bytes()).decode("utf-8", "replace")
+
+
 def _err_text(payload: bytes | memoryview) -> str:
     err = parse_err(payload)
     return f"{err.code} {err.message}"
@@ -91,9 +104,15 @@ async def query(conn: BackendConnection, sql: str) -> tuple[list[str], list[list
         if p[0] == OK_HEADER:
             return [], []
         count = Reader(p, "column count").lenenc_int()
-        names = []
-        for _ in range(count):
-            names.append(parse_column_definition((await _read(conn)).payload).name)
+        key = (conn.handshake.server_version if conn.handshake else "", sql, count)
+        names = _NAMES.get(key)
+        if names is None:
+            names = [column_name((await _read(conn)).payload) for _ in range(count)]
+            if len(_NAMES) < 64:
+                _NAMES[key] = names
+        else:
+            for _ in range(count):
+                await _read(conn)
         if not conn.capabilities & Capability.DEPRECATE_EOF:
             await _read(conn)  # the EOF after the column definitions
         rows: list[list[str | None]] = []

@@ -14,16 +14,16 @@ semantics:
   reader hostgroup (a writer is also a member of the reader hostgroup only when the pair says
   writer_is_also_reader: proxy.hostgroups adds that). Never checked, or only failed checks: where it
   is configured. A server in no pair never moves.
-* status: OFFLINE_SOFT / OFFLINE_HARD are the operator's and kept as configured; otherwise SHUNNED
-  while the health says so (`shun_on_failures` connect errors within one second, or
-  `ping_max_failures` missed pings in a row; lifted once `shun_recovery_time_sec` has passed, the
-  server answered a ping or connect since it was shunned and -- when its read_only was ever known --
-  a read_only check has answered again too: a server back from the dead may have changed role (a
-  restarted old primary comes back read_only), and must not rejoin where it used to be),
-  SHUNNED_REPLICATION_LAG while the last
-  `replication_lag_count` lag checks all exceeded the row's `max_replication_lag` (a stopped or
-  broken replica counts `lag_when_null` seconds), else ONLINE. With no health for a server (the
-  monitor is off, or has not looked yet) the configured status stands.
+* status: OFFLINE_SOFT / OFFLINE_HARD are the operator's and kept as configured. Otherwise:
+  - SHUNNED while the health says so: `shun_on_failures` connect errors within one second, or
+    `ping_max_failures` missed pings in a row. Lifted once `shun_recovery_time_sec` has passed, the
+    server answered a ping or connect since it was shunned and -- when its read_only was ever known
+    -- a read_only check has answered again too: a server back from the dead may have changed role
+    (a restarted old primary comes back read_only) and must not rejoin where it used to be.
+  - SHUNNED_REPLICATION_LAG while the last `replication_lag_count` lag checks all exceeded the row's
+    `max_replication_lag` (a stopped or broken replica counts `lag_when_null` seconds).
+  - ONLINE otherwise. With no health for a server (the monitor is off, or has not looked yet) the
+    configured status stands.
 
 `Topology` is the immutable snapshot the monitor publishes: the derived server list plus the health
 of every monitored server (read_only, lag, GTID position, ping latency). The application builds its

@@ -283,3 +283,15 @@ def test_a_lost_monitor_connection_wakes_the_ping_loop_but_its_own_close_does_no
     link.lost.clear()
     link.drop()
     assert conn.owner is None and link.conn is None and not link.lost.is_set()
+
+
+def test_column_name_reads_only_the_name():
+    from proxy.checks import column_name
+    from proxy.protocol.framing import ProtocolError
+    from proxy.protocol.packets import ColumnDefinition, make_column_definition
+
+    for name in ("Seconds_Behind_Master", "", "x" * 300, "Slave_SQL_Running_State"):
+        payload = make_column_definition(ColumnDefinition(name, schema="s" * 260, table="t", org_table="o" * 251))
+        assert column_name(payload) == name
+    with pytest.raises(ProtocolError):
+        column_name(make_column_definition(ColumnDefinition("abc"))[:8])
