@@ -22,7 +22,8 @@ executed here: EXPLAIN ROUTE (`admin.validate.explain_route` with the live confi
 health), DIFF MYSQL ROUTES (the digest table from the stats registry routed by runtime and by
 memory), SHOW PROCESSLIST (the stats registry's processlist), KILL (client sessions of the data port,
 by the id of SHOW PROCESSLIST / CONNECTION_ID()). The stats registry's tables are attached to the
-store as schema `stats`, so clients run any SELECT on them.
+store as schema `stats`, the monitor's check logs as schema `monitor`, so clients run any SELECT on
+them; runtime_mysql_servers shows the monitor's live server list.
 
 Everything runs synchronously on the event loop, statement by statement: the store's SQL is local
 SQLite with a statement timeout, so an admin client never waits on I/O and never stalls the data
@@ -69,6 +70,7 @@ from proxy.protocol.packets import (
     make_result_terminator,
     parse_handshake_response,
 )
+from proxy.monitor import MONITOR_TABLES
 from proxy.stats import TABLES as STATS_TABLES
 
 from .commands import (
@@ -190,6 +192,9 @@ async def start_admin(app: ProxyApp, address: str, port: int) -> asyncio.Abstrac
     app.store = store
     stats = app.stats
     store.attach_stats({name: (lambda name=name: stats.table(name)) for name in STATS_TABLES})
+    # The monitor schema (the health checks' logs) and runtime_mysql_servers follow the live topology.
+    store.attach_tables("monitor", {name: (lambda name=name: app.monitor.table(name)) for name in MONITOR_TABLES})
+    store.attach_live_servers(lambda: app.monitor.topology.servers)
     admin = AdminServer(app, store)
     loop = asyncio.get_running_loop()
     admin.server = await loop.create_server(lambda: AdminSession(admin), address, port, reuse_address=True)

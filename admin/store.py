@@ -71,6 +71,7 @@ from .commands import (
 )
 from .validate import (
     KEYS,
+    SECRET_VARIABLES,
     TABLE_COLUMNS,
     VARIABLE_BY_NAME,
     BuildResult,
@@ -79,6 +80,7 @@ from .validate import (
     RouteChange,
     build_config,
     check_variable,
+    live_server_rows,
     read_config_file,
     route_changes,
     row_key,
@@ -357,7 +359,8 @@ def _diff_rows(table: str, other: Sequence[Mapping[str, Any]], memory: Sequence[
         for c in TABLE_COLUMNS[table]:
             a, b = o[k].get(c), row.get(c)
             if a != b or type(a) is not type(b):
-                diffs.append(f"{c}: changed" if c in _SECRET_COLUMNS else f"{c}: {_render(a)} -> {_render(b)}")
+                secret = c in _SECRET_COLUMNS or (table == "global_variables" and row.get("variable_name") in SECRET_VARIABLES)
+                diffs.append(f"{c}: changed" if secret else f"{c}: {_render(a)} -> {_render(b)}")
         if diffs:
             out.append(RowDiff(table, "changed", row_key(table, row), "; ".join(diffs)))
     out.extend(RowDiff(table, "removed", row_key(table, row)) for k, row in o.items() if k not in m)
@@ -393,6 +396,8 @@ class ConfigStore:
         self._db = sqlite3.connect(":memory:", isolation_level=None)
         self._runtime_set: set[Section] = set()
         self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]] = {}
+        self._schema_of: dict[str, str] = {}  # attached table -> its schema (stats, monitor)
+        self._live_servers: Callable[[], Iterable[Any]] | None = None
         for t in ADMIN_TABLES:
             self._db.execute(_ddl("main", t, t))
             self._db.execute(_ddl("main", f"runtime_{t}", t))
@@ -436,26 +441,51 @@ class ConfigStore:
         SQL works on it: WHERE, ORDER BY, GROUP BY, COUNT(*), joins with the config tables. Only
         the tables a statement names are read, so reading stats_mysql_query_digest_reset (which
         empties the digest table) happens only when a client asks for it."""
-        if not self._stats:
-            self._db.execute("ATTACH DATABASE ':memory:' AS stats")
-        self._stats.update({name.lower(): read for name, read in tables.items()})
+        self.attach_tables("stats", tables)
+
+    def attach_tables(self, schema: str, tables: Mapping[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]]) -> None:
+        """Like attach_stats, for another read-only schema of live tables (`monitor`: the health
+        checks' logs, proxy.monitor)."""
+        if schema not in self._schema_of.values():
+            self._db.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+        for name, read in tables.items():
+            self._stats[name.lower()] = read
+            self._schema_of[name.lower()] = schema
+
+    def attach_live_servers(self, read: Callable[[], Iterable[Any]]) -> None:
+        """runtime_mysql_servers shows the live server list (proxy.config.Server rows with the
+        monitor's placement and statuses) that `read` returns, refreshed before every command
+        (`run`): the statuses and hostgroups the proxy routes by, as in ProxySQL."""
+        self._live_servers = read
+
+    def _refresh_live_servers(self) -> None:
+        if self._live_servers is None or Section.SERVERS not in self._runtime_set:
+            return
+        rows = live_server_rows(self._live_servers())
+        if rows != self.rows("mysql_servers", Layer.RUNTIME):
+            try:
+                with self._tx():
+                    self._replace("main.runtime_mysql_servers", "mysql_servers", rows)
+            except sqlite3.Error as e:
+                raise StoreError(f"cannot show the live servers in runtime_mysql_servers: {e}") from None
 
     def _materialise_stats(self, sql: str) -> list[str]:
-        """Fill the stats tables `sql` names; returns their names (emptied again after the statement)."""
+        """Fill the live tables `sql` names; returns their names (emptied again after the statement)."""
         if not self._stats:
             return []
         names = [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._stats]
         for name in names:
             columns, rows = self._stats[name]()
+            schema = self._schema_of[name]
             cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-            self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
-            self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
-            self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
+            self._db.execute(f'DROP TABLE IF EXISTS {schema}."{name}"')
+            self._db.execute(f'CREATE TABLE {schema}."{name}" ({cols})')
+            self._db.executemany(f'INSERT INTO {schema}."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
         return names
 
     def _clear_stats(self, names: Iterable[str]) -> None:
         for name in names:
-            self._db.execute(f'DELETE FROM stats."{name}"')
+            self._db.execute(f'DELETE FROM {self._schema_of[name]}."{name}"')
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -708,10 +738,8 @@ class ConfigStore:
         elif schema == "disk":
             self._need_disk("show the disk layer")
             names = [*ADMIN_TABLES, SAVED_TABLE]
-        elif schema == "stats":
-            names = list(self._stats)
-        elif schema == "monitor":
-            names = []
+        elif schema in ("stats", "monitor"):
+            names = [n for n, sch in self._schema_of.items() if sch == schema]
         else:
             raise StoreError(f"Unknown database '{schema}'", 1049, "42000")
         if like is not None:
@@ -734,8 +762,11 @@ class ConfigStore:
         out = [(0, "main", "")]
         if self.disk_path is not None:
             out.append((2, "disk", str(self.disk_path)))
-        if self._stats:
+        schemas = set(self._schema_of.values())
+        if "stats" in schemas:
             out.append((3, "stats", ""))
+        if "monitor" in schemas:
+            out.append((4, "monitor", ""))
         return Rows(("seq", "name", "file"), out)
 
     # -- dispatch ------------------------------------------------------------------------------------
@@ -744,6 +775,7 @@ class ConfigStore:
         """Execute a parsed command that the store can answer. LOAD ... TO RUNTIME needs `runtime`
         (the live Config) and `apply` (the swap). EXPLAIN ROUTE, KILL, SHOW PROCESSLIST and DIFF MYSQL
         ROUTES belong to the admin listener (they need the running proxy); they raise AdminError here."""
+        self._refresh_live_servers()
         if isinstance(cmd, Load):
             if cmd.target is Layer.RUNTIME:
                 if runtime is None or apply is None:

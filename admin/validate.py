@@ -18,7 +18,8 @@ This module converts in both directions and owns the validation that LOAD ... TO
   of the rows, so the admin path can never accept what the config file would refuse (if it ever
   did, that one error is reported too).
 * `VARIABLES` maps global_variables names (ProxySQL's where the concept is the same, in ProxySQL's
-  unit: durations in milliseconds) to the [proxy] and [pool] keys of the config file.
+  unit: durations in milliseconds) to the [proxy], [pool] and [monitor] keys of the config file
+  ([monitor] keys are in ProxySQL's units in the file too, so their values are the same numbers).
 * `route_changes(digests, runtime, candidate)`: the dry run behind DIFF MYSQL ROUTES -- each digest
   of the digest table routed by both configurations with `rules.engine.decide`, the ones whose
   destination differs returned. `explain_route` serves EXPLAIN ROUTE.
@@ -40,6 +41,7 @@ from typing import Any
 
 from proxy.config import (
     LOG_LEVELS,
+    MONITOR_LIMITS,
     SERVER_STATUSES,
     Config,
     ConfigError,
@@ -69,6 +71,7 @@ from .commands import ALL_SECTIONS, AdminError, ExplainRoute, Layer, Section
 __all__ = [
     "KEYS",
     "ROUTE_CHANGE_COLUMNS",
+    "SECRET_VARIABLES",
     "TABLE_COLUMNS",
     "VARIABLES",
     "BuildResult",
@@ -81,6 +84,7 @@ __all__ = [
     "check_variable",
     "digests_from_table",
     "explain_route",
+    "live_server_rows",
     "read_config_file",
     "route_changes",
     "row_key",
@@ -173,8 +177,9 @@ class BuildResult:
 class Variable:
     """One global_variables row: `name` <-> config file key `section.key`.
 
-    kind: int | float | ms (value in milliseconds, key in seconds) | bool | choice. `low`/`high` are in
-    the config file's unit (seconds for ms). `proxysql` says the name is ProxySQL's, same meaning."""
+    kind: int | float | ms (value in milliseconds, key in seconds) | bool | choice | text (non-empty)
+    | secret (any text, never shown by DIFF). `low`/`high` are in the config file's unit (seconds for
+    ms). `proxysql` says the name is ProxySQL's, same meaning."""
 
     name: str
     section: str
@@ -244,7 +249,30 @@ VARIABLES: tuple[Variable, ...] = (
              doc="after an insert, an idle session keeps its writer connection this long for LAST_INSERT_ID()"),
     Variable("mysql-max_stmts_per_connection", "pool", "max_prepared_statements", "int", 1, 1_000_000, proxysql=True,
              doc="prepared statements kept per backend connection (LRU closed beyond)"),
-)
+    # [monitor]: ProxySQL's names and units (milliseconds, except the *_sec and lag_when_null seconds).
+    Variable("mysql-monitor_enabled", "monitor", "enabled", "bool", proxysql=True, doc="run the health checks"),
+    Variable("mysql-monitor_username", "monitor", "username", "text", proxysql=True, doc="the monitor's login on every server"),
+    Variable("mysql-monitor_password", "monitor", "password", "secret", proxysql=True, doc="its password"),
+    *(Variable(name, "monitor", key, "int", *MONITOR_LIMITS[key], proxysql=proxysql, doc=doc) for name, key, proxysql, doc in (
+        ("mysql-monitor_connect_interval", "connect_interval", True, "ms between connect checks (a fresh login)"),
+        ("mysql-monitor_connect_timeout", "connect_timeout", True, "ms a connect check may take"),
+        ("mysql-monitor_ping_interval", "ping_interval", True, "ms between pings"),
+        ("mysql-monitor_ping_timeout", "ping_timeout", True, "ms a ping may take"),
+        ("mysql-monitor_ping_max_failures", "ping_max_failures", True, "missed pings in a row that shun a server"),
+        ("mysql-monitor_read_only_interval", "read_only_interval", True, "ms between read_only checks"),
+        ("mysql-monitor_read_only_timeout", "read_only_timeout", True, "ms a read_only check may take"),
+        ("mysql-monitor_replication_lag_interval", "replication_lag_interval", True, "ms between replication lag checks"),
+        ("mysql-monitor_replication_lag_timeout", "replication_lag_timeout", True, "ms a replication lag check may take"),
+        ("mysql-monitor_replication_lag_count", "replication_lag_count", True, "lag checks in a row over max_replication_lag that shun a server"),
+        ("mysql-monitor_slave_lag_when_null", "lag_when_null", True, "seconds of lag counted for a stopped or broken replica"),
+        ("mysql-shun_on_failures", "shun_on_failures", True, "connect errors within 1 s that shun a server (0 = never)"),
+        ("mysql-shun_recovery_time_sec", "shun_recovery_time_sec", True, "seconds before a SHUNNED server may come back"),
+        ("mysql-monitor_connect_timeout_server_max", "connect_timeout_server_max", False,
+         "ms a statement waits for its hostgroup to have an ONLINE server"),
+        ("mysql-query_retries_on_failure", "query_retries_on_failure", True, "retries of a safe read that failed on a server"),
+    )),
+)  # fmt: skip
+SECRET_VARIABLES = frozenset(v.name for v in VARIABLES if v.kind == "secret")
 VARIABLE_BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
 _TRUE = ("true", "1", "on", "yes")
 _FALSE = ("false", "0", "off", "no")
@@ -256,6 +284,8 @@ def _fmt(d: Decimal) -> str:
 
 
 def _config_value(config: Config, v: Variable) -> Any:
+    if v.section == "monitor":
+        return getattr(config.monitor, v.key)
     if v.section == "pool":
         return config.multiplexing if v.key == "multiplexing" else getattr(config.pool, "max_prepared" if v.key == "max_prepared_statements" else v.key)
     if v.key == "reader_fallback_to_writer":
@@ -289,6 +319,10 @@ def check_variable(name: str, text: Any) -> tuple[Any, str | None]:
         if t.lower() in v.choices:
             return t.lower(), None
         return None, f"expected one of {', '.join(v.choices)}, got {text!r}"
+    if v.kind == "secret":
+        return text, None  # as given: a password may begin or end with spaces
+    if v.kind == "text":
+        return (t, None) if t else (None, "must not be empty")
     if v.kind == "int":
         if not re.fullmatch(r"[+-]?\d+", t):
             return None, f"expected an integer, got {text!r}"
@@ -336,6 +370,19 @@ def _rule_row(r: QueryRule) -> Row:
 
 def _server_row(s: Server) -> Row:
     return {c: getattr(s, c) for c in TABLE_COLUMNS["mysql_servers"]}
+
+
+def live_server_rows(servers: Iterable[Server]) -> list[Row]:
+    """runtime_mysql_servers rows for the live server list (proxy.topology): placement as the
+    monitor found it; SHUNNED_REPLICATION_LAG shows as SHUNNED there, as in ProxySQL (the stats
+    table stats_mysql_connection_pool tells the two apart)."""
+    rows = []
+    for s in servers:
+        row = _server_row(s)
+        if row["status"] not in SERVER_STATUSES:
+            row["status"] = "SHUNNED"
+        rows.append(row)
+    return rows
 
 
 def _user_row(u: User) -> Row:
@@ -598,11 +645,10 @@ def build_config(
 
 def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], base: Config) -> dict[str, Any]:
     """The TOML-shaped equivalent of validated rows, for proxy.config.parse_config."""
-    proxy: dict[str, Any] = {}
-    pool: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {"proxy": {}, "pool": {}, "monitor": {}}
     for name, value in variables.items():
         v = VARIABLE_BY_NAME[name]
-        (proxy if v.section == "proxy" else pool)[v.key] = value
+        sections[v.section][v.key] = value
     users = []
     for r in rows["mysql_users"]:
         if r["active"] != 1:
@@ -616,8 +662,7 @@ def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], bas
             u["backend_password"] = r["backend_password"]
         users.append(u)
     return {
-        "proxy": proxy,
-        "pool": pool,
+        **sections,
         "listeners": {n: {"address": li.address, "port": li.port} for n, li in base.listeners.items()},
         "servers": [{c: r[c] for c in TABLE_COLUMNS["mysql_servers"]} for r in rows["mysql_servers"]],
         "users": users,

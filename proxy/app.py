@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import resource
 import time
@@ -32,6 +33,7 @@ from .backend import BackendConnection, BackendError, read_server_handshake
 from .backend import connect as backend_connect
 from .client import ClientSession
 from .config import Config, Server
+from .monitor import Monitor
 from .pool import Pool, ServerBudget
 from .router import Router
 from .session import ConnState, PinReason, charset_entry
@@ -39,6 +41,7 @@ from .logsafe import LogLimiter
 from .protocol.constants import ErrorCode
 from .stats import StatsRegistry
 from .throttle import LoginThrottle
+from .topology import Topology
 
 log = logging.getLogger("rwproxy")
 _limited = LogLimiter(log)  # warnings an attacker could make the proxy repeat
@@ -73,7 +76,7 @@ class ProxyApp:
         self.stats.bind(
             sessions=lambda: list(self.sessions.values()),
             pools=lambda: list(self.pools.values()),
-            servers=lambda: [(s.hostgroup_id, s) for s in self.config.servers],
+            servers=lambda: [(s.hostgroup_id, s) for s in self.monitor.topology.servers],  # live statuses
             users=lambda: list(self.config.users.values()),
             rules=lambda: [r.rule_id for r in self.config.ruleset.rules],
             session_clock=lambda: self.clock(),  # the clock of ClientSession.last_activity
@@ -86,6 +89,10 @@ class ProxyApp:
         self.handshaking: collections.OrderedDict[int, ClientSession] = collections.OrderedDict()
         self._handshakes_from: collections.Counter[str] = collections.Counter()
         self._partial: dict[int, int] = {}
+        # Server health ([monitor]): publishes the live server list (placement, statuses), which
+        # `go_live` makes the Router's; `config` stays the configured one (what the admin port edits).
+        self.monitor = Monitor(config, self.stats, self.go_live)
+        self.stats.bind(health=lambda: self.monitor.topology.health)
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
         """The pool of `server` connections for this backend user and wire settings."""
@@ -104,8 +111,9 @@ class ProxyApp:
                         attributes={"_client_name": "rwproxy", "program_name": "rwproxy"},
                         timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
                     )  # fmt: skip
-                except BackendError:
+                except BackendError as e:
                     self.stats.connect_error(server.address)  # ProxySQL's ConnERR
+                    self.monitor.connect_error(server, e)  # counts toward shun_on_failures
                     raise
                 self.learn_server(conn)
                 conn.cstate = ConnState(login_charset=charset_entry(collation), tracking=not conn.tracks)
@@ -167,23 +175,30 @@ class ProxyApp:
             log.info("listening on %s:%d (metrics)", lst.address, lst.port)
         if self.config.multiplexing:
             self._maintainer = loop.create_task(self._maintain_pools())
+        self.monitor.start()
 
     # ---- runtime configuration ------------------------------------------------------------------
 
     def apply_config(self, config: Config) -> None:
         """Make `config` live (the admin port's LOAD ... TO RUNTIME, already validated).
 
-        Synchronous on the event loop, so no statement sees half of it: every session's next
-        statement routes by the new rules and servers; statements and transactions in flight finish
-        where they run. Pools of servers that are gone (or OFFLINE_HARD) stop lending: their idle
-        connections close now, lent ones when they come back. Listeners and [admin] are not changed
-        at runtime (a restart applies them)."""
+        Synchronous on the event loop, so no statement sees half of it: the monitor follows the new
+        servers and settings and publishes the live server list derived from them at once
+        (`go_live`). Listeners and [admin] are not changed at runtime (a restart applies them)."""
         self.config = config
         self.throttle.config = config
-        self.router = router = Router(config)
+        self.monitor.reconfigure(config)
+
+    def go_live(self, topology: Topology) -> None:
+        """A new live server list (from the monitor, or a new configuration): every session's next
+        statement routes by it; statements and transactions in flight finish where they run. Pools
+        of servers that are gone, OFFLINE_HARD or SHUNNED stop lending: their idle connections
+        close now, lent ones when they come back (a server back ONLINE gets new pools)."""
+        config = self.config
+        self.router = router = Router(dataclasses.replace(config, servers=topology.servers))
         limits: dict[str, int] = {}
-        for s in config.servers:
-            if s.status != "OFFLINE_HARD":
+        for s in topology.servers:
+            if s.status not in ("OFFLINE_HARD", "SHUNNED"):
                 limits[s.address] = max(limits.get(s.address, 0), s.max_connections)
         for address, budget in self.budgets.items():
             budget.settings = config.pool
@@ -193,7 +208,8 @@ class ProxyApp:
         for key, pool in list(self.pools.items()):
             pool.settings = config.pool
             if key[0] not in limits:
-                pool.close(f"server {key[0]} was taken out of the configuration")
+                gone = [s.status for s in topology.servers if s.address == key[0]]
+                pool.close(f"server {key[0]} is {gone[0]}" if gone else f"server {key[0]} was taken out of the configuration")
                 del self.pools[key]
         for sess in self.sessions.values():
             sess.config_changed(router)
@@ -434,6 +450,7 @@ class ProxyApp:
             log.info("shutdown: %d session(s) finished in time, %d cut", waiting - len(left), len(left))
         if self._maintainer is not None:
             self._maintainer.cancel()
+        await self.monitor.stop()
         for pool in self.pools.values():
             pool.close()
         for s in self._servers:

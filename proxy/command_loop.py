@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
 from rules.classify import Classification, Kind
-from rules.engine import SessionView
+from rules.engine import SessionView, replayable_set
 from rules.model import Deny, RouteTo
 
 from .backend import BackendConnection, BackendError, kill_query
@@ -120,6 +120,7 @@ _SESSION_STATUS = int(ServerStatus.IN_TRANS | ServerStatus.AUTOCOMMIT | ServerSt
 _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
 _SHOW = Kind.SHOW
+_SET = Kind.SET
 _KILL_LATER = re.compile(r"; ?KILL\b")
 _PROCESSLIST = re.compile(r"SHOW (?:FULL )?PROCESSLIST\b")
 _STMT_EXECUTE = int(Command.STMT_EXECUTE)
@@ -380,7 +381,9 @@ class CommandLoop:
             cs.owner, cs.gen = state, state.gen
             self.start(conn, raw, reply)
             return
-        s.spawn(self.slow(self.lending.ready(hostgroup, read=self.is_read()), lambda conn: self.start(conn, raw, reply)))
+        stat = self.stat
+        replayable = stat is not None and stat.kind is _SET and replayable_set(stat)
+        s.spawn(self.slow(self.lending.ready(hostgroup, read=self.is_read(), replayable=replayable), lambda conn: self.start(conn, raw, reply)))
 
     def is_read(self) -> bool:
         """The statement in flight is a provable read (it may run on any server of the pair)."""

@@ -20,7 +20,7 @@ from rules.model import RuleSet, validate_replication_hostgroups, validate_rules
 
 from .protocol.constants import SUPPORTED_AUTH_PLUGINS
 
-SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
+SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")  # what [[servers]] status may say
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -98,6 +98,58 @@ class StatsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorSettings:
+    """[monitor]: the health checks (proxy.monitor), in ProxySQL's names, defaults and units.
+
+    Intervals and timeouts are in milliseconds (as ProxySQL's mysql-monitor_* variables);
+    lag_when_null and shun_recovery_time_sec are in seconds (as theirs). `enabled` is off when the
+    section is absent (ProxySQL's monitor_enabled defaults to true): checks need an account on
+    every server, see config/rwproxy.example.toml."""
+
+    enabled: bool = False
+    username: str = "monitor"
+    password: str = field(default="monitor", repr=False)
+    connect_interval: int = 120_000  # ms: a fresh connection (login included) to each server
+    connect_timeout: int = 600  # ms
+    ping_interval: int = 8_000  # ms: COM_PING over the monitor's kept-open connection
+    ping_timeout: int = 1_000  # ms
+    ping_max_failures: int = 3  # consecutive missed pings -> SHUNNED
+    read_only_interval: int = 1_000  # ms: the replication hostgroup's check_type (and the GTID position)
+    read_only_timeout: int = 800  # ms
+    replication_lag_interval: int = 10_000  # ms: SHOW SLAVE STATUS / SHOW REPLICA STATUS
+    replication_lag_timeout: int = 1_000  # ms
+    replication_lag_count: int = 1  # consecutive checks over max_replication_lag -> SHUNNED_REPLICATION_LAG
+    lag_when_null: int = 60  # s: the lag of a replica whose threads stopped or whose lag is NULL
+    shun_on_failures: int = 5  # connect errors within one second -> SHUNNED (0 = never)
+    shun_recovery_time_sec: int = 10  # s a SHUNNED server waits before a successful check brings it back
+    # Read by the session (not the monitor): how long a statement waits for a hostgroup to have an
+    # ONLINE server (ms), and how many times a failed safe read is retried elsewhere.
+    connect_timeout_server_max: int = 10_000
+    query_retries_on_failure: int = 1
+
+
+# [monitor] keys with their ranges (used by parse_config and, through admin.validate, by the admin
+# port's global_variables; a unit test keeps the two in agreement).
+MONITOR_LIMITS: dict[str, tuple[int, int]] = {
+    "connect_interval": (100, 86_400_000),
+    "connect_timeout": (10, 600_000),
+    "ping_interval": (100, 86_400_000),
+    "ping_timeout": (10, 600_000),
+    "ping_max_failures": (1, 1_000_000),
+    "read_only_interval": (100, 86_400_000),
+    "read_only_timeout": (10, 600_000),
+    "replication_lag_interval": (100, 86_400_000),
+    "replication_lag_timeout": (10, 600_000),
+    "replication_lag_count": (1, 10),
+    "lag_when_null": (0, 604_800),
+    "shun_on_failures": (0, 1_000_000),
+    "shun_recovery_time_sec": (0, 31_536_000),
+    "connect_timeout_server_max": (1, 86_400_000),
+    "query_retries_on_failure": (0, 1000),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     log_level: str
@@ -136,6 +188,7 @@ class Config:
     # are optional listeners; [admin] holds the admin login, [stats] the registry's bounds.
     admin: AdminSettings = field(default_factory=AdminSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
+    monitor: MonitorSettings = field(default_factory=MonitorSettings)
 
     def hostgroup(self, hostgroup_id: int) -> tuple[Server, ...]:
         return tuple(s for s in self.servers if s.hostgroup_id == hostgroup_id)
@@ -347,6 +400,16 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     )
     stats_sec.finish()
 
+    mon_sec = _Section(file, "monitor", root.get("monitor", dict, default={}))
+    defaults = MonitorSettings()
+    monitor = MonitorSettings(
+        enabled=mon_sec.get("enabled", bool, False),
+        username=mon_sec.get("username", str, defaults.username, lambda v: None if v else "must not be empty"),
+        password=mon_sec.secret("password", default=defaults.password),
+        **{key: mon_sec.get(key, int, getattr(defaults, key), _between(lo, hi)) for key, (lo, hi) in MONITOR_LIMITS.items()},
+    )
+    mon_sec.finish()
+
     servers = []
     for sec in _list_of_tables(file, root, "servers"):
         servers.append(
@@ -437,4 +500,5 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         pool=pool,
         admin=admin,
         stats=stats,
+        monitor=monitor,
     )

@@ -36,6 +36,7 @@ from .backend import BackendConnection, BackendError, ReplySink
 from .config import Server
 from .hostgroups import candidates
 from .logsafe import LogLimiter
+from .pins import Pins
 from .interfaces import SessionCore
 from .pool import Pool, PoolTimeout
 from .protocol.constants import Command, ErrorCode
@@ -57,6 +58,7 @@ class Borrower(SessionCore, Protocol):
     """The session a lending room serves (proxy.client.ClientSession)."""
 
     commands: ReplySink  # where a lent connection's replies and events go
+    pins: Pins  # a pinned session's state is on its writer: nothing runs elsewhere
 
 
 class HostgroupError(Exception):
@@ -220,30 +222,38 @@ class BackendLending:
             await self.host.topology_changed(min(remaining, RETRY_PAUSE))
             self._avoid.clear()
 
-    async def ready(self, hostgroup: int, read: bool = False, wait: float | None = None) -> BackendConnection:
+    async def ready(self, hostgroup: int, read: bool = False, wait: float | None = None, replayable: bool = False) -> BackendConnection:
         """The session's connection to `hostgroup`, carrying the session's state.
 
         `read`: the statement is a provable read (rules.classify), so when a reader hostgroup cannot
         be used it runs on the writer ([replication_hostgroups] reader_fallback_to_writer, outside a
-        transaction); any other statement gets an ERR naming the hostgroup. `wait`: how long to wait
-        for the hostgroup to have a reachable server (default: no wait for a read that can fall
-        back, else [pool] acquire_timeout, ProxySQL's connect_timeout_server_max, so a promotion
-        costs latency, not errors)."""
+        transaction); any other statement gets an ERR naming the hostgroup. `replayable`: a SET of
+        session state the proxy replays (rules.engine.replayable_set), which runs on the pair's
+        reader while the writer has no reachable server: a client connecting during a failover
+        (drivers send SET autocommit / NAMES at connect) can still log in and read. `wait`: how long
+        to wait for the hostgroup to have a reachable server (default: no wait for a statement that
+        can run elsewhere, else [monitor] connect_timeout_server_max, so a promotion costs latency,
+        not errors; a wait for a free connection of a reachable server is the pool's, [pool]
+        acquire_timeout)."""
         session = self.session
-        can_fall_back = read and hostgroup != session.writer_hg and session.router.ruleset.reader_fallback_to_writer and session.txn_hg is None
+        free = session.txn_hg is None and not session.pins.pinned
+        if hostgroup != session.writer_hg:
+            elsewhere = session.writer_hg if read and free and session.router.ruleset.reader_fallback_to_writer else None
+        else:
+            elsewhere = session.router.ruleset.reader_of.get(hostgroup) if replayable and free else None
         if wait is None:
-            wait = 0.0 if can_fall_back else self.host.config.pool.acquire_timeout
+            wait = 0.0 if elsewhere is not None else self.host.config.monitor.connect_timeout_server_max / 1000
         try:
             conn = self.conns.get(hostgroup)
             if conn is None:
                 conn = await self.acquire(hostgroup, wait)
             return await self._bring_up(conn, hostgroup)
         except HostgroupError as e:
-            if not can_fall_back:
+            if elsewhere is None:
                 raise
-            # Only reads fall back: the writer can run them too.
-            _limited.log(logging.WARNING, ("fallback", hostgroup), "reader hostgroup %d unusable (%s); running reads on the writer", hostgroup, e)
-            return await self.ready(session.writer_hg, read=True)
+            # Only a read falls back to the writer, and only a replayable SET to a reader.
+            _limited.log(logging.WARNING, ("fallback", hostgroup), "hostgroup %d unusable (%s); running on hostgroup %d", hostgroup, e, elsewhere)
+            return await self.ready(elsewhere, read=read)
 
     async def _bring_up(self, conn: BackendConnection, hostgroup: int) -> BackendConnection:
         """Make `conn` carry the session's state: a pipelined diff, or a reset where only a reset can

@@ -40,7 +40,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from .stats import ACQUIRE_WAIT_BUCKETS, LATENCY_BUCKETS, SERVER_STATUSES, StatsRegistry
+from .stats import ACQUIRE_WAIT_BUCKETS, CHECK_BUCKETS, LATENCY_BUCKETS, SERVER_STATUSES, StatsRegistry
 
 __all__ = ["METRIC_NAMES", "StatsCollector", "make_registry", "start_metrics_server"]
 
@@ -73,6 +73,11 @@ METRIC_NAMES = (
     "rwproxy_classifier_cache_misses",
     "rwproxy_classifier_cache_entries",
     "rwproxy_server_status",
+    "rwproxy_server_read_only",
+    "rwproxy_server_replication_lag_seconds",
+    "rwproxy_monitor_check_seconds",
+    "rwproxy_monitor_check_errors",
+    "rwproxy_failovers",
     "rwproxy_query_digest_entries",
     "rwproxy_query_digest_max_entries",
     "rwproxy_query_digest_evictions",
@@ -80,6 +85,7 @@ METRIC_NAMES = (
 
 _LATENCY_LE = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
 _ACQUIRE_LE = [floatToGoString(b) for b in ACQUIRE_WAIT_BUCKETS] + ["+Inf"]
+_CHECK_LE = [floatToGoString(b) for b in CHECK_BUCKETS] + ["+Inf"]
 
 
 def _buckets(les: list[str], counts: list[int]) -> list[tuple[str, float]]:
@@ -236,6 +242,40 @@ class StatsCollector(Collector):
             for name in statuses:
                 status.add_metric([str(hg), s.address, name], 1 if s.status == name else 0)
         yield status
+
+        # ---- the monitor (families present, series only for what was checked) -----------------
+        health = st.sources.health()
+        read_only = GaugeMetricFamily(
+            "rwproxy_server_read_only", "The server's read_only (the replication hostgroup's check_type) at the last check.", labels=["server"]
+        )
+        lag = GaugeMetricFamily(
+            "rwproxy_server_replication_lag_seconds",
+            "Replication lag at the last check (lag_when_null when replication is stopped or broken).",
+            labels=["server"],
+        )
+        for address, h in sorted(health.items()):
+            if h.read_only is not None:
+                read_only.add_metric([address], int(h.read_only))
+            if h.lag is not None:
+                lag.add_metric([address], h.lag)
+        yield read_only
+        yield lag
+        check_seconds = HistogramMetricFamily(
+            "rwproxy_monitor_check_seconds", "Monitor check round trips (failed ones up to their timeout), by server and check.",
+            labels=["server", "check"],
+        )  # fmt: skip
+        check_errors = CounterMetricFamily("rwproxy_monitor_check_errors", "Monitor checks that failed, by server and check.", labels=["server", "check"])
+        for (address, check), c in sorted(st.checks.items()):
+            check_seconds.add_metric([address, check], _buckets(_CHECK_LE, c.buckets), c.sum_ns / 1e9)
+            check_errors.add_metric([address, check], c.errors)
+        yield check_seconds
+        yield check_errors
+        failovers = CounterMetricFamily(
+            "rwproxy_failovers", "Writer changes the monitor followed (a server newly placed in the writer hostgroup).", labels=["hostgroup"]
+        )
+        for hg, n in sorted(st.failovers.items()):
+            failovers.add_metric([str(hg)], n)
+        yield failovers
 
         yield GaugeMetricFamily("rwproxy_query_digest_entries", "Entries in the query digest table.", value=st.digest_count)
         yield GaugeMetricFamily("rwproxy_query_digest_max_entries", "The digest table's bound.", value=st.max_digests)

@@ -245,6 +245,16 @@ class Server:
             self.process.kill()
             self.process.wait()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung host), until `thaw`."""
+        if self.is_running:
+            os.kill(self.pid, signal.SIGSTOP)  # type: ignore[arg-type]
+
+    def thaw(self) -> None:
+        """SIGCONT after `freeze`."""
+        if self.is_running:
+            os.kill(self.pid, signal.SIGCONT)  # type: ignore[arg-type]
+
     # -- SQL ---------------------------------------------------------------------------------
 
     def sql(
@@ -335,6 +345,37 @@ class Cluster:
                     f"IO={s.get('Slave_IO_Running')} SQL={s.get('Slave_SQL_Running')} "
                     f"Last_IO_Error={s.get('Last_IO_Error')!r} Last_SQL_Error={s.get('Last_SQL_Error')!r}"
                 )
+
+    # -- topology changes (fault tests, the sandbox) ---------------------------------------------
+
+    def point_to(self, replica: Server, source: Server, *, use_gtid: str = "slave_pos", strict: bool = True, gtid_slave_pos: str | None = None) -> None:
+        """(Re)attach `replica` to `source` with GTID replication and start it. `gtid_slave_pos`
+        sets where it starts (e.g. a promoted replica's position, for an old primary that may hold
+        transactions the new one never received: then also `strict=False`, as an operator would
+        before rebuilding it)."""
+        stmts = ["STOP SLAVE", "SET GLOBAL read_only=1", f"SET GLOBAL gtid_strict_mode={1 if strict else 0}"]
+        if gtid_slave_pos is not None:
+            stmts.append(f"SET GLOBAL gtid_slave_pos='{gtid_slave_pos}'")
+        stmts += [
+            f"CHANGE MASTER TO master_host='{source.host}', master_port={source.port}, master_user='{self.repl_user}', "
+            f"master_password='{self.repl_password}', master_use_gtid={use_gtid}, master_connect_retry=1",
+            "START SLAVE",
+        ]
+        replica.sql(";".join(stmts))
+        replica.role = Role.REPLICA
+
+    def promote(self, replica: Server) -> str:
+        """Make `replica` the primary as a failover tool would: STOP SLAVE; RESET SLAVE ALL;
+        SET GLOBAL read_only=0. The others are not re-pointed (see `point_to`). Returns the
+        replica's @@gtid_slave_pos when it stopped replicating (where the new primary took over)."""
+        position = replica.sql("STOP SLAVE; SELECT @@gtid_slave_pos").strip()
+        replica.sql("RESET SLAVE ALL; SET GLOBAL read_only=0")
+        old = self.primary
+        replica.role = Role.PRIMARY
+        self.replicas = [r for r in self.replicas if r is not replica] + [old]
+        self.primary = replica
+        old.role = Role.REPLICA  # a restart now brings it back with --read-only=1
+        return position
 
     def stop(self, keep: bool = False, timeout: float = 20.0) -> None:
         """Stop every server (in parallel); remove `base_dir` unless `keep`."""
@@ -595,6 +636,7 @@ def render_proxy_config(
     admin_port: int | None = None,
     admin_settings: dict[str, Any] | None = None,
     metrics_port: int | None = None,
+    monitor: dict[str, Any] | None = None,
 ) -> str:
     """rwproxy TOML (see config/rwproxy.example.toml) for `cluster` (anything with primary/replicas).
 
@@ -603,7 +645,8 @@ def render_proxy_config(
     `proxy_settings` are merged into [proxy]; `extra_toml` is appended verbatim (new tables only);
     `admin_port` adds [listeners.admin] on 127.0.0.1 (the SQL admin port, docs/admin.md) and
     `admin_settings` an [admin] table (username, password, data_dir); `metrics_port` adds
-    [listeners.metrics] on 127.0.0.1 (Prometheus, /metrics).
+    [listeners.metrics] on 127.0.0.1 (Prometheus, /metrics); `monitor` adds a [monitor] table with
+    the cluster's monitor account and these settings (e.g. ``{"enabled": True, "ping_interval": 500}``).
     """
     proxy = {"log_level": "info", **(proxy_settings or {})}
     parts = [
@@ -617,6 +660,8 @@ def render_proxy_config(
         parts.append(_toml_table("[admin]", admin_settings))
     if metrics_port is not None:
         parts.append(_toml_table("[listeners.metrics]", {"address": "127.0.0.1", "port": metrics_port}))
+    if monitor is not None:
+        parts.append(_toml_table("[monitor]", {"username": cluster.monitor_user, "password": cluster.monitor_password, **monitor}))
     parts += [_toml_table("[[users]]", u) for u in (users if users is not None else default_users(cluster))]
     parts += [_toml_table("[[servers]]", s) for s in (servers if servers is not None else default_servers(cluster))]
     if replication_hostgroups is None:
@@ -673,6 +718,18 @@ class ProxyProcess:
 
 
 # -- python -m proxy.sandbox ----------------------------------------------------------------------
+
+# The sandbox's [monitor]: ProxySQL's defaults except shorter ping and lag intervals, so that a
+# killed primary, a promotion or a stopped replica shows within a second or two.
+SANDBOX_MONITOR: dict[str, Any] = {
+    "enabled": True,
+    "ping_interval": 1000,
+    "ping_max_failures": 2,
+    "read_only_interval": 500,
+    "replication_lag_interval": 1000,
+    "connect_interval": 10000,
+    "shun_recovery_time_sec": 2,
+}
 
 _MARKER = ".rwproxy-sandbox"
 
@@ -749,8 +806,13 @@ def main(argv: list[str] | None = None) -> int:
             admin_port = args.admin_port or (6032 if _port_free(6032) else free_port())
             # The admin login is ProxySQL's default (admin/admin): accepted on loopback only.
             metrics_port = 6070 if _port_free(6070) else free_port()
+            # The monitor is on, with intervals short enough to watch a failover (the banner says how).
+            servers = default_servers(cluster)
+            for row in servers[1:]:
+                row["max_replication_lag"] = 10
             config.write_text(render_proxy_config(
                 cluster, args.port, admin_port=admin_port, admin_settings={"data_dir": str(data_dir)}, metrics_port=metrics_port,
+                servers=servers, replication_hostgroups=default_replication_hostgroups(cluster), monitor=SANDBOX_MONITOR,
             ))  # fmt: skip
             proxy = ProxyProcess(config_path=config, host="127.0.0.1", port=args.port)
             print(f"sandbox: starting python -m proxy --config {config}", flush=True)
@@ -805,6 +867,23 @@ def _print_banner(cluster: Cluster, proxy_port: int | None, data_dir: Path, admi
         ]
     if metrics_port is not None:
         lines += ["Prometheus metrics:", f"  curl -s http://127.0.0.1:{metrics_port}/metrics", ""]
+    if admin_port is not None:
+        admin = f"mariadb -h127.0.0.1 -P{admin_port} -uadmin -padmin"
+        new = c.replicas[0] if c.replicas else None
+        lines += [
+            "Watch a failover (the monitor follows read_only; docs/monitoring.md):",
+            f"  live servers:     {admin} -e 'SELECT hostgroup_id, port, status FROM runtime_mysql_servers'",
+            f"  check log:        {admin} -e 'SELECT * FROM monitor.mysql_server_health'",
+            f"  kill the primary: kill -9 $(cat {c.primary.datadir / 'mariadbd.pid'})",
+        ]
+        if new is not None:
+            lines += [
+                f"  promote {new.name}: mariadb -S{new.socket} -u{_SOCKET_SUPERUSER} -e "
+                "'STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only=0'",
+                f"  stop replication: mariadb -S{new.socket} -u{_SOCKET_SUPERUSER} -e 'STOP SLAVE SQL_THREAD'"
+                "   (a replica behind max_replication_lag = 10 leaves the readers)",
+            ]
+        lines.append("")
     lines.append("Servers directly:")
     for s in c.servers:
         lines.append(f"  {s.name:<9} mariadb -h{s.host} -P{s.port} -u{c.app_user} -p{c.app_password}   (server_id {s.server_id})")

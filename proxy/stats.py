@@ -63,7 +63,7 @@ metrics endpoint all run on the event loop thread. Readers snapshot every live c
 Sources (what the composition root passes; duck-typed, see the Protocols below)::
 
     Sources(
-        sessions=lambda: app.sessions.values(),          # SessionLike (proxy.frontend.ClientSession)
+        sessions=lambda: app.sessions.values(),          # SessionLike (proxy.client.ClientSession)
         pools=lambda: app.pools.values(),                # PoolLike (proxy.pool.Pool)
         servers=lambda: ((hg, s) for hg, ss in app.router.hostgroups.members.items() for s in ss),
         users=lambda: app.config.users.values(),         # UserLike (proxy.config.User)
@@ -90,6 +90,8 @@ from .session import PinReason
 
 __all__ = [
     "ACQUIRE_WAIT_BUCKETS",
+    "CHECK_BUCKETS",
+    "CheckStats",
     "LATENCY_BUCKETS",
     "SERVER_STATUSES",
     "TABLES",
@@ -129,7 +131,12 @@ def _bucket_tables(bounds: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int,
 
 _LATENCY_BASE, _LATENCY_EDGE = _bucket_tables(_LATENCY_NS)
 
-SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
+# Every live status a server can have (proxy.topology.Status): the configured ones plus the
+# monitor's SHUNNED_REPLICATION_LAG.
+SERVER_STATUSES = ("ONLINE", "SHUNNED", "SHUNNED_REPLICATION_LAG", "OFFLINE_SOFT", "OFFLINE_HARD")
+# Monitor check latency buckets, in seconds (a check's timeout is 10 ms .. 600 s).
+CHECK_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_CHECK_NS = tuple(round(b * 1e9) for b in CHECK_BUCKETS)
 LOCAL_HOSTGROUP = -1  # statements the proxy answered itself (ProxySQL shows -1 for query-cache hits)
 
 _monotonic_ns = time.monotonic_ns
@@ -151,7 +158,7 @@ class _HasSchema(Protocol):
 
 
 class SessionLike(Protocol):
-    """proxy.frontend.ClientSession as the processlist, users, pins and global tables read it.
+    """proxy.client.ClientSession as the processlist, users, pins and global tables read it.
 
     `current_sql` (the text of the statement in flight, None when idle) is read with getattr and may
     be absent; everything else ClientSession already has.
@@ -218,6 +225,8 @@ class Sources:
     servers: Callable[[], Iterable[tuple[int, ServerLike]]] = _nothing  # (hostgroup, server) membership
     users: Callable[[], Iterable[UserLike]] = _nothing
     rules: Callable[[], Iterable[int]] = _nothing  # rule_ids of the runtime rules (listed with 0 hits)
+    # The monitor's health per server address (proxy.topology.ServerHealth: read_only, lag, ...).
+    health: Callable[[], Mapping[str, Any]] = dict
     classifier_cache: Callable[[], Mapping[str, int]] = _classifier_cache_info
     session_clock: Callable[[], float] = time.monotonic
 
@@ -265,6 +274,21 @@ class ServerStats:
 
     def __repr__(self) -> str:
         return f"ServerStats(hg={self.hostgroup}, {self.address}, queries={self.queries})"
+
+
+class CheckStats:
+    """One (server, monitor check)'s counters: how many ran, how many failed, latency histogram."""
+
+    __slots__ = ("buckets", "errors", "sum_ns")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(_CHECK_NS) + 1)  # checks per bucket (not cumulative); last = +Inf
+        self.sum_ns = 0
+        self.errors = 0
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
 
 
 class DigestStats:
@@ -322,6 +346,8 @@ class StatsRegistry:
         self.max_used: dict[str, int] = {}  # server address -> sampled high-water mark of lent connections
         self.clients_created = 0
         self.clients_aborted = 0
+        self.checks: dict[tuple[str, str], CheckStats] = {}  # (server address, check) -> counters
+        self.failovers: dict[int, int] = {}  # writer hostgroup -> writer changes the monitor followed
 
     def bind(self, **sources: Callable) -> None:
         """Set sources late (the composition root builds the registry before the app's objects)."""
@@ -426,6 +452,20 @@ class StatsRegistry:
     def connect_error(self, address: str) -> None:
         """A new backend connection to `address` failed (ProxySQL's ConnERR)."""
         self.conn_errors[address] = self.conn_errors.get(address, 0) + 1
+
+    def check_done(self, address: str, check: str, elapsed_ns: int, ok: bool) -> None:
+        """The monitor ran `check` on `address` (proxy.monitor; never per statement)."""
+        st = self.checks.get((address, check))
+        if st is None:
+            st = self.checks[(address, check)] = CheckStats()
+        st.buckets[bisect_left(_CHECK_NS, elapsed_ns)] += 1
+        st.sum_ns += elapsed_ns
+        if not ok:
+            st.errors += 1
+
+    def failover(self, hostgroup: int) -> None:
+        """The monitor placed a new server in writer hostgroup `hostgroup` (read_only=0 seen)."""
+        self.failovers[hostgroup] = self.failovers.get(hostgroup, 0) + 1
 
     def error(self, code: int) -> None:
         """An ERR packet with `code` went to a client outside statement_done (login, limits, protocol)."""

@@ -73,6 +73,7 @@ __all__ = [
     "decide",
     "is_tracked_variable",
     "pin_reason",
+    "replayable_set",
     "starts_transaction",
 ]
 
@@ -217,6 +218,16 @@ def pin_reason(cls: Classification) -> str | None:
         if scope not in _NAMES_SCOPES and not is_tracked_variable(t.name):
             return f"SET of untracked variable {t.name}"
     return None
+
+
+def replayable_set(cls: Classification) -> bool:
+    """A SET that changes only session state the proxy tracks and replays (SET NAMES, sql_mode,
+    time_zone, ... with literal values; no GLOBAL, no user variable, no autocommit=0): it may run on
+    any server of the session's replication pair, since its effect is recorded and replayed wherever
+    the session's next statements run (the proxy runs it on a reader while the writer is down)."""
+    if cls.kind is not _SET or cls.parse_error is not None or not cls.set_targets or cls.multi_statement:
+        return False
+    return all(t.scope is not _GLOBAL for t in cls.set_targets) and pin_reason(cls) is None and not starts_transaction(cls)
 
 
 class _Matched:

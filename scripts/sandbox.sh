@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README step a: set everything up and run the proxy against a local primary + replica.
+# README step a: set everything up and run the proxy (health monitor on) against a local primary + replica.
 # Ctrl-C stops the proxy and both servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."

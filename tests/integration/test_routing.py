@@ -230,10 +230,10 @@ def test_reads_fall_back_to_the_writer_when_no_reader_is_online(start_proxy, clu
     c = p.connect(autocommit=True)
     assert where(c) == ids["writer"]
     c.close()
-    # Without the fallback the read waits [pool] acquire_timeout for a server of its hostgroup, then
-    # gets ProxySQL's ERR 9001 naming the hostgroup (never a client-library 2003).
+    # Without the fallback the read waits connect_timeout_server_max for a server of its hostgroup,
+    # then gets ProxySQL's ERR 9001 naming the hostgroup (never a client-library 2003).
     strict = start_proxy(servers=servers, replication_hostgroups=pair, proxy_settings={"reader_fallback_to_writer": False},
-                         extra_toml="[pool]\nacquire_timeout = 0.5\n")
+                         extra_toml="[monitor]\nconnect_timeout_server_max = 500\n")
     c = strict.connect(autocommit=True)
     with pytest.raises(pymysql.err.OperationalError) as e:
         where(c)
@@ -253,8 +253,8 @@ def test_a_write_sent_to_an_unreachable_hostgroup_runs_nowhere(start_proxy, clus
         {"hostgroup_id": 5, "hostname": "127.0.0.1", "port": free_port(), "comment": "nothing listens here"},
     ]
     pair = [{"writer_hostgroup": 0, "reader_hostgroup": 1}]
-    p = start_proxy(servers=servers, replication_hostgroups=pair, extra_toml=f"""[pool]
-acquire_timeout = 0.5
+    p = start_proxy(servers=servers, replication_hostgroups=pair, extra_toml=f"""[monitor]
+connect_timeout_server_max = 500
 
 [[query_rules]]
 rule_id = 1
