@@ -127,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--table-size", type=int, default=10000)
     ap.add_argument("--replicas", type=int, default=1, choices=(0, 1, 2))
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--forwarder", action="store_true",
+                    help="also run bench/forwarder.py (the bare L4 copy) as a target: rwproxy/forwarder ratios for both trees")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--base-dir", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -157,14 +159,24 @@ def main(argv: list[str] | None = None) -> int:
             for tree in trees:
                 targets[(tree.name, mode)] = start_proxy(tree, mode, cluster, base_dir, procs)
         names = ["direct", "before", "after"]
+        forwarder = None
+        if args.forwarder:
+            port = rs.free_port()
+            argv_f = [sys.executable, str(rs.REPO / "bench" / "forwarder.py"), "--listen", f"127.0.0.1:{port}", "--target", f"{primary.host}:{primary.port}"]
+            proc = procs.start("forwarder", argv_f, base_dir / "forwarder.log", cwd=rs.REPO)
+            problem = rs.wait_for_port("127.0.0.1", port, proc, base_dir / "forwarder.log", timeout=30)
+            forwarder = problem or ("127.0.0.1", port, proc.pid)
+            names.append("forwarder")
         results: dict[tuple[str, str], list[rs.RunResult]] = {}
         cpu_us: dict[tuple[str, str], list[float]] = {}  # proxy CPU µs per statement, per run
         for rnd in range(args.rounds):
-            order = names[rnd % 3:] + names[: rnd % 3]
+            order = names[rnd % len(names):] + names[: rnd % len(names)]
             for w in args.workloads:
                 workload, ps_mode, extra, mode = WORKLOADS[w]
                 for t in order:
-                    where = (primary.host, primary.port, 0) if t == "direct" else targets[(t, mode)]
+                    if t == "forwarder" and mode != "passthrough":
+                        continue  # the forwarder copies to the primary only
+                    where = (primary.host, primary.port, 0) if t == "direct" else forwarder if t == "forwarder" else targets[(t, mode)]
                     if isinstance(where, str):
                         r = rs.RunResult(w, t, rnd, [], note=where)
                     else:
@@ -210,6 +222,23 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {w} | {WORKLOADS[w][3]} | {rs.fmt(d, ',.0f')} | {rs.fmt(b, ',.0f')} | {rs.fmt(a, ',.0f')} | "
                          f"{ratio3(b, d)} | {ratio3(a, d)} | {ratio3(a, b)} | {', '.join(per_round)} | "
                          f"{rs.fmt(cb, '.2f')} | {rs.fmt(ca, '.2f')} | {rs.fmt(diff, '+.2f')} |")
+        if args.forwarder:
+            lines += [
+                "",
+                "Against the bare forwarder in the same rounds (proxy CPU µs per statement / forwarder's, and QPS ratios):",
+                "",
+                "| workload | forwarder QPS | forwarder CPU µs/stmt | before/forwarder CPU | after/forwarder CPU | before/forwarder QPS | after/forwarder QPS |",
+                "|---|---:|---:|---:|---:|---:|---:|",
+            ]
+            for w in args.workloads:
+                if WORKLOADS[w][3] != "passthrough":
+                    continue
+                f = med(w, "forwarder")
+                cf = statistics.median(cpu_us[(w, "forwarder")]) if cpu_us.get((w, "forwarder")) else None
+                cb = statistics.median(cpu_us[(w, "before")]) if cpu_us.get((w, "before")) else None
+                ca = statistics.median(cpu_us[(w, "after")]) if cpu_us.get((w, "after")) else None
+                lines.append(f"| {w} | {rs.fmt(f, ',.0f')} | {rs.fmt(cf, '.2f')} | {ratio3(cb, cf)} | {ratio3(ca, cf)} | "
+                             f"{ratio3(med(w, 'before'), f)} | {ratio3(med(w, 'after'), f)} |")
         table = "\n".join(lines)
         print("\n" + table)
         if args.out:

@@ -327,8 +327,9 @@ class ClientSession(asyncio.Protocol):
         """The idle limit passed without a command: tell the client as MySQL 8.0.24+ does for
         wait_timeout (ER_CLIENT_INTERACTION_TIMEOUT, sequence id 0), then close."""
         timeout = self.idle_limit()
-        setting = "the session's wait_timeout" if self.wait_timeout is not None else "client_idle_timeout in the rwproxy configuration"
-        self.log(logging.INFO, "closed: no command for %.1fs (idle limit %gs)", self.clock() - self.last_activity, timeout)
+        own = self.wait_timeout is not None
+        setting = "the session's wait_timeout" if own else "client_idle_timeout in the rwproxy configuration"
+        self.log(logging.INFO, "closed: no command for %.1fs (%s = %gs)", self.clock() - self.last_activity, "wait_timeout" if own else "client_idle_timeout", timeout)
         self.send_err(
             0,
             ErrorCode.CLIENT_INTERACTION_TIMEOUT,
@@ -384,6 +385,7 @@ class ClientSession(asyncio.Protocol):
     def release_all(self, keep: BackendConnection | None = None) -> None:
         """Give back every held connection; those with state nobody can replay are reset first."""
         dirty = self.pins.pinned or self.lost is not None or not self.multiplexing
+        # (A connection holding the session's last warnings is reset too: the session ends, or resets.)
         self.lending.release_all(dirty, self.txn_hg, keep, self.commands.diag_conn)
         self.commands.diag_conn = None
 

@@ -41,7 +41,7 @@ from rules.model import Deny, RouteTo
 from .backend import BackendConnection, BackendError, kill_query
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
-from .local_answers import kill, processlist, session_values
+from .local_answers import kill, no_diagnostics, processlist, session_values
 from .logsafe import LogLimiter
 from .login import Login
 from .pins import Pins
@@ -260,7 +260,7 @@ class CommandLoop:
             processlist(s, full=False)
             return
         name = Command(cmd).name if cmd in Command._value2member_map_ else f"0x{cmd:02x}"
-        _limited.log(logging.WARNING, ("unsupported", cmd), "unsupported command %s (client %s)", name, s.peer)
+        _limited.log(logging.WARNING, ("unsupported", cmd), "%s unsupported command %s", s.context(), name)
         why = " (it acts on the shared server, not on this session)" if cmd in _SERVER_WIDE else ""
         s.send_err(1, ErrorCode.UNKNOWN_COM_ERROR, f"Unknown command: rwproxy does not relay COM_{name}{why}")
 
@@ -307,10 +307,15 @@ class CommandLoop:
             if decision.sql is not None:
                 raw = _query_packet(decision.sql)
             hostgroup = action.hostgroup
-            if cls.diagnostics and self.diag_conn is not None:
-                # SHOW WARNINGS, @@warning_count...: where the previous statement left them. (Without
-                # a held connection the previous statement left none, and any connection says so.)
-                hostgroup = self.diag_conn.hostgroup
+            if cls.diagnostics:
+                # SHOW WARNINGS, @@warning_count...: where the session's previous statement left them;
+                # if it left none, SHOW WARNINGS & co. are answered here (a pooled connection may
+                # still hold another client's).
+                if self.diag_conn is not None:
+                    hostgroup = self.diag_conn.hostgroup
+                elif cls.kind is _SHOW and no_diagnostics(s, cls.fingerprint.text):
+                    self.answered_here()
+                    return
             self.run(hostgroup, raw, Reply.RESULT, (cls, decision, sql))
         elif type(action) is Deny:
             s.log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
@@ -541,23 +546,21 @@ class CommandLoop:
 
     def _diagnostics(self, scanner: ResultScanner, conn: BackendConnection, stat: Classification | None) -> None:
         """Which connection holds the warnings SHOW WARNINGS & co. must read: the one whose
-        statement just left warnings or an error; the one held before stays until a statement that
-        uses a table runs elsewhere (as on a server, SELECT 1 leaves the list, a table resets it;
-        on the holding connection the server itself says)."""
+        statement just left warnings or an error, for the diagnostics statements that follow it
+        (SHOW WARNINGS, SHOW COUNT(*) ..., @@warning_count, GET DIAGNOSTICS); the session's next
+        other statement lets it go. (A server keeps the list across statements that use no table;
+        holding a connection that long would take it from every other client.) The connection goes
+        back to its pool as it is: SHOW WARNINGS without a held connection is answered here (there
+        is nothing to show), so no other client reads them."""
         diag = self.diag_conn
         if scanner.warnings or scanner.error is not None:
             self.diag_conn = conn
-            if diag is not None and diag is not conn:
-                self._drop_diagnostics(diag)
-        elif diag is not conn and (stat is None or stat.tables_read or stat.tables_written):
+        elif stat is not None and stat.diagnostics:
+            return
+        else:
             self.diag_conn = None
-            self._drop_diagnostics(diag)
-
-    def _drop_diagnostics(self, conn: BackendConnection) -> None:
-        """`conn` held warnings of a statement the session has moved past: back to its pool, reset,
-        so no other client's SHOW WARNINGS shows them (unless the session holds it anyway)."""
-        if self.session.multiplexing and not conn.closed and not self.holds(conn):
-            self.lending.release(conn, reset=True)
+        if diag is not None and diag is not conn and self.session.multiplexing and not diag.closed and not self.holds(diag):
+            self.lending.release(diag)
 
     def end_insert_id_hold(self) -> None:
         """[pool] last_insert_id_hold passed with the session idle: give the writer connection back

@@ -314,9 +314,9 @@ class BackendLending:
         conn.close()
         self.release(conn)
 
-    def release_all(self, dirty: bool, txn_hg: int | None, keep: BackendConnection | None = None, diagnostics: BackendConnection | None = None) -> None:
+    def release_all(self, dirty: bool, txn_hg: int | None, keep: BackendConnection | None = None, also: BackendConnection | None = None) -> None:
         """Give back every held connection; those with state nobody can replay (`dirty`, the
-        transaction's, or one holding the session's last warnings) are reset first."""
+        transaction's, or `also`) are reset first."""
         for conn in list(self.conns.values()):
             if conn is not keep:
-                self.release(conn, reset=dirty or conn.hostgroup == txn_hg or conn is diagnostics)
+                self.release(conn, reset=dirty or conn.hostgroup == txn_hg or conn is also)

@@ -28,7 +28,9 @@ from .backend import BackendConnection, BackendError
 from .interfaces import SessionCore
 from .lending import BackendLending
 from .protocol.constants import ErrorCode
-from .protocol.packets import OK, column_definitions, make_ok, make_result_set
+from .protocol.constants import BINARY_COLLATION, UTF8MB4_COLLATION, ColumnFlag, ColumnType
+from .protocol.packets import OK, ColumnDefinition, column_definitions, make_ok, make_result_set
+from .session import charset_width
 
 
 class _Answers(Protocol):
@@ -130,6 +132,35 @@ def _whole_select_item(masked: str, start: int, end: int) -> bool:
         return False  # inside an expression or a function's arguments
     tail = _ITEM_AFTER.match(masked, end)
     return tail is not None and not tail.group().strip().startswith(")") and _ITEM_BEFORE.search(head) is not None
+
+
+_SHOW_COUNT = re.compile(r"SHOW COUNT\(\*\) ?(WARNINGS|ERRORS)$")
+_SHOW_LIST = re.compile(r"SHOW (WARNINGS|ERRORS)\b")
+
+
+def no_diagnostics(session: Answerer, ftext: str) -> bool:
+    """SHOW WARNINGS / SHOW ERRORS / SHOW COUNT(*) ... when the session's previous statement left no
+    warnings (no connection holds any for it): the server's answer, made here with MariaDB's column
+    definitions. False for any other SHOW (normalized text `ftext`)."""
+    m = _SHOW_COUNT.match(ftext)
+    if m is not None:
+        name = "@@session.warning_count" if m.group(1) == "WARNINGS" else "@@session.error_count"
+        columns = [ColumnDefinition(name, ColumnType.LONGLONG, BINARY_COLLATION, 21, ColumnFlag.BINARY | ColumnFlag.UNSIGNED)]
+        rows: list[tuple] = [(0,)]
+    elif _SHOW_LIST.match(ftext):
+        collation = session.collation or UTF8MB4_COLLATION
+        width = charset_width(collation)
+        columns = [
+            ColumnDefinition("Level", ColumnType.VAR_STRING, collation, 7 * width, ColumnFlag.NOT_NULL, 39),
+            ColumnDefinition("Code", ColumnType.LONG, BINARY_COLLATION, 4, ColumnFlag.NOT_NULL | ColumnFlag.UNSIGNED | ColumnFlag.BINARY, 0),
+            ColumnDefinition("Message", ColumnType.VAR_STRING, collation, 512 * width, ColumnFlag.NOT_NULL, 39),
+        ]
+        rows = []
+    else:
+        return False
+    for seq, payload in enumerate(make_result_set(columns, rows, session.capabilities, session.status), start=1):
+        session.send(payload, seq & 0xFF)
+    return True
 
 
 _PROCESSLIST_COLUMNS = ("Id", "User", "Host", "db", "Command", "Time", "State", "Info", "Progress")

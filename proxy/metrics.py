@@ -62,6 +62,7 @@ METRIC_NAMES = (
     "rwproxy_statements",
     "rwproxy_statement_latency_seconds",
     "rwproxy_backend_queries",
+    "rwproxy_backend_resets",
     "rwproxy_backend_query_seconds",
     "rwproxy_backend_sent_bytes",
     "rwproxy_backend_received_bytes",
@@ -189,6 +190,9 @@ class StatsCollector(Collector):
         )
         sent = CounterMetricFamily("rwproxy_backend_sent_bytes", "Bytes sent to backends.", labels=["hostgroup", "server"])
         recv = CounterMetricFamily("rwproxy_backend_received_bytes", "Bytes received from backends.", labels=["hostgroup", "server"])
+        resets = CounterMetricFamily(
+            "rwproxy_backend_resets", "COM_RESET_CONNECTION the proxy sent on its own, per hostgroup and server.", labels=["hostgroup", "server"]
+        )
         for s in sorted(servers, key=lambda s: (s.hostgroup, s.address)):
             if s.hostgroup < 0:
                 continue
@@ -197,10 +201,12 @@ class StatsCollector(Collector):
             qtime.add_metric(labels, s.time_ns / 1e9)
             sent.add_metric(labels, s.bytes_sent)
             recv.add_metric(labels, s.bytes_recv)
+            resets.add_metric(labels, s.resets)
         yield queries
         yield qtime
         yield sent
         yield recv
+        yield resets
 
         errs = CounterMetricFamily("rwproxy_errors", "ERR packets sent to clients, by MySQL error code.", labels=["code"])
         for code, n in sorted(st.errors.items()):

@@ -275,6 +275,7 @@ class Pool:
 
     async def _reset_then_release(self, conn: BackendConnection) -> None:
         self.lent += 1  # still ours until the reset is done
+        conn.stats.resets += 1
         try:
             cmds = [bytes((Command.RESET_CONNECTION,))]
             if conn.tracks:

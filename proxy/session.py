@@ -78,6 +78,18 @@ _CHARSET_KEY = "\0charset"  # SET NAMES / SET CHARACTER SET: one slot, the last 
 _TXN_PREFIX = "\0txn:"
 
 
+_MAXLEN = {"utf8mb4": 4, "utf8mb3": 3, "utf8": 3, "ucs2": 2, "utf16": 4, "utf16le": 4, "utf32": 4, "big5": 2, "gbk": 2,
+           "gb2312": 2, "sjis": 2, "cp932": 2, "ujis": 3, "eucjpms": 3, "euckr": 2}
+
+
+def charset_width(collation_id: int) -> int:
+    """Bytes per character at most in a collation's character set (a column's length is counted in them)."""
+    try:
+        return _MAXLEN.get(pymysql_charset.charset_by_id(collation_id).name, 1)
+    except KeyError:
+        return 4
+
+
 def charset_entry(collation_id: int) -> str | None:
     """The replay text that restores a connection collation given by id at login, or None if unknown."""
     try:

@@ -252,6 +252,7 @@ class ServerStats:
         "bytes_sent",
         "hostgroup",
         "latency",
+        "resets",
         "time_ns",
     )
 
@@ -266,6 +267,10 @@ class ServerStats:
         self.acquire_waits = [0] * (len(_ACQUIRE_NS) + 1)  # slow-path acquisitions by wait
         self.acquire_wait_ns = 0
         self.acquire_timeouts = 0
+        # COM_RESET_CONNECTION the proxy sent on its own (a connection back to its pool with state no
+        # one else may inherit: temporary tables, a client's warnings...), each followed by the SET
+        # that turns session tracking on again.
+        self.resets = 0
 
     @property
     def queries(self) -> int:
@@ -713,6 +718,7 @@ class StatsRegistry:
             ("ConnPool_get_conn_success", immediate + waited),
             ("ConnPool_get_conn_failure", sum(s.acquire_timeouts for s in backends)),
             ("Backend_connections_reused", sum(p["reused"] for p in pools.values())),
+            ("Com_backend_reset_connection", sum(s.resets for s in backends)),
             ("Client_error_packets", sum(self.errors.values())),
             ("Query_digest_entries", len(self._digests)),
             ("Query_digest_max_entries", self.max_digests),
