@@ -383,7 +383,7 @@ class ProxyApp:
         stopped (CommandLoop.overdue: KILL QUERY, or the connection dropped when the server does
         not answer). Nothing is armed per statement: this sweep reads each busy session's start time."""
         now_ns, default = time.monotonic_ns(), self.config.default_query_timeout
-        return sum(1 for sess in list(self.sessions.values()) if sess.busy and sess.commands.overdue(now_ns, default))
+        return sum(1 for sess in list(self.sessions.values()) if sess.busy and sess.commands.recovery.overdue(now_ns, default))
 
     def end_insert_id_holds(self, cutoff: float) -> None:
         """Sessions idle since before `cutoff` that keep a writer connection only for LAST_INSERT_ID()

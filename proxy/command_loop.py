@@ -38,7 +38,7 @@ from rules.classify import Classification, Kind
 from rules.engine import SessionView, replayable_set
 from rules.model import Deny, RouteTo
 
-from .backend import BackendConnection, BackendError, kill_query
+from .backend import BackendConnection
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
 from .local_answers import kill, no_diagnostics, processlist, session_values
@@ -52,6 +52,7 @@ from .protocol.packets import OK, make_ok
 from .protocol.results import Reply, ResultScanner
 from .router import classify_text
 from .session import PinReason
+from .recovery import Recovery
 from .tracking import note_wait_timeout, record
 
 log = logging.getLogger("rwproxy.session")
@@ -125,7 +126,6 @@ _KILL_LATER = re.compile(r"; ?KILL\b")
 _PROCESSLIST = re.compile(r"SHOW (?:FULL )?PROCESSLIST\b")
 _STMT_EXECUTE = int(Command.STMT_EXECUTE)
 _SERVER_WIDE = frozenset((Command.REFRESH, Command.DEBUG, Command.SHUTDOWN, Command.BINLOG_DUMP, Command.BINLOG_DUMP_GTID, Command.REGISTER_SLAVE, Command.TABLE_DUMP))
-_RETRYABLE = frozenset((Command.QUERY, Command.STMT_EXECUTE))  # commands a failed read may be run again for
 _monotonic_ns = time.monotonic_ns
 # Warnings every session would repeat about one server: one line, then a count.
 _limited = LogLimiter(log)
@@ -133,13 +133,6 @@ _limited = LogLimiter(log)
 
 def _query_packet(sql: str) -> bytes:
     return make_packet(b"\x03" + sql.encode("utf-8", "surrogateescape"), 0)
-
-
-def _lost_message(conn: BackendConnection) -> str:
-    return (
-        f"Lost connection to backend server {conn.server.address} (hostgroup {conn.hostgroup}); this session's "
-        "transaction or session state (temporary tables, user variables, locks) is gone: reconnect"
-    )
 
 
 def _err_code(payload: bytes) -> int:
@@ -151,7 +144,7 @@ class CommandLoop:
     __slots__ = (
         "session", "framer", "conns", "lending", "prepared", "_stats", "current", "post", "stat", "rule_ids", "t0",
         "current_sql", "rewrite_id", "infile", "insert_id", "row_count", "holding_insert_id", "reset_on_release",
-        "packet", "retries", "first_chunk", "killing", "diag_conn",
+        "packet", "first_chunk", "diag_conn", "recovery",
     )  # fmt: skip
 
     def __init__(self, session: CommandSession) -> None:
@@ -174,9 +167,8 @@ class CommandLoop:
         self.reset_on_release = False  # the reply in flight left state nobody else may inherit
         # For a statement that failed before its reply began (retried when that is safe):
         self.packet: Packet | None = None  # the client's command packet in flight
-        self.retries: tuple[Packet, int] | None = None  # (packet, how often it was run again elsewhere)
         self.first_chunk = False  # nothing of the reply in flight has reached the client yet
-        self.killing: tuple[BackendConnection, int] | None = None  # (connection, t0) of a statement past its timeout
+        self.recovery = Recovery(session, self)  # what a failed or overdue statement comes to
         # The connection whose last statement (the session's previous one) left warnings or an
         # error: held until the next statement, so SHOW WARNINGS & co. can run where they are.
         self.diag_conn: BackendConnection | None = None
@@ -438,44 +430,6 @@ class CommandLoop:
             return True
         return False
 
-    # ---- statement timeouts (the host's sweeper calls `overdue`) --------------------------------
-
-    def overdue(self, now_ns: int, default: float) -> bool:
-        """Has the statement in flight run past its timeout (a rule's `timeout`, else [proxy]
-        default_query_timeout)? Then stop it, once."""
-        conn = self.current
-        if conn is None or self.stat is None or self._stopping(conn):
-            return False
-        post = self.post  # (a routed COM_QUERY's: classification, decision, text)
-        rule_ms = post[1].timeout_ms if post is not None and not isinstance(post[0], int) else None
-        limit = rule_ms / 1000 if rule_ms else default
-        if not limit or now_ns - self.t0 < limit * 1e9:
-            return False
-        self.killing = (conn, self.t0)
-        s = self.session
-        s.log(logging.WARNING, "statement ran past its %gs timeout on %s (hostgroup %d): KILL QUERY", limit, conn.server.address, conn.hostgroup)
-        asyncio.get_running_loop().create_task(self._stop(conn, limit))
-        return True
-
-    async def _stop(self, conn: BackendConnection, limit: float) -> None:
-        """KILL QUERY the statement on its server (the client then gets the server's ERR 1317); a
-        server that does not answer in time (frozen, unreachable) loses the connection instead."""
-        s = self.session
-        bound = min(s.host.config.connect_timeout, 1.0)
-        user = s.user
-        try:
-            err = await kill_query(conn.server, user.backend_username, user.backend_password, conn.thread_id, timeout=bound)
-        except BackendError as e:
-            err = e.cause
-        if err is not None and self._stopping(conn):
-            s.log(logging.WARNING, "could not stop the statement on %s (%s): dropping the connection", conn.server.address, getattr(err, "message", err))
-            conn.abort(f"the statement ran past its {limit:g}s timeout and the server did not answer KILL QUERY")
-
-    def _stopping(self, conn: BackendConnection) -> bool:
-        """Is the statement in flight on `conn` one whose timeout passed?"""
-        k = self.killing
-        return k is not None and k[0] is conn and k[1] == self.t0 and conn is self.current
-
     # ---- ReplySink (proxy.backend) ------------------------------------------------------------
 
     def relay(self, data: bytes) -> None:
@@ -594,66 +548,11 @@ class CommandLoop:
         return True
 
     def backend_lost(self, conn: BackendConnection, exc: Exception | None) -> None:
-        s = self.session
-        if s.closed:
-            return
-        hg = conn.hostgroup
-        if self.conns.get(hg) is conn:
-            self.lending.release(conn)
-        why = exc or "closed by server"
-        state_lost = hg == s.txn_hg or (hg == s.writer_hg and (s.pins.pinned or s.passthrough))
-        if conn is self.current and conn.scanner is not None:
-            if self.first_chunk:
-                self._failed_before_reply(conn, why, state_lost)
-                return
-            # Mid-reply the client cannot be given a coherent ERR: the session is over, as it would
-            # be if the client had been connected to the server directly.
-            s.log(logging.WARNING, "backend %s (hostgroup %d) lost during a reply: %s", conn.server.address, hg, why)
-            s.close()
-        elif state_lost:
-            # (In passthrough mode nothing is classified, so what the writer held is unknown.)
-            s.log(logging.WARNING, "backend %s (hostgroup %d) lost with session state on it: %s", conn.server.address, hg, why)
-            s.lost = _lost_message(conn)
-        else:
-            s.log(logging.INFO, "backend %s (hostgroup %d) closed an idle connection (%s); reopened on demand", conn.server.address, hg, why)
+        self.recovery.lost(conn, exc)
 
-    def _failed_before_reply(self, conn: BackendConnection, why: object, state_lost: bool) -> None:
-        """The connection running the statement in flight was lost before any byte of its reply
-        reached the client. A provable read with no session state at stake runs again on another
-        server ([monitor] query_retries_on_failure times): the client sees nothing. Anything else
-        may have run (a write is never repeated): the client is told, with a server-range ERR."""
-        s = self.session
-        timed_out = self._stopping(conn)
-        self.current = None
-        address, hg = conn.server.address, conn.hostgroup
-        packet = self.packet
-        r = self.retries
-        retried = r[1] if r is not None and r[0] is packet else 0  # (a new statement is a new packet)
-        if (
-            not state_lost and s.multiplexing and s.txn_hg is None and not s.pins.pinned and self.is_read()
-            and packet is not None and packet.payload[0] in _RETRYABLE and not self.prepared.long_data_sent
-            and retried < s.host.config.monitor.query_retries_on_failure
-        ):  # fmt: skip
-            self.retries = (packet, retried + 1)
-            _limited.log(logging.WARNING, ("retry", address), "backend %s (hostgroup %d) lost before replying (%s); read retried on another server", address, hg, why)
-            self.lending.avoid(conn.server)
-            self.post = None
-            self._dispatch(packet)
-            return
-        s.log(logging.WARNING, "backend %s (hostgroup %d) lost before replying: %s", address, hg, why)
-        if state_lost:
-            s.lost = _lost_message(conn)
-        self.post = None
-        if timed_out:
-            s.send_err(1, ErrorCode.QUERY_INTERRUPTED, f"Query execution was interrupted (rwproxy: {why})")
-        else:
-            s.send_err(
-                1, ErrorCode.NET_READ_ERROR,
-                f"rwproxy: lost the connection to backend {address} (hostgroup {hg}) while it ran this statement ({why}); "
-                + ("it was not retried because it may have been applied: check before running it again" if not self.is_read() else "no other server could run it"),
-            )  # fmt: skip
-        self.answered_here()
-        s.free()
+    def redispatch(self, packet: Packet) -> None:
+        """Run the client's command again (recovery: a safe read whose server failed before replying)."""
+        self._dispatch(packet)
 
     def backend_write_paused(self, paused: bool) -> None:
         # The server is not reading what the client sends (big LOAD DATA, huge query): stop reading
