@@ -24,6 +24,7 @@ import socket
 from typing import Protocol as TypingProtocol
 
 from .config import Server
+from .logsafe import LogLimiter
 from .protocol import auth
 from .protocol.constants import (
     BACKEND_REQUIRED,
@@ -54,6 +55,8 @@ from .stats import ServerStats
 UNCOUNTED = ServerStats(-2, "")
 
 log = logging.getLogger("rwproxy.backend")
+# Per-connection warnings that a misbehaving server (or a flood of them) could repeat endlessly.
+_limited = LogLimiter(log)
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -137,7 +140,7 @@ class BackendConnection(asyncio.Protocol):
                 sink.relay(data)
             return
         if end < len(data):
-            log.warning("server %s sent %d bytes after the end of a reply; dropped", self.server.address, len(data) - end)
+            _limited.log(logging.WARNING, ("trailing bytes", self.server.address), "server %s sent %d bytes after the end of a reply; dropped", self.server.address, len(data) - end)
             data = data[:end]
         if scanner.rewrites:
             data = apply_rewrites(data, scanner.rewrites)
