@@ -134,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from .logsafe import install as install_log_escaping
+
+    install_log_escaping()  # every record one line: client-supplied text cannot forge log lines
     store = None
     if "admin" in config.listeners:
         started = _admin_startup(args.config, config, args.initial)
