@@ -24,14 +24,24 @@ section there (SAVE ... TO DISK), else the config file. Unlike ProxySQL this is 
 report names the source of every section and warns when the config file differs from the disk copy
 it is overridden by. ``initial=True`` (ProxySQL's --initial) uses the config file for every section.
 
-`execute` runs SQL from admin clients under an SQLite authorizer: reads of any table; INSERT /
-UPDATE / DELETE / REPLACE only on main's five admin tables; nothing else (no DDL, ATTACH, PRAGMA,
-transactions). Column types and ranges are CHECK constraints with readable names, so an obviously
-wrong value fails at INSERT time; the whole-configuration checks run at LOAD ... TO RUNTIME.
+`execute` runs SQL from admin clients under admin.guard's authorizer: reads of the store's tables;
+INSERT / UPDATE / DELETE / REPLACE only on main's five admin tables; an allow-list of functions;
+nothing else (no DDL, ATTACH, PRAGMA, transactions). Each statement gets `statement_timeout`
+seconds (an SQLite progress handler interrupts it: ERR 3024), and its result at most
+`max_result_rows` rows and `max_result_bytes` bytes (ERR 1104, checked while fetching, so a huge
+result is never held whole); `admin.guard.harden` bounds every value SQLite builds. Column types
+and ranges are CHECK constraints with readable names, so an obviously wrong value fails at INSERT
+time; the whole-configuration checks run at LOAD ... TO RUNTIME.
+
+Threads: the store is owned by one thread at a time -- the composition root's while it starts, then
+the admin port's worker thread (admin.worker), which runs every store call, so a slow statement
+never runs on the event loop. Hence check_same_thread is off; nothing here locks, and nothing
+may call the store from two threads at once. The stats schema is filled from snapshots the caller
+takes on the event loop (`execute(..., stats=...)`); the readers given to `attach_stats` are used
+only by callers that run on the thread that owns the stats registry.
 
 Never: block on anything but the local SQLite file, change the runtime tables except through
-`set_runtime*`, or write the disk layer except through `save_to_disk`. Single-threaded: use it from
-the event loop's thread only (sqlite3's check_same_thread stays on).
+`set_runtime*`, or write the disk layer except through `save_to_disk`.
 """
 
 from __future__ import annotations
@@ -69,6 +79,7 @@ from .commands import (
     ShowDatabases,
     ShowTables,
 )
+from .guard import Guard, harden
 from .validate import (
     KEYS,
     TABLE_COLUMNS,
@@ -287,53 +298,6 @@ def _ddl(schema: str, name: str, table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {schema}.{name} ({', '.join(cols)}{_TABLE_TAIL.get(table, '')})"
 
 
-# --------------------------------------------------------------------------------------------------
-# authorizer for client SQL
-
-_A = sqlite3
-_READ_ACTIONS = frozenset({_A.SQLITE_SELECT, _A.SQLITE_READ, _A.SQLITE_FUNCTION, _A.SQLITE_RECURSIVE})
-_WRITE_ACTIONS = {_A.SQLITE_INSERT: "INSERT", _A.SQLITE_UPDATE: "UPDATE", _A.SQLITE_DELETE: "DELETE"}
-
-
-class _Guard:
-    """sqlite3 authorizer: remembers why it refused, so the client gets that instead of "not authorized"."""
-
-    def __init__(self) -> None:
-        self.denied: tuple[str, int] | None = None
-
-    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
-        if action in _READ_ACTIONS:
-            return _A.SQLITE_OK
-        if action in _WRITE_ACTIONS:
-            if db == "main" and arg1 in ADMIN_TABLES:
-                return _A.SQLITE_OK
-            if arg1 in ("sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"):
-                self._deny("schema changes are not allowed on the admin port (the store's schema is fixed)", 1227)
-                return _A.SQLITE_DENY
-            what = f"{db}.{arg1}" if db and db != "main" else str(arg1)
-            if db == "main" and arg1 in RUNTIME_TABLES:
-                base = arg1.removeprefix("runtime_")
-                reason = f"{arg1} is read-only: it shows what is live; edit {base}, then LOAD {_section_of(base).value} TO RUNTIME"
-            elif db == "disk":
-                reason = f"{what} is the disk layer: edit memory (main) and SAVE ... TO DISK"
-            else:
-                reason = f"{what} is not an admin table; writable: {', '.join(ADMIN_TABLES)}"
-            self._deny(f"{_WRITE_ACTIONS[action]} denied: {reason}", 1142)
-            return _A.SQLITE_DENY
-        names = {_A.SQLITE_ATTACH: "ATTACH", _A.SQLITE_DETACH: "DETACH", _A.SQLITE_PRAGMA: "PRAGMA",
-                 _A.SQLITE_TRANSACTION: "transaction control", _A.SQLITE_SAVEPOINT: "SAVEPOINT"}
-        what = names.get(action, "schema changes")
-        self._deny(f"{what} is not allowed on the admin port (the store's schema and layers are managed by the proxy)", 1227)
-        return _A.SQLITE_DENY
-
-    def _deny(self, message: str, errno: int) -> None:
-        if self.denied is None:
-            self.denied = (message, errno)
-
-
-def _section_of(table: str) -> Section:
-    return next(s for s in ALL_SECTIONS if table in s.tables)
-
 
 def _render(v: Any) -> str:
     if v is None:
@@ -390,7 +354,10 @@ class ConfigStore:
         self.disk_path = Path(disk_path) if disk_path is not None else None
         self.config_path: str | None = None  # the config file LOAD ... FROM CONFIG reads (set by startup)
         self.statement_timeout = 1.0  # seconds a client statement may run (see execute)
-        self._db = sqlite3.connect(":memory:", isolation_level=None)
+        self.max_result_rows = 1_000_000  # rows of one client result set (see execute)
+        self.max_result_bytes = 32 << 20  # bytes of one client result set (see execute)
+        self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        harden(self._db)
         self._runtime_set: set[Section] = set()
         self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]] = {}
         for t in ADMIN_TABLES:
@@ -429,24 +396,37 @@ class ConfigStore:
 
     # -- the stats schema ---------------------------------------------------------------------------
 
-    def attach_stats(self, tables: Mapping[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]]) -> None:
+    def attach_stats(self, tables: Mapping[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]] | None]) -> None:
         """Serve the running proxy's stats tables as schema `stats` (ProxySQL's): `tables` maps a table
         name to a reader returning (columns, rows) as of now. A statement that names a stats table
         gets it materialised (read, into the in-memory `stats` schema) just before it runs, so any
         SQL works on it: WHERE, ORDER BY, GROUP BY, COUNT(*), joins with the config tables. Only
         the tables a statement names are read, so reading stats_mysql_query_digest_reset (which
-        empties the digest table) happens only when a client asks for it."""
+        empties the digest table) happens only when a client asks for it. A reader may be None:
+        then the caller passes that table's snapshot to `execute` (the admin port does, taking it
+        on the event loop; see `stats_tables_named`)."""
         if not self._stats:
             self._db.execute("ATTACH DATABASE ':memory:' AS stats")
         self._stats.update({name.lower(): read for name, read in tables.items()})
 
-    def _materialise_stats(self, sql: str) -> list[str]:
-        """Fill the stats tables `sql` names; returns their names (emptied again after the statement)."""
+    def stats_tables_named(self, sql: str) -> list[str]:
+        """The attached stats tables `sql` names (by word: a mention in a string literal counts too)."""
         if not self._stats:
             return []
-        names = [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._stats]
+        return [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._stats]
+
+    def _materialise_stats(self, sql: str, snapshots: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None) -> list[str]:
+        """Fill the stats tables `sql` names, from `snapshots` or else the attached readers; returns
+        their names (emptied again after the statement)."""
+        names = self.stats_tables_named(sql)
         for name in names:
-            columns, rows = self._stats[name]()
+            if snapshots is not None and name in snapshots:
+                columns, rows = snapshots[name]
+            else:
+                read = self._stats[name]
+                if read is None:
+                    raise StoreError(f"internal: no snapshot of stats table {name} was taken for this statement")
+                columns, rows = read()
             cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
             self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
             self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
@@ -657,15 +637,16 @@ class ConfigStore:
 
     # -- client SQL ----------------------------------------------------------------------------------
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows | Affected:
-        """One statement from an admin client: SELECT anything; write only main's admin tables.
-
-        It runs on the caller's thread (the event loop), so it gets `statement_timeout` seconds and
-        is then interrupted: a runaway query (an unbounded recursive CTE) must not stall the proxy."""
-        guard = _Guard()
+    def execute(self, sql: str, params: Sequence[Any] = (), *, stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None) -> Rows | Affected:
+        """One statement from an admin client: SELECT the store's tables; write only main's admin
+        tables. `stats`: snapshots of the stats tables the statement names (else the attached
+        readers are called). Bounded in time (`statement_timeout`: ERR 3024) and result size
+        (`max_result_rows` / `max_result_bytes`: ERR 1104), so that no statement can hold the admin
+        worker (or the proxy's memory) for long."""
+        guard = Guard()
         deadline = time.monotonic() + self.statement_timeout
         try:
-            materialised = self._materialise_stats(sql)
+            materialised = self._materialise_stats(sql, stats)
         except sqlite3.Error as e:  # a stats reader returned something SQLite cannot store: a bug
             raise StoreError(f"cannot read the stats tables: {e}") from None
         self._db.set_authorizer(guard)
@@ -673,15 +654,21 @@ class ConfigStore:
         try:
             cur = self._db.execute(sql, tuple(params))
             if cur.description is not None:
-                return Rows(tuple(d[0] for d in cur.description), cur.fetchall())
+                return Rows(tuple(d[0] for d in cur.description), self._fetch_bounded(cur))
             return Affected(max(cur.rowcount, 0))
         except sqlite3.Error as e:
             if guard.denied is not None:
                 raise StoreError(guard.denied[0], guard.denied[1], "42000") from None
             if getattr(e, "sqlite_errorname", "") == "SQLITE_INTERRUPT":
                 raise StoreError(
-                    f"statement stopped after {self.statement_timeout:g} s: the admin store runs on the proxy's event loop", 3024, "HY000"
+                    f"statement stopped after {self.statement_timeout:g} s ([admin] statement_timeout): narrow it with WHERE / LIMIT, "
+                    "or bound a recursive CTE", 3024, "HY000",
                 ) from None  # ER_QUERY_TIMEOUT
+            if getattr(e, "sqlite_errorname", "") == "SQLITE_TOOBIG":
+                raise StoreError(
+                    f"a value would exceed the admin port's limit of {self._db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)} bytes "
+                    "(randomblob, zeroblob, printf widths, replace and group_concat are bounded): ask for less", 1301, "HY000",
+                ) from None  # ER_WARN_ALLOWED_PACKET_OVERFLOWED: "Result of %s() was larger than max_allowed_packet"
             raise _client_error(e) from None
         finally:
             self._db.set_authorizer(None)
@@ -689,6 +676,27 @@ class ConfigStore:
             if self._db.in_transaction:  # cannot happen (transactions are refused); never leave one open
                 self._db.execute("ROLLBACK")
             self._clear_stats(materialised)
+
+    def _fetch_bounded(self, cur: sqlite3.Cursor) -> list[tuple[Any, ...]]:
+        """All rows, or ERR 1104 as soon as they pass max_result_rows / max_result_bytes (counted as
+        the values' text or blob lengths, 8 bytes a number)."""
+        max_rows, max_bytes = self.max_result_rows, self.max_result_bytes
+        rows: list[tuple[Any, ...]] = []
+        size = 0
+        while True:
+            batch = cur.fetchmany(256)
+            if not batch:
+                return rows
+            for row in batch:
+                for v in row:
+                    size += len(v) if isinstance(v, (str, bytes)) else 8
+            rows.extend(batch)
+            if len(rows) > max_rows or size > max_bytes:
+                what = f"{max_rows} rows ([admin] max_result_rows)" if len(rows) > max_rows else f"{max_bytes} bytes ([admin] max_result_bytes)"
+                raise StoreError(
+                    f"the result set is larger than the admin port's limit of {what}: add a WHERE or a LIMIT "
+                    "(e.g. ORDER BY count_star DESC LIMIT 100)", 1104, "42000",
+                )  # ER_TOO_BIG_SELECT
 
     def set_variable(self, name: str, value: str) -> Affected:
         """SET mysql-<name> = value: checked now, takes effect at LOAD MYSQL VARIABLES TO RUNTIME."""
@@ -740,7 +748,10 @@ class ConfigStore:
 
     # -- dispatch ------------------------------------------------------------------------------------
 
-    def run(self, cmd: Command, *, runtime: Config | None = None, apply: Callable[[Config], None] | None = None) -> Rows | Affected:
+    def run(
+        self, cmd: Command, *, runtime: Config | None = None, apply: Callable[[Config], None] | None = None,
+        stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None,
+    ) -> Rows | Affected:
         """Execute a parsed command that the store can answer. LOAD ... TO RUNTIME needs `runtime`
         (the live Config) and `apply` (the swap). EXPLAIN ROUTE, KILL, SHOW PROCESSLIST and DIFF MYSQL
         ROUTES belong to the admin listener (they need the running proxy); they raise AdminError here."""
@@ -760,7 +771,7 @@ class ConfigStore:
         if isinstance(cmd, SetVariable):
             return self.set_variable(cmd.name, cmd.value)
         if isinstance(cmd, Passthrough):
-            return self.execute(cmd.sql, cmd.params)
+            return self.execute(cmd.sql, cmd.params, stats=stats)
         if isinstance(cmd, ShowTables):
             return self.show_tables(cmd.schema, cmd.like)
         if isinstance(cmd, ShowCreateTable):
