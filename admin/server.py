@@ -70,14 +70,19 @@ from proxy.protocol.framing import PacketFramer, ProtocolError, make_packet
 from proxy.protocol.packets import (
     OK,
     AuthSwitchRequest,
+    ColumnSniffer,
     HandshakeV10,
     column_definitions,
+    lenenc_int,
     make_auth_switch,
+    make_column_definition,
+    make_eof,
     make_err,
     make_handshake_v10,
     make_ok,
     make_result_set,
     make_result_terminator,
+    make_text_row,
     parse_handshake_response,
 )
 from proxy.stats import TABLES as STATS_TABLES
@@ -224,7 +229,41 @@ async def start_admin(app: ProxyApp, address: str, port: int) -> asyncio.Abstrac
 
 def encode_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], capabilities: int, seq: int) -> bytes:
     """A whole text result set as wire bytes, starting at sequence id `seq`."""
-    payloads = make_result_set(column_definitions(columns, rows), rows, capabilities, _STATUS)
+    return _frame(make_result_set(column_definitions(columns, rows), rows, capabilities, _STATUS), seq)
+
+
+class WireRows:
+    """A RowSink (admin.store) that encodes a result set as its rows are fetched: the worker keeps
+    each row as its wire payload, not as a tuple of Python objects, and the column types (which
+    need every row) are written in front at the end."""
+
+    def __init__(self, capabilities: int) -> None:
+        self.capabilities = capabilities
+        self.columns: tuple[str, ...] | None = None
+        self._sniffer = ColumnSniffer(0)
+        self._rows: list[bytes] = []
+
+    def start(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self._sniffer = ColumnSniffer(len(columns))
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        observe, out = self._sniffer.observe, self._rows
+        for r in rows:
+            observe(r)
+            out.append(make_text_row(r))
+
+    def encode(self, seq: int) -> bytes:
+        assert self.columns is not None
+        caps = self.capabilities
+        head = [lenenc_int(len(self.columns))]
+        head.extend(make_column_definition(c) for c in self._sniffer.definitions(self.columns))
+        if not caps & Capability.DEPRECATE_EOF:
+            head.append(make_eof(_STATUS))
+        return _frame([*head, *self._rows, make_result_terminator(caps, _STATUS)], seq)
+
+
+def _frame(payloads: Sequence[bytes], seq: int) -> bytes:
     out = []
     for p in payloads:
         out.append(make_packet(p, seq))
@@ -234,6 +273,7 @@ def encode_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], capabilit
 
 def _prepare(store: ConfigStore, sql: str) -> tuple[AdminCommand, list[str]]:
     """Parse a statement; with the stats tables it names (their snapshots are taken on the loop)."""
+    store.discard_stats()  # anything loaded for a statement that never ran
     cmd = parse(sql)
     return cmd, (store.stats_tables_named(cmd.sql) if isinstance(cmd, Passthrough) else [])
 
@@ -257,9 +297,13 @@ def _processlist(table: tuple[tuple[str, ...], list[tuple]], full: bool) -> Rows
     return Rows(_PROCESSLIST, rows)
 
 
-def _in_worker(job: Any, capabilities: int, seq: int) -> bytes | Affected:
-    """Run `job()` (returns Rows or Affected) and encode a result set, all on the worker thread."""
-    return _encoded(job(), capabilities, seq)
+def _in_worker(job: Any, sink: WireRows | None, capabilities: int, seq: int) -> bytes | Affected:
+    """Run `job()` (returns Rows or Affected; its rows may have gone to `sink`) and encode a result
+    set, all on the worker thread."""
+    result = job()
+    if sink is not None and sink.columns is not None:
+        return sink.encode(seq)
+    return _encoded(result, capabilities, seq)
 
 
 class AdminSession(asyncio.Protocol):
@@ -525,6 +569,7 @@ class AdminSession(asyncio.Protocol):
 
     async def _answer(self, cmd: AdminCommand, stats_names: list[str], seq: int) -> None:
         app, worker, caps = self.app, self.server.worker, self.capabilities
+        sink = None
         if isinstance(cmd, SelectVariables):
             columns, rows = cmd.answer({
                 "version": ADMIN_VERSION,
@@ -546,15 +591,31 @@ class AdminSession(asyncio.Protocol):
             table = (await snapshot_stats(app.stats, ["stats_mysql_processlist"]))["stats_mysql_processlist"]
             job = lambda: _processlist(table, cmd.full)  # noqa: E731
         else:
-            stats = await snapshot_stats(app.stats, stats_names) if stats_names else None
-            job = functools.partial(self.store.run, cmd, runtime=app.config, apply=self._apply_from_worker, stats=stats)
-        result = await worker.run(_in_worker, job, caps, seq)
+            if stats_names:
+                await self._fill_stats(stats_names)
+            sink = WireRows(caps)
+            job = functools.partial(self.store.run, cmd, runtime=app.config, apply=self._apply_from_worker, sink=sink)
+        result = await worker.run(_in_worker, job, sink, caps, seq)
         if isinstance(cmd, (Load, Save)):
             self._log(logging.INFO, "%s: %s", cmd, result.message if isinstance(result, Affected) else "done")
         if isinstance(result, bytes):
             self._write(result)
         else:
             self._send_ok(seq, result.count, result.message)
+
+    async def _fill_stats(self, names: list[str]) -> None:
+        """Hand the stats tables `names` to the store, chunk by chunk: each chunk's rows are built on
+        the loop (one chunk per turn; every table's collection is copied at once first, see
+        StatsRegistry.table_chunks) and loaded by the worker, so no thread holds a big table whole."""
+        worker, store = self.server.worker, self.store
+        started = [(name, *self.app.stats.table_chunks(name)) for name in names]
+        for name, columns, chunks in started:
+            first = True
+            for chunk in chunks:
+                await worker.run(store.fill_stats, name, columns, chunk, first)
+                first = False
+            if first:  # an empty table
+                await worker.run(store.fill_stats, name, columns, [], True)
 
     def _apply_from_worker(self, config: Config) -> None:
         """LOAD ... TO RUNTIME's swap, called on the worker thread: it runs on the event loop."""

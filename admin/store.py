@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.config import SERVER_STATUSES, Config, ConfigError
 from proxy.protocol.constants import SUPPORTED_AUTH_PLUGINS
@@ -102,6 +102,7 @@ __all__ = [
     "Affected",
     "ConfigStore",
     "RowDiff",
+    "RowSink",
     "Rows",
     "SectionOrigin",
     "StartupReport",
@@ -148,6 +149,14 @@ class Affected:
 
     count: int = 0
     message: str = ""
+
+
+class RowSink(Protocol):
+    """Where `execute` can send a result's rows as they are fetched (e.g. straight to wire bytes)."""
+
+    def start(self, columns: tuple[str, ...]) -> None: ...
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None: ...
 
 
 DIFF_COLUMNS = ("table_name", "change", "row_key", "differences")
@@ -359,7 +368,8 @@ class ConfigStore:
         self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         harden(self._db)
         self._runtime_set: set[Section] = set()
-        self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]] = {}
+        self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]] | None] = {}
+        self._filled: set[str] = set()  # stats tables loaded by fill_stats for the next statement
         for t in ADMIN_TABLES:
             self._db.execute(_ddl("main", t, t))
             self._db.execute(_ddl("main", f"runtime_{t}", t))
@@ -415,11 +425,27 @@ class ConfigStore:
             return []
         return [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._stats]
 
+    def fill_stats(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], first: bool) -> None:
+        """Load one chunk of a stats table's snapshot (`first`: the table starts empty with these
+        columns). The next `execute` that names the table uses these rows, then empties it. Lets
+        the admin port hand a big table over chunk by chunk, so neither thread holds it whole."""
+        name = name.lower()
+        if name not in self._stats:
+            raise StoreError(f"no stats table {name!r}")
+        if first:
+            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+            self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
+            self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
+            self._filled.add(name)
+        self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
+
     def _materialise_stats(self, sql: str, snapshots: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None) -> list[str]:
-        """Fill the stats tables `sql` names, from `snapshots` or else the attached readers; returns
-        their names (emptied again after the statement)."""
+        """Fill the stats tables `sql` names, from what `fill_stats` loaded, `snapshots`, or else
+        the attached readers; returns their names (emptied again after the statement)."""
         names = self.stats_tables_named(sql)
         for name in names:
+            if name in self._filled:
+                continue
             if snapshots is not None and name in snapshots:
                 columns, rows = snapshots[name]
             else:
@@ -433,9 +459,14 @@ class ConfigStore:
             self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
         return names
 
+    def discard_stats(self) -> None:
+        """Forget what fill_stats loaded (for a statement that will not run)."""
+        self._clear_stats(())
+
     def _clear_stats(self, names: Iterable[str]) -> None:
-        for name in names:
+        for name in [*names, *self._filled]:
             self._db.execute(f'DELETE FROM stats."{name}"')
+        self._filled.clear()
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -637,12 +668,16 @@ class ConfigStore:
 
     # -- client SQL ----------------------------------------------------------------------------------
 
-    def execute(self, sql: str, params: Sequence[Any] = (), *, stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None) -> Rows | Affected:
+    def execute(
+        self, sql: str, params: Sequence[Any] = (), *, stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None,
+        sink: RowSink | None = None,
+    ) -> Rows | Affected:
         """One statement from an admin client: SELECT the store's tables; write only main's admin
-        tables. `stats`: snapshots of the stats tables the statement names (else the attached
-        readers are called). Bounded in time (`statement_timeout`: ERR 3024) and result size
-        (`max_result_rows` / `max_result_bytes`: ERR 1104), so that no statement can hold the admin
-        worker (or the proxy's memory) for long."""
+        tables. `stats`: snapshots of the stats tables the statement names (else what fill_stats
+        loaded, else the attached readers). Bounded in time (`statement_timeout`: ERR 3024) and
+        result size (`max_result_rows` / `max_result_bytes`: ERR 1104), so that no statement can
+        hold the admin worker (or the proxy's memory) for long. With a `sink`, rows go to it batch
+        by batch as they are fetched (and the Rows returned has none): nothing holds them all."""
         guard = Guard()
         deadline = time.monotonic() + self.statement_timeout
         try:
@@ -654,7 +689,10 @@ class ConfigStore:
         try:
             cur = self._db.execute(sql, tuple(params))
             if cur.description is not None:
-                return Rows(tuple(d[0] for d in cur.description), self._fetch_bounded(cur))
+                columns = tuple(d[0] for d in cur.description)
+                if sink is not None:
+                    sink.start(columns)
+                return Rows(columns, self._fetch_bounded(cur, sink))
             return Affected(max(cur.rowcount, 0))
         except sqlite3.Error as e:
             if guard.denied is not None:
@@ -677,12 +715,13 @@ class ConfigStore:
                 self._db.execute("ROLLBACK")
             self._clear_stats(materialised)
 
-    def _fetch_bounded(self, cur: sqlite3.Cursor) -> list[tuple[Any, ...]]:
-        """All rows, or ERR 1104 as soon as they pass max_result_rows / max_result_bytes (counted as
-        the values' text or blob lengths, 8 bytes a number)."""
+    def _fetch_bounded(self, cur: sqlite3.Cursor, sink: RowSink | None = None) -> list[tuple[Any, ...]]:
+        """All rows (or, with a sink, none: each batch goes to it), or ERR 1104 as soon as they pass
+        max_result_rows / max_result_bytes (counted as the values' text or blob lengths, 8 bytes a
+        number)."""
         max_rows, max_bytes = self.max_result_rows, self.max_result_bytes
         rows: list[tuple[Any, ...]] = []
-        size = 0
+        size = count = 0
         while True:
             batch = cur.fetchmany(256)
             if not batch:
@@ -690,9 +729,14 @@ class ConfigStore:
             for row in batch:
                 for v in row:
                     size += len(v) if isinstance(v, (str, bytes)) else 8
-            rows.extend(batch)
-            if len(rows) > max_rows or size > max_bytes:
-                what = f"{max_rows} rows ([admin] max_result_rows)" if len(rows) > max_rows else f"{max_bytes} bytes ([admin] max_result_bytes)"
+            count += len(batch)
+            if count <= max_rows and size <= max_bytes:
+                if sink is not None:
+                    sink.add(batch)
+                else:
+                    rows.extend(batch)
+            else:
+                what = f"{max_rows} rows ([admin] max_result_rows)" if count > max_rows else f"{max_bytes} bytes ([admin] max_result_bytes)"
                 raise StoreError(
                     f"the result set is larger than the admin port's limit of {what}: add a WHERE or a LIMIT "
                     "(e.g. ORDER BY count_star DESC LIMIT 100)", 1104, "42000",
@@ -750,7 +794,7 @@ class ConfigStore:
 
     def run(
         self, cmd: Command, *, runtime: Config | None = None, apply: Callable[[Config], None] | None = None,
-        stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None,
+        stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None, sink: RowSink | None = None,
     ) -> Rows | Affected:
         """Execute a parsed command that the store can answer. LOAD ... TO RUNTIME needs `runtime`
         (the live Config) and `apply` (the swap). EXPLAIN ROUTE, KILL, SHOW PROCESSLIST and DIFF MYSQL
@@ -771,7 +815,7 @@ class ConfigStore:
         if isinstance(cmd, SetVariable):
             return self.set_variable(cmd.name, cmd.value)
         if isinstance(cmd, Passthrough):
-            return self.execute(cmd.sql, cmd.params, stats=stats)
+            return self.execute(cmd.sql, cmd.params, stats=stats, sink=sink)
         if isinstance(cmd, ShowTables):
             return self.show_tables(cmd.schema, cmd.like)
         if isinstance(cmd, ShowCreateTable):

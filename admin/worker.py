@@ -14,10 +14,15 @@ What crosses between the threads, and why it is consistent:
 
 * The running proxy's state lives on the loop and is mutated there without locks (the stats
   registry, the session table, the pools). The worker never touches it. A statement that names
-  stats tables gets them as *snapshots taken on the loop* (`snapshot_stats`): each table's live
-  collection is copied in one step, then its rows are built a chunk per loop turn (`rows_per_chunk`),
-  so a 10,000-digest table never stalls the loop for more than a chunk; the rows -- plain tuples --
-  are then handed to the worker (see StatsRegistry.table_chunks for what a chunked read guarantees).
+  stats tables gets them as snapshots taken on the loop: each table's live collection is copied in
+  one step (StatsRegistry.table_chunks), then its rows are built a chunk per loop turn and each
+  chunk is loaded into the store by the worker before the next is built (AdminSession._fill_stats;
+  `snapshot_stats` for the few callers that want the rows themselves). So a 10,000-digest table
+  never stalls the loop for more than a chunk, and neither thread holds it whole. The rows are
+  plain tuples of ints and strings: nothing mutable crosses.
+* Result sets are encoded as their rows are fetched (admin.server.WireRows): the worker keeps wire
+  bytes, not tuples. Besides memory, this matters for latency: long-lived Python objects make the
+  garbage collector's full passes, which hold the GIL for tens of milliseconds, come more often.
 * The runtime configuration is an immutable `Config`: the worker may read the one it was given.
 * Changes to the running proxy run on the loop: LOAD ... TO RUNTIME validates in the worker, then
   `on_loop(app.apply_config, config)` runs the swap on the event loop (the worker thread waits for
