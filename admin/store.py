@@ -437,7 +437,7 @@ class ConfigStore:
             self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
             self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
             self._filled.add(name)
-        self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
+        self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', _storable_rows(rows))
 
     def _materialise_stats(self, sql: str, snapshots: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None) -> list[str]:
         """Fill the stats tables `sql` names, from what `fill_stats` loaded, `snapshots`, or else
@@ -456,7 +456,7 @@ class ConfigStore:
             cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
             self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
             self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
-            self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
+            self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', _storable_rows(rows))
         return names
 
     def discard_stats(self) -> None:
@@ -830,6 +830,23 @@ class ConfigStore:
             columns, rows = cmd.answer()
             return Rows(columns, list(rows))
         raise AdminError(f"{type(cmd).__name__} is executed by the admin listener, not the config store")
+
+
+def _storable(v: Any) -> Any:
+    """A value SQLite can store. The data plane keeps client text it could not decode as lone
+    surrogates (surrogateescape: a statement with invalid UTF-8 still gets a digest); SQLite
+    cannot encode those, so such text is stored with U+FFFD in their place."""
+    if type(v) is str and not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return v
+
+
+def _storable_rows(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:
+    for row in rows:
+        yield tuple(_storable(v) for v in row)
 
 
 def _client_error(e: sqlite3.Error) -> StoreError:

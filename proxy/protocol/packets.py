@@ -511,7 +511,7 @@ def _text_value(v: Any) -> bytes:
     if isinstance(v, bytes):
         return v
     if isinstance(v, str):
-        return v.encode("utf-8")
+        return v.encode("utf-8", "surrogateescape")  # text decoded with surrogateescape gets its bytes back
     if isinstance(v, bool):
         return b"1" if v else b"0"
     if isinstance(v, (bytearray, memoryview)):

@@ -211,3 +211,23 @@ def test_a_flood_of_bad_logins_writes_a_bounded_number_of_lines(caplog):
     assert len(denied) <= 6 * windows, denied
     counted = sum(int(m.split("(repeated ")[1].split(" ")[0]) for m in denied if "(repeated " in m)
     assert counted + sum("(repeated " not in m for m in denied) == 300, denied
+
+
+def test_client_text_that_is_not_utf8_does_not_break_the_stats_tables():
+    """Found by the fuzzer: a data-port statement with invalid UTF-8 is kept with lone surrogates
+    (surrogateescape) in its digest text and the processlist; reading them on the admin port was ERR
+    1105 and a traceback (SQLite cannot store lone surrogates)."""
+    bad = b"SELECT '\xff\xfe' FROM t".decode("utf-8", "surrogateescape")
+
+    def prepare(app: ProxyApp) -> None:
+        srv = app.stats.server(0, "192.0.2.1:3306")
+        app.stats.statement_done(srv, fingerprint(bad), Kind.SELECT, "d\udcffb", "u\udcfe", (), time.monotonic_ns(), 0, 0)
+
+    def scenario(app: ProxyApp, port: int) -> None:
+        with connect(port) as c, c.cursor() as cur:
+            cur.execute("SELECT digest_text, schemaname, username FROM stats_mysql_query_digest")
+            assert cur.fetchall() == (("SELECT ? FROM T", "d\ufffdb", "u\ufffd"),)
+            cur.execute("SELECT count(*) FROM stats_mysql_query_digest_reset")
+            assert cur.fetchone() == (1,)
+
+    run(scenario, prepare=prepare)

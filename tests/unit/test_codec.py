@@ -130,3 +130,10 @@ def test_scramble_has_no_nul():
     for _ in range(200):
         s = auth.new_scramble()
         assert len(s) == 20 and b"\0" not in s
+
+
+def test_text_row_gives_surrogate_escaped_text_its_bytes_back():
+    from proxy.protocol.packets import make_text_row
+
+    text = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")  # client bytes that are not UTF-8
+    assert make_text_row([text, "é", None]) == b"\x06caf\xe9 \xff" + b"\x02\xc3\xa9" + b"\xfb"
