@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     from .logsafe import install as install_log_escaping
 
     install_log_escaping()  # every record one line: client-supplied text cannot forge log lines
+    from .malloc_tuning import pin_mmap_threshold
+
+    pin_mmap_threshold()  # a client's large packet must not pin RSS after it is freed
     store = None
     if "admin" in config.listeners:
         started = _admin_startup(args.config, config, args.initial)
