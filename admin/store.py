@@ -80,6 +80,7 @@ from .commands import (
     ShowTables,
 )
 from .guard import Guard, harden
+from .secrets import Keyring, seal
 from .validate import (
     KEYS,
     TABLE_COLUMNS,
@@ -370,6 +371,7 @@ class ConfigStore:
         self._runtime_set: set[Section] = set()
         self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]] | None] = {}
         self._filled: set[str] = set()  # stats tables loaded by fill_stats for the next statement
+        self._keyring = Keyring()  # clear texts of the stored hashes this process has seen (admin.secrets)
         for t in ADMIN_TABLES:
             self._db.execute(_ddl("main", t, t))
             self._db.execute(_ddl("main", f"runtime_{t}", t))
@@ -532,6 +534,7 @@ class ConfigStore:
     def load_from_config(self, source: ConfigFile | Config | str | os.PathLike[str], sections: Iterable[Section] | Section = ALL_SECTIONS) -> int:
         """CONFIG -> MEMORY for `sections`. A path is read now (ConfigError on a bad file); returns rows stored."""
         cf = self._config_file(source)
+        self._keyring.add_users(cf.config.users.values())
         return self._load_rows(rows_from_config(cf.config, cf.rule_rows), _sections(sections))
 
     def _config_file(self, source: ConfigFile | Config | str | os.PathLike[str] | None) -> ConfigFile:
@@ -586,7 +589,7 @@ class ConfigStore:
 
     def build(self, sections: Iterable[Section] | Section, base: Config) -> BuildResult:
         """Validate memory's `sections` on top of `base` (the live Config): a new Config, or every error."""
-        return build_config(self.memory_rows(), _sections(sections), base)
+        return build_config(self.memory_rows(), _sections(sections), base, self._keyring)
 
     def set_runtime(self, result: BuildResult) -> None:
         """Record that `result` is live now: runtime_* of its sections show exactly the rows it was built from."""
@@ -620,6 +623,7 @@ class ConfigStore:
         config file, and say which, and why, per section. `initial`: the config file for all."""
         cf = self._config_file(source)
         self.config_path = cf.config.path
+        self._keyring.add_users(cf.config.users.values())
         file_rows = rows_from_config(cf.config, cf.rule_rows)
         saved = self.saved_sections()
         origins = []
@@ -684,6 +688,9 @@ class ConfigStore:
             materialised = self._materialise_stats(sql, stats)
         except sqlite3.Error as e:  # a stats reader returned something SQLite cannot store: a bug
             raise StoreError(f"cannot read the stats tables: {e}") from None
+        # One transaction per statement, so that what a write leaves is checked (secrets sealed,
+        # admin.secrets) before anyone can see it, and a refused write leaves nothing.
+        self._db.execute("BEGIN")
         self._db.set_authorizer(guard)
         self._db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
         try:
@@ -692,8 +699,14 @@ class ConfigStore:
                 columns = tuple(d[0] for d in cur.description)
                 if sink is not None:
                     sink.start(columns)
-                return Rows(columns, self._fetch_bounded(cur, sink))
-            return Affected(max(cur.rowcount, 0))
+                result: Rows | Affected = Rows(columns, self._fetch_bounded(cur, sink))
+            else:
+                result = Affected(max(cur.rowcount, 0))
+            self._db.set_authorizer(None)
+            if "mysql_users" in guard.wrote:
+                self._seal_users()
+            self._db.execute("COMMIT")
+            return result
         except sqlite3.Error as e:
             if guard.denied is not None:
                 raise StoreError(guard.denied[0], guard.denied[1], "42000") from None
@@ -711,9 +724,18 @@ class ConfigStore:
         finally:
             self._db.set_authorizer(None)
             self._db.set_progress_handler(None, 0)
-            if self._db.in_transaction:  # cannot happen (transactions are refused); never leave one open
+            if self._db.in_transaction:  # the statement failed: it leaves nothing
                 self._db.execute("ROLLBACK")
             self._clear_stats(materialised)
+
+    def _seal_users(self) -> None:
+        """No clear secret stays in main.mysql_users (admin.secrets.seal); raises SealError."""
+        cols = TABLE_COLUMNS["mysql_users"]
+        for rowid, *values in self._db.execute(f"SELECT rowid, {', '.join(cols)} FROM main.mysql_users").fetchall():
+            changes = seal(dict(zip(cols, values)), self._keyring)
+            if changes:
+                assignments = ", ".join(f"{c} = ?" for c in changes)
+                self._db.execute(f"UPDATE main.mysql_users SET {assignments} WHERE rowid = ?", (*changes.values(), rowid))
 
     def _fetch_bounded(self, cur: sqlite3.Cursor, sink: RowSink | None = None) -> list[tuple[Any, ...]]:
         """All rows (or, with a sink, none: each batch goes to it), or ERR 1104 as soon as they pass
