@@ -30,7 +30,7 @@ import signal
 import time
 
 from .backend import BackendConnection, BackendError, read_server_handshake
-from .config import Config
+from .config import Config, refresh_secrets
 from .backend import connect as backend_connect
 from .config import Server
 from .frontend import ClientSession
@@ -77,6 +77,7 @@ class ProxyApp:
             session_clock=lambda: self.clock(),  # the clock of ClientSession.last_activity
         )
         self.store = None  # admin.store.ConfigStore when the admin port is configured (set by __main__)
+        self.backend_secrets = _backend_secrets(config)  # backend username -> its password now
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
         """The pool of `server` connections for this backend user and wire settings."""
@@ -91,7 +92,10 @@ class ProxyApp:
             async def connector() -> BackendConnection:
                 try:
                     conn = await backend_connect(
-                        server, username, password, database=None, client_capabilities=capabilities, collation=collation,
+                        # the password as configured now: a rotated secret (LOAD, SIGHUP) reaches
+                        # the pools' new connections; open ones stay logged in
+                        server, username, self.backend_secrets.get(username, password), database=None,
+                        client_capabilities=capabilities, collation=collation,
                         attributes={"_client_name": "rwproxy", "program_name": "rwproxy"},
                         timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
                     )  # fmt: skip
@@ -177,6 +181,7 @@ class ProxyApp:
         at runtime (a restart applies them)."""
         self.config = config
         self.router = router = Router(config)
+        self.backend_secrets = _backend_secrets(config)
         limits: dict[str, int] = {}
         for s in config.servers:
             if s.status != "OFFLINE_HARD":
@@ -193,6 +198,15 @@ class ProxyApp:
                 del self.pools[key]
         for sess in self.sessions.values():
             sess.config_changed(router)
+
+    def reload_secrets(self) -> None:
+        """SIGHUP: read every secret that came from a file or an environment variable again and make
+        the result live (apply_config): new backend connections log in with a rotated password,
+        open ones keep working. (Small local files, read on the loop at an operator's request.)"""
+        config, changed = refresh_secrets(self.config)
+        if config is not self.config:
+            self.apply_config(config)
+        log.info("SIGHUP: secrets read again: %s", "; ".join(changed) if changed else "none changed")
 
     def _raise_fd_limit(self) -> None:
         """Like mysqld with open_files_limit: make room for max_connections clients and their backends."""
@@ -341,6 +355,13 @@ class ProxyApp:
             self._drained.set()
 
 
+def _backend_secrets(config: Config) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for u in config.users.values():
+        out.setdefault(u.backend_username, u.backend_password)
+    return out
+
+
 async def serve(config: Config, store: object | None = None) -> None:
     app = ProxyApp(config)
     app.store = store  # the admin port's config store (admin.store.ConfigStore), built by __main__
@@ -358,6 +379,7 @@ async def serve(config: Config, store: object | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGUSR1, app.log_sessions)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_secrets)
     await stop.wait()
     await app.stop()
     log.info("stopped")
