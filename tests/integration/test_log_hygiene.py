@@ -81,3 +81,13 @@ def test_a_flood_of_10000_bad_connections_writes_a_bounded_number_of_lines(start
     counted = sum(int(m.group(1)) for line in flood if (m := re.search(r"\(repeated (\d+) times in the last 10 s\)", line)))
     assert counted + sum("(repeated " not in line for line in flood) == 10_000, (counted, len(flood))
     print(f"10,000 bad admin connections in {took:.1f}s: {len(flood)} log lines")
+
+
+def test_admin_port_has_the_data_ports_backlog(start_proxy):
+    import subprocess
+
+    proxy = start_proxy(admin=True)
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{proxy.admin_port}"], capture_output=True, text=True, check=True).stdout.split()
+    data = subprocess.run(["ss", "-Hltn", f"sport = :{proxy.port}"], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[2]) == int(data[2]) == min(4096, somaxconn), (out, data)  # Send-Q of a listener: its backlog
