@@ -369,8 +369,7 @@ class ConfigStore:
         self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
         harden(self._db)
         self._runtime_set: set[Section] = set()
-        self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]] | None] = {}
-        self._filled: set[str] = set()  # stats tables loaded by fill_stats for the next statement
+        self._stats = _StatsSchema(self._db)
         self._keyring = Keyring()  # clear texts of the stored hashes this process has seen (admin.secrets)
         for t in ADMIN_TABLES:
             self._db.execute(_ddl("main", t, t))
@@ -408,67 +407,30 @@ class ConfigStore:
 
     # -- the stats schema ---------------------------------------------------------------------------
 
-    def attach_stats(self, tables: Mapping[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]] | None]) -> None:
+    def attach_stats(self, tables: Mapping[str, StatsReader | None]) -> None:
         """Serve the running proxy's stats tables as schema `stats` (ProxySQL's): `tables` maps a table
         name to a reader returning (columns, rows) as of now. A statement that names a stats table
         gets it materialised (read, into the in-memory `stats` schema) just before it runs, so any
         SQL works on it: WHERE, ORDER BY, GROUP BY, COUNT(*), joins with the config tables. Only
         the tables a statement names are read, so reading stats_mysql_query_digest_reset (which
         empties the digest table) happens only when a client asks for it. A reader may be None:
-        then the caller passes that table's snapshot to `execute` (the admin port does, taking it
-        on the event loop; see `stats_tables_named`)."""
-        if not self._stats:
-            self._db.execute("ATTACH DATABASE ':memory:' AS stats")
-        self._stats.update({name.lower(): read for name, read in tables.items()})
+        then the caller loads that table with `fill_stats` (the admin port does, from snapshots it
+        takes on the event loop; see `stats_tables_named`) or passes it to `execute`."""
+        self._stats.attach(tables)
 
     def stats_tables_named(self, sql: str) -> list[str]:
         """The attached stats tables `sql` names (by word: a mention in a string literal counts too)."""
-        if not self._stats:
-            return []
-        return [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._stats]
+        return self._stats.named(sql)
 
     def fill_stats(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], first: bool) -> None:
         """Load one chunk of a stats table's snapshot (`first`: the table starts empty with these
         columns). The next `execute` that names the table uses these rows, then empties it. Lets
         the admin port hand a big table over chunk by chunk, so neither thread holds it whole."""
-        name = name.lower()
-        if name not in self._stats:
-            raise StoreError(f"no stats table {name!r}")
-        if first:
-            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-            self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
-            self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
-            self._filled.add(name)
-        self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', _storable_rows(rows))
-
-    def _materialise_stats(self, sql: str, snapshots: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None) -> list[str]:
-        """Fill the stats tables `sql` names, from what `fill_stats` loaded, `snapshots`, or else
-        the attached readers; returns their names (emptied again after the statement)."""
-        names = self.stats_tables_named(sql)
-        for name in names:
-            if name in self._filled:
-                continue
-            if snapshots is not None and name in snapshots:
-                columns, rows = snapshots[name]
-            else:
-                read = self._stats[name]
-                if read is None:
-                    raise StoreError(f"internal: no snapshot of stats table {name} was taken for this statement")
-                columns, rows = read()
-            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-            self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
-            self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
-            self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', _storable_rows(rows))
-        return names
+        self._stats.fill(name, columns, rows, first)
 
     def discard_stats(self) -> None:
         """Forget what fill_stats loaded (for a statement that will not run)."""
-        self._clear_stats(())
-
-    def _clear_stats(self, names: Iterable[str]) -> None:
-        for name in [*names, *self._filled]:
-            self._db.execute(f'DELETE FROM stats."{name}"')
-        self._filled.clear()
+        self._stats.clear(())
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -672,10 +634,7 @@ class ConfigStore:
 
     # -- client SQL ----------------------------------------------------------------------------------
 
-    def execute(
-        self, sql: str, params: Sequence[Any] = (), *, stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None,
-        sink: RowSink | None = None,
-    ) -> Rows | Affected:
+    def execute(self, sql: str, params: Sequence[Any] = (), *, stats: Snapshots | None = None, sink: RowSink | None = None) -> Rows | Affected:
         """One statement from an admin client: SELECT the store's tables; write only main's admin
         tables. `stats`: snapshots of the stats tables the statement names (else what fill_stats
         loaded, else the attached readers). Bounded in time (`statement_timeout`: ERR 3024) and
@@ -685,7 +644,7 @@ class ConfigStore:
         guard = Guard()
         deadline = time.monotonic() + self.statement_timeout
         try:
-            materialised = self._materialise_stats(sql, stats)
+            materialised = self._stats.materialise(sql, stats)
         except sqlite3.Error as e:  # a stats reader returned something SQLite cannot store: a bug
             raise StoreError(f"cannot read the stats tables: {e}") from None
         # One transaction per statement, so that what a write leaves is checked (secrets sealed,
@@ -699,12 +658,12 @@ class ConfigStore:
                 columns = tuple(d[0] for d in cur.description)
                 if sink is not None:
                     sink.start(columns)
-                result: Rows | Affected = Rows(columns, self._fetch_bounded(cur, sink))
+                result: Rows | Affected = Rows(columns, _fetch_bounded(cur, sink, self.max_result_rows, self.max_result_bytes))
             else:
                 result = Affected(max(cur.rowcount, 0))
             self._db.set_authorizer(None)
             if "mysql_users" in guard.wrote:
-                self._seal_users()
+                _seal_users(self._db, self._keyring)
             self._db.execute("COMMIT")
             return result
         except sqlite3.Error as e:
@@ -726,43 +685,7 @@ class ConfigStore:
             self._db.set_progress_handler(None, 0)
             if self._db.in_transaction:  # the statement failed: it leaves nothing
                 self._db.execute("ROLLBACK")
-            self._clear_stats(materialised)
-
-    def _seal_users(self) -> None:
-        """No clear secret stays in main.mysql_users (admin.secrets.seal); raises SealError."""
-        cols = TABLE_COLUMNS["mysql_users"]
-        for rowid, *values in self._db.execute(f"SELECT rowid, {', '.join(cols)} FROM main.mysql_users").fetchall():
-            changes = seal(dict(zip(cols, values)), self._keyring)
-            if changes:
-                assignments = ", ".join(f"{c} = ?" for c in changes)
-                self._db.execute(f"UPDATE main.mysql_users SET {assignments} WHERE rowid = ?", (*changes.values(), rowid))
-
-    def _fetch_bounded(self, cur: sqlite3.Cursor, sink: RowSink | None = None) -> list[tuple[Any, ...]]:
-        """All rows (or, with a sink, none: each batch goes to it), or ERR 1104 as soon as they pass
-        max_result_rows / max_result_bytes (counted as the values' text or blob lengths, 8 bytes a
-        number)."""
-        max_rows, max_bytes = self.max_result_rows, self.max_result_bytes
-        rows: list[tuple[Any, ...]] = []
-        size = count = 0
-        while True:
-            batch = cur.fetchmany(256)
-            if not batch:
-                return rows
-            for row in batch:
-                for v in row:
-                    size += len(v) if isinstance(v, (str, bytes)) else 8
-            count += len(batch)
-            if count <= max_rows and size <= max_bytes:
-                if sink is not None:
-                    sink.add(batch)
-                else:
-                    rows.extend(batch)
-            else:
-                what = f"{max_rows} rows ([admin] max_result_rows)" if count > max_rows else f"{max_bytes} bytes ([admin] max_result_bytes)"
-                raise StoreError(
-                    f"the result set is larger than the admin port's limit of {what}: add a WHERE or a LIMIT "
-                    "(e.g. ORDER BY count_star DESC LIMIT 100)", 1104, "42000",
-                )  # ER_TOO_BIG_SELECT
+            self._stats.clear(materialised)
 
     def set_variable(self, name: str, value: str) -> Affected:
         """SET mysql-<name> = value: checked now, takes effect at LOAD MYSQL VARIABLES TO RUNTIME."""
@@ -783,7 +706,7 @@ class ConfigStore:
             self._need_disk("show the disk layer")
             names = [*ADMIN_TABLES, SAVED_TABLE]
         elif schema == "stats":
-            names = list(self._stats)
+            names = self._stats.names()
         elif schema == "monitor":
             names = []
         else:
@@ -808,7 +731,7 @@ class ConfigStore:
         out = [(0, "main", "")]
         if self.disk_path is not None:
             out.append((2, "disk", str(self.disk_path)))
-        if self._stats:
+        if self._stats.names():
             out.append((3, "stats", ""))
         return Rows(("seq", "name", "file"), out)
 
@@ -816,7 +739,7 @@ class ConfigStore:
 
     def run(
         self, cmd: Command, *, runtime: Config | None = None, apply: Callable[[Config], None] | None = None,
-        stats: Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]] | None = None, sink: RowSink | None = None,
+        stats: Snapshots | None = None, sink: RowSink | None = None,
     ) -> Rows | Affected:
         """Execute a parsed command that the store can answer. LOAD ... TO RUNTIME needs `runtime`
         (the live Config) and `apply` (the swap). EXPLAIN ROUTE, KILL, SHOW PROCESSLIST and DIFF MYSQL
@@ -852,6 +775,107 @@ class ConfigStore:
             columns, rows = cmd.answer()
             return Rows(columns, list(rows))
         raise AdminError(f"{type(cmd).__name__} is executed by the admin listener, not the config store")
+
+
+StatsReader = Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]
+Snapshots = Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]]
+
+
+class _StatsSchema:
+    """The `stats` schema of the store: which tables it serves, and their rows for one statement."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._readers: dict[str, StatsReader | None] = {}
+        self._filled: set[str] = set()  # loaded by fill() for the next statement
+
+    def names(self) -> list[str]:
+        return list(self._readers)
+
+    def attach(self, tables: Mapping[str, StatsReader | None]) -> None:
+        if not self._readers:
+            self._db.execute("ATTACH DATABASE ':memory:' AS stats")
+        self._readers.update({name.lower(): read for name, read in tables.items()})
+
+    def named(self, sql: str) -> list[str]:
+        if not self._readers:
+            return []
+        return [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._readers]
+
+    def _create(self, name: str, columns: Sequence[str]) -> None:
+        cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+        self._db.execute(f'DROP TABLE IF EXISTS stats."{name}"')
+        self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
+
+    def _insert(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', _storable_rows(rows))
+
+    def fill(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], first: bool) -> None:
+        name = name.lower()
+        if name not in self._readers:
+            raise StoreError(f"no stats table {name!r}")
+        if first:
+            self._create(name, columns)
+            self._filled.add(name)
+        self._insert(name, columns, rows)
+
+    def materialise(self, sql: str, snapshots: Snapshots | None = None) -> list[str]:
+        """Fill the stats tables `sql` names, from what fill() loaded, `snapshots`, or else the
+        readers; returns their names (emptied again by clear() after the statement)."""
+        names = self.named(sql)
+        for name in names:
+            if name in self._filled:
+                continue
+            if snapshots is not None and name in snapshots:
+                columns, rows = snapshots[name]
+            else:
+                read = self._readers[name]
+                if read is None:
+                    raise StoreError(f"internal: no snapshot of stats table {name} was taken for this statement")
+                columns, rows = read()
+            self._create(name, columns)
+            self._insert(name, columns, rows)
+        return names
+
+    def clear(self, names: Iterable[str]) -> None:
+        for name in [*names, *self._filled]:
+            self._db.execute(f'DELETE FROM stats."{name}"')
+        self._filled.clear()
+
+
+def _fetch_bounded(cur: sqlite3.Cursor, sink: RowSink | None, max_rows: int, max_bytes: int) -> list[tuple[Any, ...]]:
+    """All rows (or, with a sink, none: each batch goes to it), or ERR 1104 as soon as they pass
+    max_rows / max_bytes (counted as the values' text or blob lengths, 8 bytes a number)."""
+    rows: list[tuple[Any, ...]] = []
+    size = count = 0
+    while True:
+        batch = cur.fetchmany(256)
+        if not batch:
+            return rows
+        for row in batch:
+            for v in row:
+                size += len(v) if isinstance(v, (str, bytes)) else 8
+        count += len(batch)
+        if count > max_rows or size > max_bytes:
+            what = f"{max_rows} rows ([admin] max_result_rows)" if count > max_rows else f"{max_bytes} bytes ([admin] max_result_bytes)"
+            raise StoreError(
+                f"the result set is larger than the admin port's limit of {what}: add a WHERE or a LIMIT "
+                "(e.g. ORDER BY count_star DESC LIMIT 100)", 1104, "42000",
+            )  # ER_TOO_BIG_SELECT
+        if sink is not None:
+            sink.add(batch)
+        else:
+            rows.extend(batch)
+
+
+def _seal_users(db: sqlite3.Connection, keyring: Keyring) -> None:
+    """No clear secret stays in main.mysql_users (admin.secrets.seal); raises SealError."""
+    cols = TABLE_COLUMNS["mysql_users"]
+    for rowid, *values in db.execute(f"SELECT rowid, {', '.join(cols)} FROM main.mysql_users").fetchall():
+        changes = seal(dict(zip(cols, values)), keyring)
+        if changes:
+            assignments = ", ".join(f"{c} = ?" for c in changes)
+            db.execute(f"UPDATE main.mysql_users SET {assignments} WHERE rowid = ?", (*changes.values(), rowid))
 
 
 def _storable(v: Any) -> Any:
