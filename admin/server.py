@@ -29,8 +29,8 @@ commands (they wait in the socket; reading pauses beyond 1 MiB). LOAD ... TO RUN
 the worker and runs `app.apply_config`, the application's atomic swap, on the event loop, so a
 refused load changes nothing and an accepted one is live for every session's next statement.
 Statements that need the running proxy get what they need from the loop first: the stats tables a
-statement names are snapshotted on the loop in chunks (`admin.worker.snapshot_stats`) and attached
-to the store as schema `stats`, so clients run any SELECT on them; DIFF MYSQL ROUTES routes the
+statement names are snapshotted on the loop a chunk per turn and loaded into the store's schema
+`stats` chunk by chunk (`AdminSession._fill_stats`), so clients run any SELECT on them; DIFF MYSQL ROUTES routes the
 digest table's snapshot by runtime and by memory; SHOW PROCESSLIST formats the processlist's;
 EXPLAIN ROUTE (`admin.validate.explain_route`) reads the immutable live config and hostgroup
 health. KILL (client sessions of the data port, by the id of SHOW PROCESSLIST / CONNECTION_ID())
@@ -40,7 +40,8 @@ statement and answered ERR 1105, and the session, the other sessions and the dat
 SHOW WARNINGS after an error lists it (for a refused LOAD: one row per validation error, since C
 clients cut error messages at 512 bytes).
 
-Never: run store work on the event loop, block it, write to a data-port session's transport, log a password.
+Never: run store work on the event loop, block it, write to a data-port session's transport, log a
+password.
 """
 
 from __future__ import annotations
