@@ -83,7 +83,6 @@ from proxy.protocol.packets import (
     make_ok,
     make_result_set,
     make_result_terminator,
-    make_text_row,
     parse_handshake_response,
 )
 from proxy.stats import TABLES as STATS_TABLES
@@ -249,10 +248,9 @@ class WireRows:
         self._sniffer = ColumnSniffer(len(columns))
 
     def add(self, rows: list[tuple[Any, ...]]) -> None:
-        observe, out = self._sniffer.observe, self._rows
+        encode, out = self._sniffer.encode, self._rows
         for r in rows:
-            observe(r)
-            out.append(make_text_row(r))
+            out.append(encode(r))
 
     def encode(self, seq: int) -> bytes:
         assert self.columns is not None

@@ -651,7 +651,8 @@ class ConfigStore:
         # admin.secrets) before anyone can see it, and a refused write leaves nothing.
         self._db.execute("BEGIN")
         self._db.set_authorizer(guard)
-        self._db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        # Every ~1M VM instructions (a few ms of SQLite work): each call takes the GIL from the loop.
+        self._db.set_progress_handler(lambda: time.monotonic() > deadline, 1_000_000)
         try:
             cur = self._db.execute(sql, tuple(params))
             if cur.description is not None:
@@ -808,7 +809,16 @@ class _StatsSchema:
         self._db.execute(f'CREATE TABLE stats."{name}" ({cols})')
 
     def _insert(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        self._db.executemany(f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})', _storable_rows(rows))
+        sql = f'INSERT INTO stats."{name}" VALUES ({", ".join("?" * len(columns))})'
+        rows = rows if isinstance(rows, (list, tuple)) else list(rows)
+        self._db.execute("SAVEPOINT stats_rows")
+        try:
+            self._db.executemany(sql, rows)
+        except UnicodeEncodeError:  # rare: text SQLite cannot encode (see _storable); redo the chunk, cleaned
+            self._db.execute("ROLLBACK TO stats_rows")
+            self._db.executemany(sql, _storable_rows(rows))
+        finally:
+            self._db.execute("RELEASE stats_rows")
 
     def fill(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], first: bool) -> None:
         name = name.lower()

@@ -41,7 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -52,6 +54,17 @@ T = TypeVar("T")
 SWITCH_INTERVAL = 0.0005  # seconds; see the module docstring
 
 
+WORKER_NICE = 19
+
+
+def _lower_priority() -> None:
+    """On the worker thread: let the scheduler prefer the event loop's thread (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (OSError, AttributeError):
+        pass
+
+
 class AdminWorker:
     """One thread for the admin store, and the way back to the event loop."""
 
@@ -59,7 +72,7 @@ class AdminWorker:
         self.loop = loop
         self.apply_timeout = apply_timeout
         self.turn = asyncio.Lock()  # one statement at a time, across sessions, in arrival order
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rwproxy-admin")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rwproxy-admin", initializer=_lower_priority)
         self._saved_interval = sys.getswitchinterval()
         if self._saved_interval > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)

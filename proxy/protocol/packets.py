@@ -561,14 +561,36 @@ class ColumnSniffer:
         self.widths = [0] * columns
 
     def observe(self, row: Sequence[Any]) -> None:
+        self.encode(row)
+
+    def encode(self, row: Sequence[Any]) -> bytes:
+        """Learn from `row` and return it as a text ResultsetRow (make_text_row), each value's text
+        form computed once: what a result set encoded as its rows arrive costs per row."""
         kinds, widths = self.kinds, self.widths
+        parts = []
         for i, v in enumerate(row):
             if v is None:
+                parts.append(b"\xfb")
                 continue
-            kinds[i].add(bytes if isinstance(v, (bytes, bytearray, memoryview)) else int if isinstance(v, int) else float if isinstance(v, float) else str)
-            n = len(_text_value(v))
+            t = type(v)
+            if t is str:
+                b = v.encode("utf-8", "surrogateescape")
+                kind: type = str
+            elif t is int:
+                b = str(v).encode()
+                kind = int
+            elif t is bytes:
+                b = v
+                kind = bytes
+            else:
+                b = _text_value(v)
+                kind = bytes if isinstance(v, (bytearray, memoryview)) else int if isinstance(v, int) else float if isinstance(v, float) else str
+            kinds[i].add(kind)
+            n = len(b)
             if n > widths[i]:
                 widths[i] = n
+            parts.append((bytes((n,)) if n < 251 else lenenc_int(n)) + b)
+        return b"".join(parts)
 
     def definitions(self, names: Sequence[str]) -> list[ColumnDefinition]:
         out = []

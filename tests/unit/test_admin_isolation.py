@@ -29,9 +29,16 @@ RAW: dict[str, Any] = {
 }
 
 
-def run(scenario: Callable[[ProxyApp, int], Any], admin: dict[str, Any] | None = None, prepare: Callable[[ProxyApp], None] | None = None) -> tuple[Any, float]:
+class Lateness(float):
+    """The event loop's worst lateness (seconds) while a scenario ran, measured by a 2 ms ticker;
+    `.stalled`: the sum of the lateness of ticks more than 20 ms late (time the loop was not serving)."""
+
+    stalled: float = 0.0
+
+
+def run(scenario: Callable[[ProxyApp, int], Any], admin: dict[str, Any] | None = None, prepare: Callable[[ProxyApp], None] | None = None) -> tuple[Any, Lateness]:
     """Run `scenario(app, port)` in a thread against a fresh admin port; returns (its result, the
-    event loop's worst lateness in seconds while it ran, measured by a 2 ms ticker)."""
+    event loop's lateness while it ran)."""
     raw = {**RAW, "admin": {**RAW["admin"], **(admin or {})}}
 
     async def main() -> tuple[Any, float]:
@@ -40,15 +47,18 @@ def run(scenario: Callable[[ProxyApp, int], Any], admin: dict[str, Any] | None =
             prepare(app)
         server = await start_admin(app, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        worst = 0.0
+        worst = stalled = 0.0
         done = False
 
         async def ticker() -> None:
-            nonlocal worst
+            nonlocal worst, stalled
             while not done:
                 t = time.perf_counter()
                 await asyncio.sleep(0.002)
-                worst = max(worst, time.perf_counter() - t - 0.002)
+                late = time.perf_counter() - t - 0.002
+                worst = max(worst, late)
+                if late > 0.02:
+                    stalled += late
 
         tick = asyncio.get_running_loop().create_task(ticker())
         try:
@@ -58,7 +68,9 @@ def run(scenario: Callable[[ProxyApp, int], Any], admin: dict[str, Any] | None =
             await tick
             server.close()
             await server.wait_closed()
-        return result, worst
+        lateness = Lateness(worst)
+        lateness.stalled = stalled
+        return result, lateness
 
     return asyncio.run(main())
 
@@ -84,10 +96,11 @@ def test_a_one_second_statement_leaves_the_loop_responsive():
             cur.execute("SELECT 1")  # the session goes on
             return took
 
-    took, worst = run(scenario, {"statement_timeout": 1.0})
+    took, late = run(scenario, {"statement_timeout": 1.0})
     assert 0.9 < took < 5
-    # On the loop this statement stalled it for the whole second.
-    assert worst < 0.1, f"the event loop was late by {worst * 1000:.0f} ms while an admin statement ran"
+    # On the loop this statement stalled it for the whole second. (A full garbage collection of the
+    # process can still hold it for tens of milliseconds, whoever triggers it.)
+    assert late < 0.3 and late.stalled < 0.3, f"the event loop was late by up to {late * 1000:.0f} ms, {late.stalled * 1000:.0f} ms in all"
 
 
 def _digests(app: ProxyApp, n: int = 10_000) -> None:
@@ -105,8 +118,9 @@ def test_heavy_stats_selects_back_to_back_leave_the_loop_responsive():
                 cur.execute("SELECT count(*), sum(s.count_star) FROM stats.stats_mysql_query_digest s JOIN stats_mysql_query_digest t USING (digest)")
                 assert cur.fetchone() == (10_000, 10_000)
 
-    _, worst = run(scenario, prepare=_digests)
-    assert worst < 0.1, f"the event loop was late by {worst * 1000:.0f} ms"
+    _, late = run(scenario, prepare=_digests)
+    # On the loop, each of these 10 statements stalled it for its whole run (hundreds of ms each).
+    assert late < 0.3 and late.stalled < 0.5, f"the event loop was late by up to {late * 1000:.0f} ms, {late.stalled * 1000:.0f} ms in all"
 
 
 def test_unsafe_functions_and_huge_values_are_refused_on_the_port():
