@@ -31,9 +31,12 @@ RAW: dict[str, Any] = {
 
 class Lateness(float):
     """The event loop's worst lateness (seconds) while a scenario ran, measured by a 2 ms ticker;
-    `.stalled`: the sum of the lateness of ticks more than 20 ms late (time the loop was not serving)."""
+    `.stalled`: the sum of the lateness of ticks more than 20 ms late; `.loop_cpu`: CPU seconds the
+    loop's thread used meanwhile. Lateness depends on the machine's load (this one is shared);
+    the loop thread's CPU time does not: it says whether the admin work ran on the loop."""
 
     stalled: float = 0.0
+    loop_cpu: float = 0.0
 
 
 def run(scenario: Callable[[ProxyApp, int], Any], admin: dict[str, Any] | None = None, prepare: Callable[[ProxyApp], None] | None = None) -> tuple[Any, Lateness]:
@@ -49,6 +52,8 @@ def run(scenario: Callable[[ProxyApp, int], Any], admin: dict[str, Any] | None =
         port = server.sockets[0].getsockname()[1]
         worst = stalled = 0.0
         done = False
+
+        cpu_start = time.thread_time()  # the loop's thread
 
         async def ticker() -> None:
             nonlocal worst, stalled
@@ -70,6 +75,7 @@ def run(scenario: Callable[[ProxyApp, int], Any], admin: dict[str, Any] | None =
             await server.wait_closed()
         lateness = Lateness(worst)
         lateness.stalled = stalled
+        lateness.loop_cpu = time.thread_time() - cpu_start
         return result, lateness
 
     return asyncio.run(main())
@@ -97,10 +103,11 @@ def test_a_one_second_statement_leaves_the_loop_responsive():
             return took
 
     took, late = run(scenario, {"statement_timeout": 1.0})
+    print(f"1 s CTE: loop thread CPU {late.loop_cpu * 1000:.0f} ms, worst lateness {late * 1000:.0f} ms, {late.stalled * 1000:.0f} ms stalled in all")
     assert 0.9 < took < 5
-    # On the loop this statement stalled it for the whole second. (A full garbage collection of the
-    # process can still hold it for tens of milliseconds, whoever triggers it.)
-    assert late < 0.3 and late.stalled < 0.3, f"the event loop was late by up to {late * 1000:.0f} ms, {late.stalled * 1000:.0f} ms in all"
+    # On the loop this statement used the loop's thread for the whole second and stalled it as long.
+    assert late.loop_cpu < 0.3, f"the loop's thread used {late.loop_cpu * 1000:.0f} ms of CPU"
+    assert late < 0.9, f"the event loop was late by up to {late * 1000:.0f} ms"  # (a loaded machine adds its own)
 
 
 def _digests(app: ProxyApp, n: int = 10_000) -> None:
@@ -113,14 +120,18 @@ def test_heavy_stats_selects_back_to_back_leave_the_loop_responsive():
     def scenario(app: ProxyApp, port: int) -> None:
         with connect(port) as c, c.cursor() as cur:
             for _ in range(5):
-                cur.execute("SELECT digest_text, count_star FROM stats_mysql_query_digest ORDER BY digest_text DESC")
+                cur.execute("SELECT * FROM stats_mysql_query_digest ORDER BY digest_text DESC")
                 assert len(cur.fetchall()) == 10_000
                 cur.execute("SELECT count(*), sum(s.count_star) FROM stats.stats_mysql_query_digest s JOIN stats_mysql_query_digest t USING (digest)")
                 assert cur.fetchone() == (10_000, 10_000)
 
     _, late = run(scenario, prepare=_digests)
-    # On the loop, each of these 10 statements stalled it for its whole run (hundreds of ms each).
-    assert late < 0.3 and late.stalled < 0.5, f"the event loop was late by up to {late * 1000:.0f} ms, {late.stalled * 1000:.0f} ms in all"
+    print(f"10 heavy stats SELECTs: loop thread CPU {late.loop_cpu * 1000:.0f} ms, worst lateness {late * 1000:.0f} ms, {late.stalled * 1000:.0f} ms stalled in all")
+    # On the loop, these 10 statements used the loop's thread for their whole run (measured before
+    # the worker: 1,311 ms of loop CPU, 1,980 ms stalled, up to 435 ms at once). Off it, the loop
+    # builds the snapshot chunks and writes the bytes (measured: ~250 ms of loop CPU).
+    assert late.loop_cpu < 0.7, f"the loop's thread used {late.loop_cpu * 1000:.0f} ms of CPU"
+    assert late < 0.9, f"the event loop was late by up to {late * 1000:.0f} ms"
 
 
 def test_unsafe_functions_and_huge_values_are_refused_on_the_port():
