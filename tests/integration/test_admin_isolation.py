@@ -79,7 +79,11 @@ def test_admin_statements_do_not_raise_the_data_ports_p99(cluster, start_proxy):
     in flight ended), interleaved, so both see the same machine. On a quiet machine the p99 with the
     admin load must stay under 10 ms. This 2-core machine is shared: when the windows *without* admin
     load already have a p99 above 5 ms, the machine, not the proxy, sets the latency, and the test
-    asserts what the admin load adds instead: at most 5 ms to the p99."""
+    asserts what the admin load adds instead: at most 5 ms to the p99. Beyond 4 runnable tasks per CPU
+    (other test suites on the same machine) no latency can be measured, and the test says so."""
+    load_per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
+    if load_per_cpu > 4:
+        pytest.skip(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: too loaded to measure a 10 ms p99")
     proxy = start_proxy(admin=True, proxy_settings={"log_level": "warning"}, extra_toml="[stats]\nmax_digests = 20000\n")
     with proxy.connect() as c, c.cursor() as cur:
         for i in range(DIGESTS):  # distinct digests: the digest table the admin load reads
