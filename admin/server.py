@@ -14,32 +14,43 @@ PyMySQL, GUI tools). One `AdminSession` (an asyncio.Protocol) per client:
   schemas), COM_FIELD_LIST (an empty list: the CLI sends it) and COM_QUIT are answered; any other
   command gets ERR 1047.
 
-What runs where: the config store (`app.store`, admin.store.ConfigStore) answers everything about
-the layers and the tables (`store.run`); LOAD ... TO RUNTIME passes `app.config` and
-`app.apply_config`, the application's atomic swap, so a refused load changes nothing and an accepted
-one is live for every session's next statement. The commands that need the running proxy are
-executed here: EXPLAIN ROUTE (`admin.validate.explain_route` with the live config and hostgroup
-health), DIFF MYSQL ROUTES (the digest table from the stats registry routed by runtime and by
-memory), SHOW PROCESSLIST (the stats registry's processlist), KILL (client sessions of the data port,
-by the id of SHOW PROCESSLIST / CONNECTION_ID()). The stats registry's tables are attached to the
-store as schema `stats`, the monitor's check logs as schema `monitor`, so clients run any SELECT on
-them; runtime_mysql_servers shows the monitor's live server list.
+Limits: at most [admin] max_connections admin connections at once (logged in or not); one more
+gets ERR 1040 in place of the greeting and is closed at once, so idle sockets cannot exhaust the
+process's file descriptors; the listen backlog is the data port's (4096). Per-connection warnings
+(handshake timeouts, bad packets, wrong passwords) go through a LogLimiter: a flood of bad
+connections writes a few lines and a count, not a line each.
 
-Everything runs synchronously on the event loop, statement by statement: the store's SQL is local
-SQLite with a statement timeout, so an admin client never waits on I/O and never stalls the data
-port for long. The only awaited work is KILL's statement kill on a backend server (a short-lived
-connection of its own). A session's error is an ERR to that session only; anything unexpected is
-logged with the statement and answered ERR 1105, and the session, the other sessions and the data
-port carry on. SHOW WARNINGS after an error lists it (for a refused LOAD: one row per validation
-error, since C clients cut error messages at 512 bytes).
+What runs where (see admin.worker): the event loop reads a COM_QUERY and awaits the admin worker,
+one statement at a time across sessions; the worker thread parses it (`admin.commands.parse`),
+runs it on the config store (`app.store`, admin.store.ConfigStore: the layers, the tables, SQL
+under admin.guard's allow-list, with [admin] statement_timeout and result limits) and encodes the
+reply packets, which the loop then writes. While a statement runs, its session reads no further
+commands (they wait in the socket; reading pauses beyond 1 MiB). LOAD ... TO RUNTIME validates in
+the worker and runs `app.apply_config`, the application's atomic swap, on the event loop, so a
+refused load changes nothing and an accepted one is live for every session's next statement.
+Statements that need the running proxy get what they need from the loop first: the stats tables a
+statement names are snapshotted on the loop a chunk per turn and loaded into the store's schema
+`stats` chunk by chunk (`AdminSession._fill_stats`), so clients run any SELECT on them (the monitor's
+check logs likewise as schema `monitor`; runtime_mysql_servers shows the monitor's live server list,
+an immutable snapshot the worker reads); DIFF MYSQL ROUTES routes the
+digest table's snapshot by runtime and by memory; SHOW PROCESSLIST formats the processlist's;
+EXPLAIN ROUTE (`admin.validate.explain_route`) reads the immutable live config and hostgroup
+health. KILL (client sessions of the data port, by the id of SHOW PROCESSLIST / CONNECTION_ID())
+runs on the loop; KILL QUERY's statement kill on a backend server is a short-lived connection of
+its own. A session's error is an ERR to that session only; anything unexpected is logged with the
+statement and answered ERR 1105, and the session, the other sessions and the data port carry on.
+SHOW WARNINGS after an error lists it (for a refused LOAD: one row per validation error, since C
+clients cut error messages at 512 bytes).
 
-Never: block, write to a data-port session's transport, log a password.
+Never: run store work on the event loop, block it, write to a data-port session's transport, log a
+password.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import itertools
 import logging
 from collections.abc import Sequence
@@ -47,6 +58,8 @@ from typing import TYPE_CHECKING, Any
 
 from proxy import backend as backend_mod
 from proxy.backend import BackendError, set_nodelay
+from proxy.config import Config
+from proxy.logsafe import LogLimiter
 from proxy.protocol import auth
 from proxy.protocol.constants import (
     NATIVE_PASSWORD,
@@ -60,9 +73,13 @@ from proxy.protocol.framing import PacketFramer, ProtocolError, make_packet
 from proxy.protocol.packets import (
     OK,
     AuthSwitchRequest,
+    ColumnSniffer,
     HandshakeV10,
     column_definitions,
+    lenenc_int,
     make_auth_switch,
+    make_column_definition,
+    make_eof,
     make_err,
     make_handshake_v10,
     make_ok,
@@ -83,6 +100,7 @@ from .commands import (
     ExplainRoute,
     Kill,
     Load,
+    Passthrough,
     Save,
     SelectVariables,
     ShowProcesslist,
@@ -93,6 +111,7 @@ from .commands import (
 )
 from .store import Affected, ConfigStore, Rows, ValidationFailed
 from .validate import ROUTE_CHANGE_COLUMNS, digests_from_table, explain_route
+from .worker import AdminWorker, snapshot_stats
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
@@ -114,6 +133,8 @@ ADMIN_CAPABILITIES = PROXY_CAPABILITIES & ~(
 )
 _STATUS = int(ServerStatus.AUTOCOMMIT)  # nothing is ever open on the admin port
 _MAX_PACKET = 16 << 20  # admin statements are small; a bigger one is a protocol error
+_PIPELINE_LIMIT = 1 << 20  # bytes read ahead while a statement runs before reading pauses
+_BACKLOG = 4096  # the data port's
 _PROCESSLIST = ("SessionID", "user", "db", "cli_host", "hostgroup", "command", "time_ms", "info", "pin_reasons")
 _WARNING_COLUMNS = ("Level", "Code", "Message")
 _COMMANDS_ACCEPTED = "the admin port accepts COM_QUERY, COM_PING, COM_INIT_DB, COM_FIELD_LIST and COM_QUIT"
@@ -131,12 +152,14 @@ class _Phase(enum.Enum):
 class AdminServer(asyncio.AbstractServer):
     """The listening server, plus its sessions: closing it (app.stop) closes them too."""
 
-    def __init__(self, app: ProxyApp, store: ConfigStore) -> None:
+    def __init__(self, app: ProxyApp, store: ConfigStore, worker: AdminWorker) -> None:
         self.app = app
         self.store = store
+        self.worker = worker
         self.sessions: set[AdminSession] = set()
-        self.tasks: set[asyncio.Task] = set()  # background work (a backend KILL after KILL CONNECTION)
+        self.tasks: set[asyncio.Task] = set()  # statements in flight, background backend KILLs
         self.server: asyncio.AbstractServer | None = None
+        self.limited = LogLimiter(log)  # per-connection warnings: a flood writes a count, not a line each
 
     @property
     def sockets(self) -> Sequence[Any]:
@@ -147,6 +170,8 @@ class AdminServer(asyncio.AbstractServer):
             self.server.close()
         for s in list(self.sessions):
             s.close()
+        self.worker.close()
+        self.limited.flush()
 
     async def wait_closed(self) -> None:
         if self.server is not None:
@@ -190,15 +215,99 @@ async def start_admin(app: ProxyApp, address: str, port: int) -> asyncio.Abstrac
     """Listen for admin clients on address:port; returns the server (close() also ends its sessions)."""
     store = app.store if app.store is not None else _own_store(app)
     app.store = store
-    stats = app.stats
-    store.attach_stats({name: (lambda name=name: stats.table(name)) for name in STATS_TABLES})
-    # The monitor schema (the health checks' logs) and runtime_mysql_servers follow the live topology.
-    store.attach_tables("monitor", {name: (lambda name=name: app.monitor.table(name)) for name in MONITOR_TABLES})
+    limits = app.config.admin
+    store.statement_timeout = limits.statement_timeout
+    store.max_result_rows = limits.max_result_rows
+    store.max_result_bytes = limits.max_result_bytes
+    # No readers: the live tables are snapshotted on the loop for each statement that names them.
+    store.attach_stats(dict.fromkeys(STATS_TABLES))
+    store.attach_tables("monitor", dict.fromkeys(MONITOR_TABLES))
     store.attach_live_servers(lambda: app.monitor.topology.servers)
-    admin = AdminServer(app, store)
     loop = asyncio.get_running_loop()
-    admin.server = await loop.create_server(lambda: AdminSession(admin), address, port, reuse_address=True)
+    admin = AdminServer(app, store, AdminWorker(loop))
+    admin.server = await loop.create_server(lambda: AdminSession(admin), address, port, reuse_address=True, backlog=_BACKLOG)
     return admin
+
+
+# ---- what runs on the worker thread (admin.worker): the store, parsing, encoding --------------------
+
+
+def encode_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], capabilities: int, seq: int) -> bytes:
+    """A whole text result set as wire bytes, starting at sequence id `seq`."""
+    return _frame(make_result_set(column_definitions(columns, rows), rows, capabilities, _STATUS), seq)
+
+
+class WireRows:
+    """A RowSink (admin.store) that encodes a result set as its rows are fetched: the worker keeps
+    each row as its wire payload, not as a tuple of Python objects, and the column types (which
+    need every row) are written in front at the end."""
+
+    def __init__(self, capabilities: int) -> None:
+        self.capabilities = capabilities
+        self.columns: tuple[str, ...] | None = None
+        self._sniffer = ColumnSniffer(0)
+        self._rows: list[bytes] = []
+
+    def start(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self._sniffer = ColumnSniffer(len(columns))
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        encode, out = self._sniffer.encode, self._rows
+        for r in rows:
+            out.append(encode(r))
+
+    def encode(self, seq: int) -> bytes:
+        assert self.columns is not None
+        caps = self.capabilities
+        head = [lenenc_int(len(self.columns))]
+        head.extend(make_column_definition(c) for c in self._sniffer.definitions(self.columns))
+        if not caps & Capability.DEPRECATE_EOF:
+            head.append(make_eof(_STATUS))
+        return _frame([*head, *self._rows, make_result_terminator(caps, _STATUS)], seq)
+
+
+def _frame(payloads: Sequence[bytes], seq: int) -> bytes:
+    out = []
+    for p in payloads:
+        out.append(make_packet(p, seq))
+        seq = (seq + len(p) // 0xFFFFFF + 1) & 0xFF
+    return b"".join(out)
+
+
+def _prepare(store: ConfigStore, sql: str) -> tuple[AdminCommand, list[str]]:
+    """Parse a statement; with the stats tables it names (their snapshots are taken on the loop)."""
+    store.discard_stats()  # anything loaded for a statement that never ran
+    cmd = parse(sql)
+    return cmd, (store.stats_tables_named(cmd.sql) if isinstance(cmd, Passthrough) else [])
+
+
+def _encoded(result: Rows | Affected, capabilities: int, seq: int) -> bytes | Affected:
+    return encode_rows(result.columns, result.rows, capabilities, seq) if isinstance(result, Rows) else result
+
+
+def _processlist(table: tuple[tuple[str, ...], list[tuple]], full: bool) -> Rows:
+    columns, all_rows = table
+    if full:
+        return Rows(columns, list(all_rows))
+    idx = [columns.index(c) for c in _PROCESSLIST]
+    info = _PROCESSLIST.index("info")
+    rows = []
+    for r in all_rows:
+        row = [r[i] for i in idx]
+        if isinstance(row[info], str) and len(row[info]) > 100:
+            row[info] = row[info][:100]  # as MySQL's SHOW PROCESSLIST; FULL shows it all
+        rows.append(tuple(row))
+    return Rows(_PROCESSLIST, rows)
+
+
+def _in_worker(job: Any, sink: WireRows | None, capabilities: int, seq: int) -> bytes | Affected:
+    """Run `job()` (returns Rows or Affected; its rows may have gone to `sink`) and encode a result
+    set, all on the worker thread."""
+    result = job()
+    if sink is not None and sink.columns is not None:
+        return sink.encode(seq)
+    return _encoded(result, capabilities, seq)
 
 
 class AdminSession(asyncio.Protocol):
@@ -220,13 +329,18 @@ class AdminSession(asyncio.Protocol):
         self._database: str | None = None  # asked for in the handshake response
         self.warnings: list[tuple[str, int, str]] = []  # what SHOW WARNINGS answers
         self._timer: asyncio.TimerHandle | None = None
-        self._reading_paused = False
+        self._reading_paused = False  # the client does not read its results (pause_writing)
+        self._reading_paused_busy = False  # a statement runs and the client sent more than _PIPELINE_LIMIT
 
     # ---- logging ----------------------------------------------------------------------------------
 
     def _log(self, level: int, msg: str, *args: object) -> None:
         if log.isEnabledFor(level):
             log.log(level, "admin session=%d client=%s user=%s " + msg, self.id, self.peer, self.username, *args)
+
+    def _log_limited(self, kind: str, msg: str, *args: object) -> None:
+        """A warning a client can cause once per connection: at most a few per kind every 10 s, then a count."""
+        self.server.limited.log(logging.WARNING, kind, "admin session=%d client=%s user=%s " + msg, self.id, self.peer, self.username, *args)
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -237,6 +351,15 @@ class AdminSession(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
             self.host = str(peer[0])
         set_nodelay(transport)
+        cap = self.app.config.admin.max_connections
+        if len(self.server.sessions) >= cap:
+            # As the server does: ERR 1040 in place of the greeting, and the socket is closed at once,
+            # so connections beyond the cap hold no file descriptor.
+            self._log_limited("too many connections", "refused: too many admin connections ([admin] max_connections = %d)", cap)
+            transport.write(make_packet(make_err(ErrorCode.CON_COUNT_ERROR, f"Too many connections (the admin port allows {cap}: [admin] max_connections)"), 0))
+            transport.close()
+            self.phase = _Phase.CLOSED
+            return
         self.server.sessions.add(self)
         hs = HandshakeV10(
             server_version=ADMIN_VERSION,
@@ -252,6 +375,11 @@ class AdminSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.framer.feed(data)
+        if self.busy:  # the next commands wait for the running statement
+            if self.framer.buffered > _PIPELINE_LIMIT and not self._reading_paused_busy and self.transport is not None:
+                self._reading_paused_busy = True
+                self.transport.pause_reading()
+            return
         self._process()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -266,7 +394,17 @@ class AdminSession(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.transport is not None and self._reading_paused and self.phase is not _Phase.CLOSED:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self._reading_paused_busy:
+                self.transport.resume_reading()
+
+    def _free(self) -> None:
+        """The running statement is answered: read the next command (buffered ones first)."""
+        self.busy = False
+        if self._reading_paused_busy and self.transport is not None and self.phase is not _Phase.CLOSED:
+            self._reading_paused_busy = False
+            if not self._reading_paused:
+                self.transport.resume_reading()
+        self._process()
 
     # ---- helpers ------------------------------------------------------------------------------------
 
@@ -283,14 +421,12 @@ class AdminSession(asyncio.Protocol):
         self._send(make_ok(OK(affected_rows=affected, status=_STATUS, info=info.encode("utf-8")), self.capabilities | Capability.SESSION_TRACK), seq)
 
     def _send_rows(self, seq: int, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        payloads = make_result_set(column_definitions(columns, rows), rows, self.capabilities, _STATUS)
-        if self.transport is None or self.phase is _Phase.CLOSED:
-            return
-        out = []
-        for p in payloads:
-            out.append(make_packet(p, seq))
-            seq = (seq + len(p) // 0xFFFFFF + 1) & 0xFF
-        self.transport.write(b"".join(out))
+        """A small result set built on the loop (SHOW WARNINGS, variables); the rest come from the worker."""
+        self._write(encode_rows(columns, rows, self.capabilities, seq))
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and self.phase is not _Phase.CLOSED:
+            self.transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None and self.phase is not _Phase.CLOSED:
@@ -309,7 +445,7 @@ class AdminSession(asyncio.Protocol):
     def _handshake_timeout(self) -> None:
         self._timer = None
         if self.phase in (_Phase.GREETING, _Phase.AUTH_SWITCH):
-            self._log(logging.WARNING, "handshake timeout after %gs", self.app.config.handshake_timeout)
+            self._log_limited("handshake timeout", "handshake timeout after %gs", self.app.config.handshake_timeout)
             self._send_err(2, ErrorCode.NET_READ_INTERRUPTED, "Got timeout reading communication packets (handshake not completed in time)")
             self.close()
 
@@ -328,7 +464,7 @@ class AdminSession(asyncio.Protocol):
                 else:
                     self._command(bytes(pkt.payload), (pkt.last_seq + 1) & 0xFF)
             except ProtocolError as e:
-                self._log(logging.WARNING, "protocol error from client: %s", e)
+                self._log_limited("protocol error", "protocol error from client: %s", e)
                 code = e.code if self.phase is _Phase.COMMAND else ErrorCode.HANDSHAKE_ERROR
                 self._send_err(1 if self.phase is _Phase.COMMAND else 2, code, f"Bad packet: {e}" if self.phase is _Phase.COMMAND else f"Bad handshake: {e}")
                 self.close()
@@ -352,7 +488,7 @@ class AdminSession(asyncio.Protocol):
     def _verify(self, token: bytes, seq: int) -> None:
         settings = self.app.config.admin
         if self.username != settings.username or not auth.verify(NATIVE_PASSWORD, settings.password, self.scramble, token):
-            self._log(logging.WARNING, "access denied")
+            self._log_limited("access denied", "access denied")
             using = "YES" if token not in (b"", b"\0") else "NO"
             self._send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{self.username}'@'{self.host}' (using password: {using})")
             self.close()
@@ -401,32 +537,93 @@ class AdminSession(asyncio.Protocol):
     # ---- statements ---------------------------------------------------------------------------------
 
     def _query(self, raw: bytes, seq: int) -> None:
+        self.busy = True
+        self.server.spawn(self._statement(raw, seq))
+
+    async def _statement(self, raw: bytes, seq: int) -> None:
+        sql = ""
         try:
-            sql = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            self._fail(seq, AdminError(f"the statement is not valid UTF-8 (byte {e.start}); send it as utf8mb4", 1300, "HY000"))
-            return
-        try:
-            cmd = parse(sql)
+            try:
+                sql = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise AdminError(f"the statement is not valid UTF-8 (byte {e.start}); send it as utf8mb4", 1300, "HY000") from None
+            await self._run(sql, seq)
+        except AdminError as e:
+            self._fail(seq, e, sql)
+        except Exception as e:  # a bug: say so, keep the session and the proxy going
+            log.exception("admin session=%d: unexpected error running %r", self.id, sql[:200])
+            self._fail(seq, AdminError(f"internal error in the admin port ({type(e).__name__}: {e}); nothing else is affected; please report it with the proxy log"), sql)
+        finally:
+            self._free()
+
+    async def _run(self, sql: str, seq: int) -> None:
+        worker = self.server.worker
+        async with worker.turn:
+            if self.phase is _Phase.CLOSED:
+                return
+            cmd, stats_names = await worker.run(_prepare, self.store, sql)
             if isinstance(cmd, Answer) and cmd.columns == _WARNING_COLUMNS:
                 self._send_rows(seq, _WARNING_COLUMNS, list(self.warnings))  # SHOW WARNINGS keeps them
                 return
             self.warnings = []
-            if isinstance(cmd, Kill):
-                self._kill(cmd, seq)
+            if not isinstance(cmd, Kill):
+                await self._answer(cmd, stats_names, seq)
                 return
-            result = self._execute(cmd)
-        except AdminError as e:
-            self._fail(seq, e, sql)
+        await self._kill(cmd, seq)  # on the loop; it does not need the worker
+
+    async def _answer(self, cmd: AdminCommand, stats_names: list[str], seq: int) -> None:
+        app, worker, caps = self.app, self.server.worker, self.capabilities
+        sink = None
+        if isinstance(cmd, SelectVariables):
+            columns, rows = cmd.answer({
+                "version": ADMIN_VERSION,
+                "version()": ADMIN_VERSION,
+                "user()": f"{self.username}@{self.host}",
+                "connection_id()": self.id,
+                "database()": self.schema,
+            })  # fmt: skip
+            self._send_rows(seq, columns, list(rows))
             return
-        except Exception as e:  # a bug: say so, keep the session and the proxy going
-            log.exception("admin session=%d: unexpected error running %r", self.id, sql[:200])
-            self._fail(seq, AdminError(f"internal error in the admin port ({type(e).__name__}: {e}); nothing else is affected; please report it with the proxy log"), sql)
-            return
-        if isinstance(result, Rows):
-            self._send_rows(seq, result.columns, result.rows)
+        if isinstance(cmd, ExplainRoute):
+            config, online = app.config, frozenset(app.router.online)
+            job = lambda: Rows(("step", "detail"), list(explain_route(cmd, config, online).rows()))  # noqa: E731
+        elif isinstance(cmd, DiffRoutes):
+            digest = (await snapshot_stats(app.stats, ["stats_mysql_query_digest"]))["stats_mysql_query_digest"]
+            config = app.config
+            job = lambda: Rows(ROUTE_CHANGE_COLUMNS, [c.row() for c in self.store.diff_routes(digests_from_table(*digest), config)])  # noqa: E731
+        elif isinstance(cmd, ShowProcesslist):
+            table = (await snapshot_stats(app.stats, ["stats_mysql_processlist"]))["stats_mysql_processlist"]
+            job = lambda: _processlist(table, cmd.full)  # noqa: E731
+        else:
+            if stats_names:
+                await self._fill_stats(stats_names)
+            sink = WireRows(caps)
+            job = functools.partial(self.store.run, cmd, runtime=app.config, apply=self._apply_from_worker, sink=sink)
+        result = await worker.run(_in_worker, job, sink, caps, seq)
+        if isinstance(cmd, (Load, Save)):
+            self._log(logging.INFO, "%s: %s", cmd, result.message if isinstance(result, Affected) else "done")
+        if isinstance(result, bytes):
+            self._write(result)
         else:
             self._send_ok(seq, result.count, result.message)
+
+    async def _fill_stats(self, names: list[str]) -> None:
+        """Hand the stats tables `names` to the store, chunk by chunk: each chunk's rows are built on
+        the loop (one chunk per turn; every table's collection is copied at once first, see
+        StatsRegistry.table_chunks) and loaded by the worker, so no thread holds a big table whole."""
+        worker, store, app = self.server.worker, self.store, self.app
+        started = [(name, *(app.stats.table_chunks(name) if name in STATS_TABLES else _one_chunk(app.monitor.table(name)))) for name in names]
+        for name, columns, chunks in started:
+            first = True
+            for chunk in chunks:
+                await worker.run(store.fill_stats, name, columns, chunk, first)
+                first = False
+            if first:  # an empty table
+                await worker.run(store.fill_stats, name, columns, [], True)
+
+    def _apply_from_worker(self, config: Config) -> None:
+        """LOAD ... TO RUNTIME's swap, called on the worker thread: it runs on the event loop."""
+        self.server.worker.on_loop(self.app.apply_config, config)
 
     def _fail(self, seq: int, e: AdminError, sql: str = "") -> None:
         message = e.message
@@ -439,47 +636,9 @@ class AdminSession(asyncio.Protocol):
             self.warnings = [("Error", e.errno, message)]
         self._send_err(seq, e.errno, message, e.sqlstate)
 
-    def _execute(self, cmd: AdminCommand) -> Rows | Affected:
-        app = self.app
-        if isinstance(cmd, ExplainRoute):
-            explanation = explain_route(cmd, app.config, app.router.online)
-            return Rows(("step", "detail"), list(explanation.rows()))
-        if isinstance(cmd, DiffRoutes):
-            changes = self.store.diff_routes(digests_from_table(*app.stats.query_digest()), app.config)
-            return Rows(ROUTE_CHANGE_COLUMNS, [c.row() for c in changes])
-        if isinstance(cmd, ShowProcesslist):
-            return self._processlist(cmd.full)
-        if isinstance(cmd, SelectVariables):
-            columns, rows = cmd.answer({
-                "version": ADMIN_VERSION,
-                "version()": ADMIN_VERSION,
-                "user()": f"{self.username}@{self.host}",
-                "connection_id()": self.id,
-                "database()": self.schema,
-            })  # fmt: skip
-            return Rows(columns, list(rows))
-        result = self.store.run(cmd, runtime=app.config, apply=app.apply_config)
-        if isinstance(cmd, (Load, Save)):
-            self._log(logging.INFO, "%s: %s", cmd, result.message if isinstance(result, Affected) else "done")
-        return result
-
-    def _processlist(self, full: bool) -> Rows:
-        table = self.app.stats.table("stats_mysql_processlist")
-        if full:
-            return Rows(table.columns, list(table.rows))
-        idx = [table.columns.index(c) for c in _PROCESSLIST]
-        info = _PROCESSLIST.index("info")
-        rows = []
-        for r in table.rows:
-            row = [r[i] for i in idx]
-            if isinstance(row[info], str) and len(row[info]) > 100:
-                row[info] = row[info][:100]  # as MySQL's SHOW PROCESSLIST; FULL shows it all
-            rows.append(tuple(row))
-        return Rows(_PROCESSLIST, rows)
-
     # ---- KILL ---------------------------------------------------------------------------------------
 
-    def _kill(self, cmd: Kill, seq: int) -> None:
+    async def _kill(self, cmd: Kill, seq: int) -> None:
         target = self.app.sessions.get(cmd.connection_id)
         if target is None or target.closed:
             raise AdminError(
@@ -492,8 +651,7 @@ class AdminSession(asyncio.Protocol):
             if not running:
                 self._send_ok(seq, 0, f"session {target.id} is not running a statement")
                 return
-            self.busy = True
-            self.server.spawn(self._kill_query(target, seq))
+            await self._kill_query(target, seq)
             return
         self._log(logging.INFO, "KILL CONNECTION %d (%s, client %s)", target.id, target.username, target.peer)
         if running:
@@ -505,21 +663,14 @@ class AdminSession(asyncio.Protocol):
 
     async def _kill_query(self, target: ClientSession, seq: int) -> None:
         conn = target.current
-        try:
-            err = None
-            if conn is not None and not conn.closed and target.user is not None:
-                err = await _kill_backend_statement(self.app, conn.server, conn.thread_id, target.user, quiet=False)
-            if err is not None:
-                self._send_err(seq, err[0], err[1], err[2])
-            else:
-                self._log(logging.INFO, "KILL QUERY %d", target.id)
-                self._send_ok(seq)
-        except Exception as e:
-            log.exception("admin session=%d: KILL QUERY %d failed", self.id, target.id)
-            self._send_err(seq, 1105, f"internal error in the admin port during KILL QUERY ({type(e).__name__}: {e})")
-        finally:
-            self.busy = False
-            self._process()
+        err = None
+        if conn is not None and not conn.closed and target.user is not None:
+            err = await _kill_backend_statement(self.app, conn.server, conn.thread_id, target.user, quiet=False)
+        if err is not None:
+            self._send_err(seq, err[0], err[1], err[2])
+        else:
+            self._log(logging.INFO, "KILL QUERY %d", target.id)
+            self._send_ok(seq)
 
 
 async def _kill_backend_statement(app: ProxyApp, server: Any, thread_id: int, user: Any, quiet: bool = True) -> tuple[int, str, str] | None:
@@ -545,3 +696,9 @@ async def _kill_backend_statement(app: ProxyApp, server: Any, thread_id: int, us
         log.log(logging.INFO if quiet else logging.WARNING, "admin: KILL QUERY %d on %s: %d %s", thread_id, server.address, err.code, err.message)
         return (err.code, err.message, err.sqlstate)
     return None
+
+
+def _one_chunk(table: tuple) -> tuple:
+    """A small live table (columns, rows) as table_chunks gives a big one: (columns, chunks)."""
+    columns, rows = table
+    return columns, iter((list(rows),))

@@ -24,14 +24,24 @@ section there (SAVE ... TO DISK), else the config file. Unlike ProxySQL this is 
 report names the source of every section and warns when the config file differs from the disk copy
 it is overridden by. ``initial=True`` (ProxySQL's --initial) uses the config file for every section.
 
-`execute` runs SQL from admin clients under an SQLite authorizer: reads of any table; INSERT /
-UPDATE / DELETE / REPLACE only on main's five admin tables; nothing else (no DDL, ATTACH, PRAGMA,
-transactions). Column types and ranges are CHECK constraints with readable names, so an obviously
-wrong value fails at INSERT time; the whole-configuration checks run at LOAD ... TO RUNTIME.
+`execute` runs SQL from admin clients under admin.guard's authorizer: reads of the store's tables;
+INSERT / UPDATE / DELETE / REPLACE only on main's five admin tables; an allow-list of functions;
+nothing else (no DDL, ATTACH, PRAGMA, transactions). Each statement gets `statement_timeout`
+seconds (an SQLite progress handler interrupts it: ERR 3024), and its result at most
+`max_result_rows` rows and `max_result_bytes` bytes (ERR 1104, checked while fetching, so a huge
+result is never held whole); `admin.guard.harden` bounds every value SQLite builds. Column types
+and ranges are CHECK constraints with readable names, so an obviously wrong value fails at INSERT
+time; the whole-configuration checks run at LOAD ... TO RUNTIME.
+
+Threads: the store is owned by one thread at a time -- the composition root's while it starts, then
+the admin port's worker thread (admin.worker), which runs every store call, so a slow statement
+never runs on the event loop. Hence check_same_thread is off; nothing here locks, and nothing
+may call the store from two threads at once. The stats schema is filled from snapshots the caller
+takes on the event loop (`execute(..., stats=...)`); the readers given to `attach_stats` are used
+only by callers that run on the thread that owns the stats registry.
 
 Never: block on anything but the local SQLite file, change the runtime tables except through
-`set_runtime*`, or write the disk layer except through `save_to_disk`. Single-threaded: use it from
-the event loop's thread only (sqlite3's check_same_thread stays on).
+`set_runtime*`, or write the disk layer except through `save_to_disk`.
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.config import SERVER_STATUSES, Config, ConfigError
 from proxy.protocol.constants import SUPPORTED_AUTH_PLUGINS
@@ -69,6 +79,8 @@ from .commands import (
     ShowDatabases,
     ShowTables,
 )
+from .guard import Guard, harden
+from .secrets import Keyring, seal
 from .validate import (
     KEYS,
     SECRET_VARIABLES,
@@ -93,6 +105,7 @@ __all__ = [
     "Affected",
     "ConfigStore",
     "RowDiff",
+    "RowSink",
     "Rows",
     "SectionOrigin",
     "StartupReport",
@@ -139,6 +152,14 @@ class Affected:
 
     count: int = 0
     message: str = ""
+
+
+class RowSink(Protocol):
+    """Where `execute` can send a result's rows as they are fetched (e.g. straight to wire bytes)."""
+
+    def start(self, columns: tuple[str, ...]) -> None: ...
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None: ...
 
 
 DIFF_COLUMNS = ("table_name", "change", "row_key", "differences")
@@ -289,53 +310,6 @@ def _ddl(schema: str, name: str, table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {schema}.{name} ({', '.join(cols)}{_TABLE_TAIL.get(table, '')})"
 
 
-# --------------------------------------------------------------------------------------------------
-# authorizer for client SQL
-
-_A = sqlite3
-_READ_ACTIONS = frozenset({_A.SQLITE_SELECT, _A.SQLITE_READ, _A.SQLITE_FUNCTION, _A.SQLITE_RECURSIVE})
-_WRITE_ACTIONS = {_A.SQLITE_INSERT: "INSERT", _A.SQLITE_UPDATE: "UPDATE", _A.SQLITE_DELETE: "DELETE"}
-
-
-class _Guard:
-    """sqlite3 authorizer: remembers why it refused, so the client gets that instead of "not authorized"."""
-
-    def __init__(self) -> None:
-        self.denied: tuple[str, int] | None = None
-
-    def __call__(self, action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
-        if action in _READ_ACTIONS:
-            return _A.SQLITE_OK
-        if action in _WRITE_ACTIONS:
-            if db == "main" and arg1 in ADMIN_TABLES:
-                return _A.SQLITE_OK
-            if arg1 in ("sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"):
-                self._deny("schema changes are not allowed on the admin port (the store's schema is fixed)", 1227)
-                return _A.SQLITE_DENY
-            what = f"{db}.{arg1}" if db and db != "main" else str(arg1)
-            if db == "main" and arg1 in RUNTIME_TABLES:
-                base = arg1.removeprefix("runtime_")
-                reason = f"{arg1} is read-only: it shows what is live; edit {base}, then LOAD {_section_of(base).value} TO RUNTIME"
-            elif db == "disk":
-                reason = f"{what} is the disk layer: edit memory (main) and SAVE ... TO DISK"
-            else:
-                reason = f"{what} is not an admin table; writable: {', '.join(ADMIN_TABLES)}"
-            self._deny(f"{_WRITE_ACTIONS[action]} denied: {reason}", 1142)
-            return _A.SQLITE_DENY
-        names = {_A.SQLITE_ATTACH: "ATTACH", _A.SQLITE_DETACH: "DETACH", _A.SQLITE_PRAGMA: "PRAGMA",
-                 _A.SQLITE_TRANSACTION: "transaction control", _A.SQLITE_SAVEPOINT: "SAVEPOINT"}
-        what = names.get(action, "schema changes")
-        self._deny(f"{what} is not allowed on the admin port (the store's schema and layers are managed by the proxy)", 1227)
-        return _A.SQLITE_DENY
-
-    def _deny(self, message: str, errno: int) -> None:
-        if self.denied is None:
-            self.denied = (message, errno)
-
-
-def _section_of(table: str) -> Section:
-    return next(s for s in ALL_SECTIONS if table in s.tables)
-
 
 def _render(v: Any) -> str:
     if v is None:
@@ -393,11 +367,14 @@ class ConfigStore:
         self.disk_path = Path(disk_path) if disk_path is not None else None
         self.config_path: str | None = None  # the config file LOAD ... FROM CONFIG reads (set by startup)
         self.statement_timeout = 1.0  # seconds a client statement may run (see execute)
-        self._db = sqlite3.connect(":memory:", isolation_level=None)
+        self.max_result_rows = 1_000_000  # rows of one client result set (see execute)
+        self.max_result_bytes = 32 << 20  # bytes of one client result set (see execute)
+        self._db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        harden(self._db)
         self._runtime_set: set[Section] = set()
-        self._stats: dict[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]] = {}
-        self._schema_of: dict[str, str] = {}  # attached table -> its schema (stats, monitor)
+        self._stats = _StatsSchema(self._db)  # the live schemas: stats, monitor
         self._live_servers: Callable[[], Iterable[Any]] | None = None
+        self._keyring = Keyring()  # clear texts of the stored hashes this process has seen (admin.secrets)
         for t in ADMIN_TABLES:
             self._db.execute(_ddl("main", t, t))
             self._db.execute(_ddl("main", f"runtime_{t}", t))
@@ -434,28 +411,27 @@ class ConfigStore:
 
     # -- the stats schema ---------------------------------------------------------------------------
 
-    def attach_stats(self, tables: Mapping[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]]) -> None:
+    def attach_stats(self, tables: Mapping[str, StatsReader | None]) -> None:
         """Serve the running proxy's stats tables as schema `stats` (ProxySQL's): `tables` maps a table
         name to a reader returning (columns, rows) as of now. A statement that names a stats table
         gets it materialised (read, into the in-memory `stats` schema) just before it runs, so any
         SQL works on it: WHERE, ORDER BY, GROUP BY, COUNT(*), joins with the config tables. Only
         the tables a statement names are read, so reading stats_mysql_query_digest_reset (which
-        empties the digest table) happens only when a client asks for it."""
-        self.attach_tables("stats", tables)
+        empties the digest table) happens only when a client asks for it. A reader may be None:
+        then the caller loads that table with `fill_stats` (the admin port does, from snapshots it
+        takes on the event loop; see `stats_tables_named`) or passes it to `execute`."""
+        self._stats.attach(tables, "stats")
 
-    def attach_tables(self, schema: str, tables: Mapping[str, Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]]) -> None:
+    def attach_tables(self, schema: str, tables: Mapping[str, StatsReader | None]) -> None:
         """Like attach_stats, for another read-only schema of live tables (`monitor`: the health
         checks' logs, proxy.monitor)."""
-        if schema not in self._schema_of.values():
-            self._db.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
-        for name, read in tables.items():
-            self._stats[name.lower()] = read
-            self._schema_of[name.lower()] = schema
+        self._stats.attach(tables, schema)
 
     def attach_live_servers(self, read: Callable[[], Iterable[Any]]) -> None:
         """runtime_mysql_servers shows the live server list (proxy.config.Server rows with the
         monitor's placement and statuses) that `read` returns, refreshed before every command
-        (`run`): the statuses and hostgroups the proxy routes by, as in ProxySQL."""
+        (`run`): the statuses and hostgroups the proxy routes by, as in ProxySQL. (`read` returns
+        the monitor's current immutable snapshot: safe to call from the admin worker thread.)"""
         self._live_servers = read
 
     def _refresh_live_servers(self) -> None:
@@ -469,23 +445,20 @@ class ConfigStore:
             except sqlite3.Error as e:
                 raise StoreError(f"cannot show the live servers in runtime_mysql_servers: {e}") from None
 
-    def _materialise_stats(self, sql: str) -> list[str]:
-        """Fill the live tables `sql` names; returns their names (emptied again after the statement)."""
-        if not self._stats:
-            return []
-        names = [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._stats]
-        for name in names:
-            columns, rows = self._stats[name]()
-            schema = self._schema_of[name]
-            cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
-            self._db.execute(f'DROP TABLE IF EXISTS {schema}."{name}"')
-            self._db.execute(f'CREATE TABLE {schema}."{name}" ({cols})')
-            self._db.executemany(f'INSERT INTO {schema}."{name}" VALUES ({", ".join("?" * len(columns))})', rows)
-        return names
+    def stats_tables_named(self, sql: str) -> list[str]:
+        """The attached live tables (stats, monitor) `sql` names (by word: a mention in a string
+        literal counts too)."""
+        return self._stats.named(sql)
 
-    def _clear_stats(self, names: Iterable[str]) -> None:
-        for name in names:
-            self._db.execute(f'DELETE FROM {self._schema_of[name]}."{name}"')
+    def fill_stats(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], first: bool) -> None:
+        """Load one chunk of a live table's snapshot (`first`: the table starts empty with these
+        columns). The next `execute` that names the table uses these rows, then empties it. Lets
+        the admin port hand a big table over chunk by chunk, so neither thread holds it whole."""
+        self._stats.fill(name, columns, rows, first)
+
+    def discard_stats(self) -> None:
+        """Forget what fill_stats loaded (for a statement that will not run)."""
+        self._stats.clear(())
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -551,6 +524,7 @@ class ConfigStore:
     def load_from_config(self, source: ConfigFile | Config | str | os.PathLike[str], sections: Iterable[Section] | Section = ALL_SECTIONS) -> int:
         """CONFIG -> MEMORY for `sections`. A path is read now (ConfigError on a bad file); returns rows stored."""
         cf = self._config_file(source)
+        self._keyring.add_users(cf.config.users.values())
         return self._load_rows(rows_from_config(cf.config, cf.rule_rows), _sections(sections))
 
     def _config_file(self, source: ConfigFile | Config | str | os.PathLike[str] | None) -> ConfigFile:
@@ -605,7 +579,7 @@ class ConfigStore:
 
     def build(self, sections: Iterable[Section] | Section, base: Config) -> BuildResult:
         """Validate memory's `sections` on top of `base` (the live Config): a new Config, or every error."""
-        return build_config(self.memory_rows(), _sections(sections), base)
+        return build_config(self.memory_rows(), _sections(sections), base, self._keyring)
 
     def set_runtime(self, result: BuildResult) -> None:
         """Record that `result` is live now: runtime_* of its sections show exactly the rows it was built from."""
@@ -639,6 +613,7 @@ class ConfigStore:
         config file, and say which, and why, per section. `initial`: the config file for all."""
         cf = self._config_file(source)
         self.config_path = cf.config.path
+        self._keyring.add_users(cf.config.users.values())
         file_rows = rows_from_config(cf.config, cf.rule_rows)
         saved = self.saved_sections()
         origins = []
@@ -687,38 +662,59 @@ class ConfigStore:
 
     # -- client SQL ----------------------------------------------------------------------------------
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows | Affected:
-        """One statement from an admin client: SELECT anything; write only main's admin tables.
-
-        It runs on the caller's thread (the event loop), so it gets `statement_timeout` seconds and
-        is then interrupted: a runaway query (an unbounded recursive CTE) must not stall the proxy."""
-        guard = _Guard()
+    def execute(self, sql: str, params: Sequence[Any] = (), *, stats: Snapshots | None = None, sink: RowSink | None = None) -> Rows | Affected:
+        """One statement from an admin client: SELECT the store's tables; write only main's admin
+        tables. `stats`: snapshots of the stats tables the statement names (else what fill_stats
+        loaded, else the attached readers). Bounded in time (`statement_timeout`: ERR 3024) and
+        result size (`max_result_rows` / `max_result_bytes`: ERR 1104), so that no statement can
+        hold the admin worker (or the proxy's memory) for long. With a `sink`, rows go to it batch
+        by batch as they are fetched (and the Rows returned has none): nothing holds them all."""
+        guard = Guard()
         deadline = time.monotonic() + self.statement_timeout
         try:
-            materialised = self._materialise_stats(sql)
+            materialised = self._stats.materialise(sql, stats)
         except sqlite3.Error as e:  # a stats reader returned something SQLite cannot store: a bug
             raise StoreError(f"cannot read the stats tables: {e}") from None
+        # One transaction per statement, so that what a write leaves is checked (secrets sealed,
+        # admin.secrets) before anyone can see it, and a refused write leaves nothing.
+        self._db.execute("BEGIN")
         self._db.set_authorizer(guard)
-        self._db.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)
+        # Every ~1M VM instructions (a few ms of SQLite work): each call takes the GIL from the loop.
+        self._db.set_progress_handler(lambda: time.monotonic() > deadline, 1_000_000)
         try:
             cur = self._db.execute(sql, tuple(params))
             if cur.description is not None:
-                return Rows(tuple(d[0] for d in cur.description), cur.fetchall())
-            return Affected(max(cur.rowcount, 0))
+                columns = tuple(d[0] for d in cur.description)
+                if sink is not None:
+                    sink.start(columns)
+                result: Rows | Affected = Rows(columns, _fetch_bounded(cur, sink, self.max_result_rows, self.max_result_bytes))
+            else:
+                result = Affected(max(cur.rowcount, 0))
+            self._db.set_authorizer(None)
+            if "mysql_users" in guard.wrote:
+                _seal_users(self._db, self._keyring)
+            self._db.execute("COMMIT")
+            return result
         except sqlite3.Error as e:
             if guard.denied is not None:
                 raise StoreError(guard.denied[0], guard.denied[1], "42000") from None
             if getattr(e, "sqlite_errorname", "") == "SQLITE_INTERRUPT":
                 raise StoreError(
-                    f"statement stopped after {self.statement_timeout:g} s: the admin store runs on the proxy's event loop", 3024, "HY000"
+                    f"statement stopped after {self.statement_timeout:g} s ([admin] statement_timeout): narrow it with WHERE / LIMIT, "
+                    "or bound a recursive CTE", 3024, "HY000",
                 ) from None  # ER_QUERY_TIMEOUT
+            if getattr(e, "sqlite_errorname", "") == "SQLITE_TOOBIG":
+                raise StoreError(
+                    f"a value would exceed the admin port's limit of {self._db.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)} bytes "
+                    "(randomblob, zeroblob, printf widths, replace and group_concat are bounded): ask for less", 1301, "HY000",
+                ) from None  # ER_WARN_ALLOWED_PACKET_OVERFLOWED: "Result of %s() was larger than max_allowed_packet"
             raise _client_error(e) from None
         finally:
             self._db.set_authorizer(None)
             self._db.set_progress_handler(None, 0)
-            if self._db.in_transaction:  # cannot happen (transactions are refused); never leave one open
+            if self._db.in_transaction:  # the statement failed: it leaves nothing
                 self._db.execute("ROLLBACK")
-            self._clear_stats(materialised)
+            self._stats.clear(materialised)
 
     def set_variable(self, name: str, value: str) -> Affected:
         """SET mysql-<name> = value: checked now, takes effect at LOAD MYSQL VARIABLES TO RUNTIME."""
@@ -739,7 +735,7 @@ class ConfigStore:
             self._need_disk("show the disk layer")
             names = [*ADMIN_TABLES, SAVED_TABLE]
         elif schema in ("stats", "monitor"):
-            names = [n for n, sch in self._schema_of.items() if sch == schema]
+            names = self._stats.names(schema)
         else:
             raise StoreError(f"Unknown database '{schema}'", 1049, "42000")
         if like is not None:
@@ -762,16 +758,18 @@ class ConfigStore:
         out = [(0, "main", "")]
         if self.disk_path is not None:
             out.append((2, "disk", str(self.disk_path)))
-        schemas = set(self._schema_of.values())
-        if "stats" in schemas:
+        if self._stats.names("stats"):
             out.append((3, "stats", ""))
-        if "monitor" in schemas:
+        if self._stats.names("monitor"):
             out.append((4, "monitor", ""))
         return Rows(("seq", "name", "file"), out)
 
     # -- dispatch ------------------------------------------------------------------------------------
 
-    def run(self, cmd: Command, *, runtime: Config | None = None, apply: Callable[[Config], None] | None = None) -> Rows | Affected:
+    def run(
+        self, cmd: Command, *, runtime: Config | None = None, apply: Callable[[Config], None] | None = None,
+        stats: Snapshots | None = None, sink: RowSink | None = None,
+    ) -> Rows | Affected:
         """Execute a parsed command that the store can answer. LOAD ... TO RUNTIME needs `runtime`
         (the live Config) and `apply` (the swap). EXPLAIN ROUTE, KILL, SHOW PROCESSLIST and DIFF MYSQL
         ROUTES belong to the admin listener (they need the running proxy); they raise AdminError here."""
@@ -792,7 +790,7 @@ class ConfigStore:
         if isinstance(cmd, SetVariable):
             return self.set_variable(cmd.name, cmd.value)
         if isinstance(cmd, Passthrough):
-            return self.execute(cmd.sql, cmd.params)
+            return self.execute(cmd.sql, cmd.params, stats=stats, sink=sink)
         if isinstance(cmd, ShowTables):
             return self.show_tables(cmd.schema, cmd.like)
         if isinstance(cmd, ShowCreateTable):
@@ -807,6 +805,141 @@ class ConfigStore:
             columns, rows = cmd.answer()
             return Rows(columns, list(rows))
         raise AdminError(f"{type(cmd).__name__} is executed by the admin listener, not the config store")
+
+
+StatsReader = Callable[[], tuple[Sequence[str], Iterable[Sequence[Any]]]]
+Snapshots = Mapping[str, tuple[Sequence[str], Iterable[Sequence[Any]]]]
+
+
+class _StatsSchema:
+    """The live schemas of the store (`stats`, `monitor`): which tables they serve, and their rows
+    for one statement."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._readers: dict[str, StatsReader | None] = {}
+        self._schema_of: dict[str, str] = {}  # table -> its schema
+        self._filled: set[str] = set()  # loaded by fill() for the next statement
+
+    def names(self, schema: str | None = None) -> list[str]:
+        return [n for n in self._readers if schema is None or self._schema_of[n] == schema]
+
+    def schema_of(self, name: str) -> str:
+        return self._schema_of[name.lower()]
+
+    def attach(self, tables: Mapping[str, StatsReader | None], schema: str = "stats") -> None:
+        if schema not in self._schema_of.values():
+            self._db.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+        for name, read in tables.items():
+            self._readers[name.lower()] = read
+            self._schema_of[name.lower()] = schema
+
+    def named(self, sql: str) -> list[str]:
+        if not self._readers:
+            return []
+        return [n for n in dict.fromkeys(w.lower() for w in _WORD.findall(sql)) if n in self._readers]
+
+    def _create(self, name: str, columns: Sequence[str]) -> None:
+        cols = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+        schema = self._schema_of[name]
+        self._db.execute(f'DROP TABLE IF EXISTS {schema}."{name}"')
+        self._db.execute(f'CREATE TABLE {schema}."{name}" ({cols})')
+
+    def _insert(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        sql = f'INSERT INTO {self._schema_of[name]}."{name}" VALUES ({", ".join("?" * len(columns))})'
+        rows = rows if isinstance(rows, (list, tuple)) else list(rows)
+        self._db.execute("SAVEPOINT stats_rows")
+        try:
+            self._db.executemany(sql, rows)
+        except UnicodeEncodeError:  # rare: text SQLite cannot encode (see _storable); redo the chunk, cleaned
+            self._db.execute("ROLLBACK TO stats_rows")
+            self._db.executemany(sql, _storable_rows(rows))
+        finally:
+            self._db.execute("RELEASE stats_rows")
+
+    def fill(self, name: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], first: bool) -> None:
+        name = name.lower()
+        if name not in self._readers:
+            raise StoreError(f"no stats table {name!r}")
+        if first:
+            self._create(name, columns)
+            self._filled.add(name)
+        self._insert(name, columns, rows)
+
+    def materialise(self, sql: str, snapshots: Snapshots | None = None) -> list[str]:
+        """Fill the stats tables `sql` names, from what fill() loaded, `snapshots`, or else the
+        readers; returns their names (emptied again by clear() after the statement)."""
+        names = self.named(sql)
+        for name in names:
+            if name in self._filled:
+                continue
+            if snapshots is not None and name in snapshots:
+                columns, rows = snapshots[name]
+            else:
+                read = self._readers[name]
+                if read is None:
+                    raise StoreError(f"internal: no snapshot of stats table {name} was taken for this statement")
+                columns, rows = read()
+            self._create(name, columns)
+            self._insert(name, columns, rows)
+        return names
+
+    def clear(self, names: Iterable[str]) -> None:
+        for name in [*names, *self._filled]:
+            self._db.execute(f'DELETE FROM {self._schema_of[name]}."{name}"')
+        self._filled.clear()
+
+
+def _fetch_bounded(cur: sqlite3.Cursor, sink: RowSink | None, max_rows: int, max_bytes: int) -> list[tuple[Any, ...]]:
+    """All rows (or, with a sink, none: each batch goes to it), or ERR 1104 as soon as they pass
+    max_rows / max_bytes (counted as the values' text or blob lengths, 8 bytes a number)."""
+    rows: list[tuple[Any, ...]] = []
+    size = count = 0
+    while True:
+        batch = cur.fetchmany(256)
+        if not batch:
+            return rows
+        for row in batch:
+            for v in row:
+                size += len(v) if isinstance(v, (str, bytes)) else 8
+        count += len(batch)
+        if count > max_rows or size > max_bytes:
+            what = f"{max_rows} rows ([admin] max_result_rows)" if count > max_rows else f"{max_bytes} bytes ([admin] max_result_bytes)"
+            raise StoreError(
+                f"the result set is larger than the admin port's limit of {what}: add a WHERE or a LIMIT "
+                "(e.g. ORDER BY count_star DESC LIMIT 100)", 1104, "42000",
+            )  # ER_TOO_BIG_SELECT
+        if sink is not None:
+            sink.add(batch)
+        else:
+            rows.extend(batch)
+
+
+def _seal_users(db: sqlite3.Connection, keyring: Keyring) -> None:
+    """No clear secret stays in main.mysql_users (admin.secrets.seal); raises SealError."""
+    cols = TABLE_COLUMNS["mysql_users"]
+    for rowid, *values in db.execute(f"SELECT rowid, {', '.join(cols)} FROM main.mysql_users").fetchall():
+        changes = seal(dict(zip(cols, values)), keyring)
+        if changes:
+            assignments = ", ".join(f"{c} = ?" for c in changes)
+            db.execute(f"UPDATE main.mysql_users SET {assignments} WHERE rowid = ?", (*changes.values(), rowid))
+
+
+def _storable(v: Any) -> Any:
+    """A value SQLite can store. The data plane keeps client text it could not decode as lone
+    surrogates (surrogateescape: a statement with invalid UTF-8 still gets a digest); SQLite
+    cannot encode those, so such text is stored with U+FFFD in their place."""
+    if type(v) is str and not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return v.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return v
+
+
+def _storable_rows(rows: Iterable[Sequence[Any]]) -> Iterator[tuple[Any, ...]]:
+    for row in rows:
+        yield tuple(_storable(v) for v in row)
 
 
 def _client_error(e: sqlite3.Error) -> StoreError:

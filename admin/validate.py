@@ -42,6 +42,7 @@ from typing import Any
 from proxy.config import (
     LOG_LEVELS,
     MONITOR_LIMITS,
+    read_secret,
     SERVER_STATUSES,
     Config,
     ConfigError,
@@ -67,6 +68,7 @@ from rules.model import (
 )
 
 from .commands import ALL_SECTIONS, AdminError, ExplainRoute, Layer, Section
+from .secrets import Form, Keyring, form_of, resolve, stored_backend, stored_password
 
 __all__ = [
     "KEYS",
@@ -388,7 +390,7 @@ def live_server_rows(servers: Iterable[Server]) -> list[Row]:
 def _user_row(u: User) -> Row:
     return {
         "username": u.username,
-        "password": u.password,
+        "password": stored_password(u),  # a hash or a reference, never the secret (admin.secrets)
         "active": 1,
         "auth_plugin": u.auth_plugin,
         "default_hostgroup": u.default_hostgroup,
@@ -396,7 +398,7 @@ def _user_row(u: User) -> Row:
         "max_connections": u.max_connections,
         # NULL = "same as the frontend value", the config file's default
         "backend_username": None if u.backend_username == u.username else u.backend_username,
-        "backend_password": None if u.backend_password == u.password else u.backend_password,
+        "backend_password": stored_backend(u),
         "comment": "",
     }
 
@@ -543,10 +545,14 @@ def _hint(err_layer: Layer, ref_table: str, ref_layer: Layer, hg: int, memory_hg
 
 
 def build_config(
-    memory: Mapping[str, Sequence[Mapping[str, Any]]], sections: Iterable[Section], base: Config
+    memory: Mapping[str, Sequence[Mapping[str, Any]]], sections: Iterable[Section], base: Config, keyring: Keyring | None = None
 ) -> BuildResult:
-    """Validate memory's rows of `sections` together with `base` for the others; Config or ALL errors."""
+    """Validate memory's rows of `sections` together with `base` for the others; Config or ALL errors.
+    `keyring`: clear texts of stored password hashes (admin.secrets); references are read now."""
     sections = tuple(dict.fromkeys(sections))
+    if keyring is None:
+        keyring = Keyring()
+    keyring.add_users(base.users.values())
     rows, layers = _tables(memory, sections, base)
     err = _Errors(layers)
 
@@ -592,6 +598,8 @@ def build_config(
         if u in names:
             err.add("mysql_users", key, "username", f"duplicate user (rows {names[u] + 1} and {i + 1})")
         names.setdefault(u, i)
+        if r.get("active") == 1 and Section.USERS in sections:
+            _check_secrets(err, r, key, keyring)
         if r.get("active") == 1:
             active += 1
             hg = r.get("default_hostgroup")
@@ -632,19 +640,37 @@ def build_config(
     if err.items:
         return BuildResult(sections, None, tuple(err.items), used)
 
-    raw = _raw_config(rows, variables, base)
+    raw = _raw_config(rows, variables, base, keyring, Section.USERS in sections)
     try:
         config = parse_config(raw, "<admin>")
     except ConfigError as e:  # our checks missed something the config file refuses: still report it
         table = {"servers": "mysql_servers", "users": "mysql_users", "query_rules": "mysql_query_rules",
                  "replication_hostgroups": "mysql_replication_hostgroups"}.get(e.key.split("[")[0].split(".")[0], "global_variables")
         return BuildResult(sections, None, (ValidationError(table, "", None, f"{e.key}: {e.reason}", layers.get(table, Layer.MEMORY)),), used)
-    # Sections the admin tables do not hold ([admin], [stats], listeners) stay as they are live.
-    return BuildResult(sections, dataclasses.replace(config, path=base.path, admin=base.admin, stats=base.stats), (), used)
+    # Sections the admin tables do not hold ([admin], [stats], listeners) stay as they are live; so
+    # do the users when MYSQL USERS is not loaded (their secrets are not read again).
+    users = config.users if Section.USERS in sections else base.users
+    return BuildResult(sections, dataclasses.replace(config, path=base.path, admin=base.admin, stats=base.stats, users=users), (), used)
 
 
-def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], base: Config) -> dict[str, Any]:
-    """The TOML-shaped equivalent of validated rows, for proxy.config.parse_config."""
+def _check_secrets(err: _Errors, r: Mapping[str, Any], key: str, keyring: Keyring) -> None:
+    """The secret columns of an active user row: references readable, hashes usable (admin.secrets)."""
+    for col in ("password", "backend_password"):
+        v = r.get(col)
+        if form_of(v) is Form.REFERENCE:
+            try:
+                read_secret(v)
+            except ValueError as e:
+                err.add("mysql_users", key, col, f"{v}: {e}")
+    if isinstance(r.get("password"), str) or r.get("password") is None:
+        for col, reason in resolve(r, keyring)[1]:
+            err.add("mysql_users", key, col, reason)
+
+
+def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], base: Config, keyring: Keyring, resolve_users: bool) -> dict[str, Any]:
+    """The TOML-shaped equivalent of validated rows, for proxy.config.parse_config. Secrets come
+    from admin.secrets.resolve (or, when the users are not being loaded, from the live config)."""
+    live = base.users
     sections: dict[str, dict[str, Any]] = {"proxy": {}, "pool": {}, "monitor": {}}
     for name, value in variables.items():
         v = VARIABLE_BY_NAME[name]
@@ -653,13 +679,15 @@ def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], bas
     for r in rows["mysql_users"]:
         if r["active"] != 1:
             continue
-        u = {"username": r["username"], "password": r["password"], "auth_plugin": r["auth_plugin"],
+        u = {"username": r["username"], "auth_plugin": r["auth_plugin"],
              "default_hostgroup": r["default_hostgroup"], "max_connections": r["max_connections"],
              "transaction_persistent": bool(r["transaction_persistent"])}
         if r.get("backend_username") is not None:
             u["backend_username"] = r["backend_username"]
-        if r.get("backend_password") is not None:
-            u["backend_password"] = r["backend_password"]
+        if resolve_users or r["username"] not in live:
+            u.update(resolve(r, keyring)[0])
+        else:  # kept from the live config (replaced by it after parsing): no secret read again
+            u["password"] = live[r["username"]].password
         users.append(u)
     return {
         **sections,

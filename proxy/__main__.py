@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     from .logsafe import install as install_log_escaping
 
     install_log_escaping()  # every record one line: client-supplied text cannot forge log lines
+    from .malloc_tuning import pin_mmap_threshold
+
+    pin_mmap_threshold()  # a client's large packet must not pin RSS after it is freed
     store = None
     if "admin" in config.listeners:
         started = _admin_startup(args.config, config, args.initial)
@@ -192,6 +195,7 @@ async def serve(config: Config, store: object | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGUSR1, app.log_sessions)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_secrets)  # secrets from files/env read again
     await stop.wait()
     await app.stop()
     log.info("stopped")

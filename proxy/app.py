@@ -32,7 +32,7 @@ import time
 from .backend import BackendConnection, BackendError, read_server_handshake
 from .backend import connect as backend_connect
 from .client import ClientSession
-from .config import Config, Server
+from .config import Config, Server, refresh_secrets
 from .monitor import Monitor
 from .pool import Pool, ServerBudget
 from .router import Router
@@ -93,6 +93,7 @@ class ProxyApp:
         # `go_live` makes the Router's; `config` stays the configured one (what the admin port edits).
         self.monitor = Monitor(config, self.stats, self.go_live)
         self.stats.bind(health=lambda: self.monitor.topology.health)
+        self.backend_secrets = _backend_secrets(config)  # backend username -> its password now
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
         """The pool of `server` connections for this backend user and wire settings."""
@@ -107,7 +108,10 @@ class ProxyApp:
             async def connector() -> BackendConnection:
                 try:
                     conn = await backend_connect(
-                        server, username, password, database=None, client_capabilities=capabilities, collation=collation,
+                        # the password as configured now: a rotated secret (LOAD, SIGHUP) reaches
+                        # the pools' new connections; open ones stay logged in
+                        server, username, self.backend_secrets.get(username, password), database=None,
+                        client_capabilities=capabilities, collation=collation,
                         attributes={"_client_name": "rwproxy", "program_name": "rwproxy"},
                         timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
                     )  # fmt: skip
@@ -187,6 +191,7 @@ class ProxyApp:
         (`go_live`). Listeners and [admin] are not changed at runtime (a restart applies them)."""
         self.config = config
         self.throttle.config = config
+        self.backend_secrets = _backend_secrets(config)
         self.monitor.reconfigure(config)
 
     def go_live(self, topology: Topology) -> None:
@@ -238,6 +243,15 @@ class ProxyApp:
         """A listener the composition root started beside the data port (the admin port): closed
         with the others at shutdown."""
         self._servers.append(server)
+
+    def reload_secrets(self) -> None:
+        """SIGHUP: read every secret that came from a file or an environment variable again and make
+        the result live (apply_config): new backend connections log in with a rotated password,
+        open ones keep working. (Small local files, read on the loop at an operator's request.)"""
+        config, changed = refresh_secrets(self.config)
+        if config is not self.config:
+            self.apply_config(config)
+        log.info("SIGHUP: secrets read again: %s", "; ".join(changed) if changed else "none changed")
 
     def _raise_fd_limit(self) -> None:
         """Like mysqld with open_files_limit: make room for max_connections clients and their backends."""
@@ -463,3 +477,9 @@ class ProxyApp:
             log.warning("second signal: closing the remaining %d session(s) now", len(self.sessions))
             self._drained.set()
 
+
+def _backend_secrets(config: Config) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for u in config.users.values():
+        out.setdefault(u.backend_username, u.backend_password)
+    return out

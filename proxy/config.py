@@ -5,6 +5,12 @@ Theory of operation: `load_config(path)` reads the file with tomllib, resolves s
 does not, so a typo is an error rather than a silently ignored setting. Any problem raises
 ConfigError naming the file, the key (dotted, with list indexes) and the reason; the entry point
 prints that one line and exits with status 2. Nothing here starts I/O beyond reading files.
+
+A secret read from a file or an environment variable remembers where it came from
+(`User.password_source`, ``"file:/abs/path"`` or ``"env:NAME"``), so it can be read again without a
+restart: `refresh_secrets(config)` (SIGHUP) and the admin port's LOAD MYSQL USERS TO RUNTIME (whose
+rows hold the reference, never the secret) pick up a rotated password. A password may also be the
+server's mysql_native_password hash (``*`` + 40 hex digits; see proxy.protocol.auth).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +46,17 @@ class Listener:
 @dataclass(frozen=True, slots=True)
 class User:
     username: str
-    password: str = field(repr=False)
+    password: str = field(repr=False)  # clear text, or the server's native hash ('*' + 40 hex)
     auth_plugin: str
     default_hostgroup: int
     backend_username: str
     backend_password: str = field(repr=False)
     max_connections: int = 10000
     transaction_persistent: bool = True
+    # Where a secret was read from ("file:/abs/path" or "env:NAME"; None: given inline), so that
+    # refresh_secrets and the admin port can read it again after a rotation.
+    password_source: str | None = None
+    backend_password_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +92,16 @@ class PoolSettings:
 
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
-    """The admin port's login and where its disk layer lives ([admin])."""
+    """The admin port's login, where its disk layer lives, and its limits ([admin])."""
 
     username: str = "admin"
     password: str = field(default="admin", repr=False)
     data_dir: str = "."  # the disk layer is <data_dir>/rwproxy.db
+    max_connections: int = 64  # admin client connections at once (logged in or not); more get ERR 1040
+    statement_timeout: float = 1.0  # seconds an admin client's SQL may run before ERR 3024
+    max_result_rows: int = 1_000_000  # rows of one admin result set; more is ERR 1104
+    max_result_bytes: int = 32 << 20  # bytes of one admin result set (values as sent); more is ERR 1104
+    password_source: str | None = None  # "file:..." / "env:..." when read from there (re-read at SIGHUP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +217,7 @@ class _Section:
             raise ConfigError(file, key, f"expected a table, got {type(table).__name__}")
         self.file, self.key, self.table = file, key, table
         self.used: set[str] = set()
+        self.sources: dict[str, str] = {}  # secret prefix -> "env:NAME" / "file:/abs/path"
 
     def _k(self, name: str) -> str:
         return f"{self.key}.{name}" if self.key else name
@@ -230,7 +246,8 @@ class _Section:
         return value
 
     def secret(self, prefix: str, default: str | None = None) -> str:
-        """`prefix`, `prefix_env` or `prefix_file`: exactly one (or none when a default exists)."""
+        """`prefix`, `prefix_env` or `prefix_file`: exactly one (or none when a default exists).
+        Where a secret came from is kept in `self.sources[prefix]` ("env:NAME" / "file:/abs/path")."""
         given = [k for k in (prefix, f"{prefix}_env", f"{prefix}_file") if k in self.table]
         self.used.update((prefix, f"{prefix}_env", f"{prefix}_file"))
         if len(given) > 1:
@@ -246,22 +263,112 @@ class _Section:
         if key == prefix:
             return value
         if key.endswith("_env"):
-            if value not in os.environ:
-                raise ConfigError(self.file, self._k(key), f"environment variable {value} is not set")
-            return os.environ[value]
-        path = Path(value)
-        if not path.is_absolute():
-            path = Path(self.file).parent / path
+            source = f"env:{value}"
+        else:
+            path = Path(value)
+            if not path.is_absolute():
+                path = Path(self.file).parent / path
+            source = f"file:{path}"
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(self.file, self._k(key), f"cannot read {path}: {e.strerror}") from None
-        return text[:-1] if text.endswith("\n") else text
+            secret = read_secret(source)
+        except ValueError as e:
+            raise ConfigError(self.file, self._k(key), str(e)) from None
+        self.sources[prefix] = source
+        return secret
 
     def finish(self) -> None:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
             raise ConfigError(self.file, self._k(unknown[0]), "unknown key (check the spelling against config/rwproxy.example.toml)")
+
+
+SECRET_SOURCE_KINDS = ("env:", "file:")
+
+
+def is_secret_source(text: str) -> bool:
+    """Is `text` a reference to a secret ("env:NAME" or "file:/abs/path") rather than the secret?"""
+    return text.startswith(SECRET_SOURCE_KINDS)
+
+
+def read_secret(source: str) -> str:
+    """The secret a reference names: "env:NAME" (the variable's value) or "file:/abs/path" (the
+    file's text without one trailing newline). Raises ValueError saying what is wrong."""
+    if source.startswith("env:"):
+        name = source[4:]
+        if not name or name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if source.startswith("file:"):
+        path = Path(source[5:])
+        if not path.is_absolute():
+            raise ValueError(f"{source!r}: the path must be absolute")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"cannot read {path}: not UTF-8 text") from None
+        return text[:-1] if text.endswith("\n") else text
+    raise ValueError(f"{source!r} is not a secret reference (env:NAME or file:/absolute/path)")
+
+
+def refresh_secrets(config: Config) -> tuple[Config, list[str]]:
+    """`config` with every secret that came from a file or an environment variable read again
+    (a rotation without restart: SIGHUP). Returns the new Config and what changed ("user app:
+    backend_password", never a value). A secret that cannot be read any more keeps its old value
+    and is reported as "... (unreadable: reason)"."""
+    changed: list[str] = []
+
+    def reread(label: str, source: str | None, old: str) -> str:
+        if source is None:
+            return old
+        try:
+            new = read_secret(source)
+        except ValueError as e:
+            changed.append(f"{label} (unreadable, kept: {e})")
+            return old
+        if new != old:
+            changed.append(label)
+        return new
+
+    users = {}
+    for name, u in config.users.items():
+        password = reread(f"user {name}: password", u.password_source, u.password)
+        if u.backend_password_source == u.password_source and u.backend_password == u.password:
+            backend = password  # the backend secret defaults to the frontend one: one read, one report
+        else:
+            backend = reread(f"user {name}: backend_password", u.backend_password_source, u.backend_password)
+        users[name] = u if (password, backend) == (u.password, u.backend_password) else replace(u, password=password, backend_password=backend)
+    admin = config.admin
+    admin_password = reread("[admin] password", admin.password_source, admin.password)
+    if admin_password != admin.password:
+        admin = replace(admin, password=admin_password)
+    if not changed:
+        return config, changed
+    return replace(config, users=users, admin=admin), changed
+
+
+# Passwords that must not guard an admin port reachable from other machines (compared
+# case-insensitively): the defaults of rwproxy and ProxySQL, and the commonest guesses.
+WELL_KNOWN_PASSWORDS = frozenset({
+    "admin", "radmin", "proxysql", "rwproxy", "password", "passw0rd", "p@ssw0rd", "root", "toor", "mysql",
+    "mariadb", "secret", "changeme", "default", "test", "letmein", "welcome", "qwerty", "abc123", "admin123",
+    "123456", "1234", "12345", "1234567", "12345678", "123456789", "1234567890", "111111", "000000",
+})  # fmt: skip
+
+
+def weak_admin_password(username: str, password: str) -> str | None:
+    """Why `password` must not guard an admin port beyond loopback, or None when it may."""
+    folded = password.strip().casefold()
+    if not folded:
+        return "an empty password"
+    if folded == "admin":
+        return "the default password"
+    if folded in WELL_KNOWN_PASSWORDS:
+        return "a well-known password"
+    if folded == username.strip().casefold():
+        return "the username as password"
+    return None
 
 
 # Listeners this version has, with their default ports (None: the port must be given).
@@ -301,6 +408,10 @@ def _address(v: str) -> str | None:
     except ValueError:
         return f"{v!r} is not an IP address"
     return None
+
+
+def _given(sec: _Section, prefix: str) -> bool:
+    return any(k in sec.table for k in (prefix, f"{prefix}_env", f"{prefix}_file"))
 
 
 def _list_of_tables(file: str, root: _Section, name: str) -> list[_Section]:
@@ -382,15 +493,20 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         username=admin_sec.get("username", str, "admin", lambda v: None if v else "must not be empty"),
         password=admin_sec.secret("password", default="admin"),
         data_dir=admin_sec.get("data_dir", str, str(Path(file).parent) if file != "<config>" else "."),
+        max_connections=admin_sec.get("max_connections", int, 64, _between(1, 100_000)),
+        statement_timeout=admin_sec.get("statement_timeout", float, 1.0, _between(0.01, 3600)),
+        max_result_rows=admin_sec.get("max_result_rows", int, 1_000_000, _between(1, 1_000_000_000)),
+        max_result_bytes=admin_sec.get("max_result_bytes", int, 32 << 20, _between(1024, 1 << 31)),
+        password_source=admin_sec.sources.get("password"),
     )
     admin_sec.finish()
     if "admin" in listeners:
         host = listeners["admin"].address
-        if not _is_loopback(host) and admin.password in ("", "admin"):
+        weak = weak_admin_password(admin.username, admin.password)
+        if not _is_loopback(host) and weak:
             raise ConfigError(
                 file, "admin.password",
-                f"the admin port listens on {host}, beyond this machine, with "
-                + ("an empty password" if not admin.password else "the default password") + ": set a strong one "
+                f"the admin port listens on {host or 'every address'}, beyond this machine, with {weak}: set a strong one "
                 "(password, password_env or password_file) or bind [listeners.admin] to 127.0.0.1",
             )  # fmt: skip
     stats_sec = _Section(file, "stats", root.get("stats", dict, default={}))
@@ -440,6 +556,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         if username in users:
             raise ConfigError(file, f"{sec.key}.username", f"duplicate user {username!r}")
         password = sec.secret("password")
+        password_source = sec.sources.get("password")
         hg = sec.get("default_hostgroup", int, 0)
         if hg not in hostgroups:
             raise ConfigError(file, f"{sec.key}.default_hostgroup", f"hostgroup {hg} has no server in [[servers]]")
@@ -452,6 +569,9 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
             backend_password=sec.secret("backend_password", default=password),
             max_connections=sec.get("max_connections", int, 10000, _positive),
             transaction_persistent=sec.get("transaction_persistent", bool, True),
+            password_source=password_source,
+            # the backend secret defaults to the frontend one, and then comes from the same place
+            backend_password_source=sec.sources.get("backend_password", None if _given(sec, "backend_password") else password_source),
         )
         sec.finish()
     if not users:

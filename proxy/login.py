@@ -187,7 +187,7 @@ class Login:
         address = s.client_ip or "?"
         if user is None or not auth.verify(plugin, user.password, self.scramble, token):
             delay = throttle.failed(address, username)
-            _limited.log(logging.WARNING, ("denied", address), "access denied for user %r from %s%s", username, address, f" (answered after {delay:g}s)" if delay else "")
+            _limited.log(logging.WARNING, ("denied", address), "%s access denied%s", s.context(), f" (answered after {delay:g}s)" if delay else "")
             if delay:
                 await asyncio.sleep(delay)  # a guesser waits; everyone else does not
             using = "YES" if token not in (b"", b"\0") else "NO"

@@ -16,6 +16,10 @@ on statements. A scrape costs the loop a few milliseconds every scrape interval;
 OpenMetrics formats are negotiated with prometheus_client's own `choose_encoder`, and gzip is used
 when the scraper accepts it.
 
+The listener binds 127.0.0.1 unless [listeners.metrics] address says otherwise; bound beyond
+loopback it logs a warning at start: the endpoint has no authentication, and its labels name every
+server, user and hostgroup.
+
 Names follow Prometheus conventions: prefix ``rwproxy_``, base units in the name (``_seconds``,
 ``_bytes``), ``_total`` on counters (added by the client library), label ``server`` = ``host:port``.
 Every family the issue asks for is always present, with zero-valued series where nothing happened
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ipaddress
 import logging
 from collections.abc import Iterator
 
@@ -366,4 +371,20 @@ async def start_metrics_server(stats: StatsRegistry | CollectorRegistry, address
 
     server = await asyncio.start_server(handle, address, port, reuse_address=True, limit=_MAX_HEAD)
     log.info("listening on %s:%d (metrics)", address, server.sockets[0].getsockname()[1])
+    if not is_loopback(address):
+        log.warning(
+            "the metrics endpoint listens on %s, beyond this machine, without authentication (it names every server, user and "
+            "hostgroup): bind [listeners.metrics] to 127.0.0.1 and scrape through a tunnel or an authenticating reverse proxy, or "
+            "restrict the port with a firewall", address or "every address",
+        )  # fmt: skip
     return server
+
+
+def is_loopback(address: str) -> bool:
+    """Does a listener on `address` stay on this machine? ("" and "*" mean every address.)"""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

@@ -79,7 +79,7 @@ import json
 import time
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -579,28 +579,41 @@ class StatsRegistry:
 
     def query_digest(self) -> Table:
         """stats_mysql_query_digest: one row per entry, least recently seen first."""
-        offset = time.time_ns() - _monotonic_ns()
-        rows = []
-        for (hg, schema, user, digest), e in list(self._digests.items()):
-            rows.append(
-                (
-                    hg, schema or "", user, "", digest_hex(digest), e.text, e.count,
-                    (e.first_seen + offset) // 1_000_000_000, (e.last_seen + offset) // 1_000_000_000,
-                    e.sum_time // 1000, e.min_time // 1000 if e.count else 0, e.max_time // 1000,
-                    e.rows_affected, e.rows_sent,
-                )
-            )  # fmt: skip
-        return Table(DIGEST_COLUMNS, rows)
+        return Table(DIGEST_COLUMNS, _digest_rows(list(self._digests.items())))
 
     def reset(self) -> Table:
         """stats_mysql_query_digest_reset: the digest table as it was, then empty. (The statement
         counts by kind keep what the entries had: Prometheus counters never go back.)"""
-        table = self.query_digest()
+        return Table(DIGEST_COLUMNS, _digest_rows(self._take_digests()))
+
+    def _take_digests(self) -> list[tuple[tuple, DigestStats]]:
         digests = self._digests
-        for (hg, _, _, _), e in list(digests.items()):
+        items = list(digests.items())
+        for (hg, _, _, _), e in items:
             self._retire(hg, e.kind, e.count)
         digests.clear()
-        return table
+        return items
+
+    def table_chunks(self, name: str, rows_per_chunk: int = 256) -> tuple[tuple[str, ...], Iterator[list[tuple]]]:
+        """The stats table `name` as (columns, an iterator of row lists), for a reader on the event
+        loop that must not stall it on a big table (the admin port takes one chunk per loop turn).
+
+        What is read when: the live collection (digest entries, sessions) is copied now, in one
+        C-level list(); each chunk's rows are then built from those objects when the chunk is taken.
+        So every row is consistent in itself (it is built between two statements, on the loop), the
+        table holds exactly the entries and sessions of the moment of the call, and a counter may
+        include statements that ended while earlier chunks were taken (a few milliseconds).
+        stats_mysql_query_digest_reset empties the table now; its rows are exact (entries that left
+        the registry are updated no more). Small tables come as one chunk."""
+        if name in ("stats_mysql_query_digest", "stats_mysql_query_digest_reset"):
+            items = self._take_digests() if name.endswith("_reset") else list(self._digests.items())
+            return DIGEST_COLUMNS, _chunked(items, rows_per_chunk, _digest_rows)
+        if name == "stats_mysql_processlist":
+            sessions = sorted(self.sessions(), key=lambda s: s.id)
+            now = self.sources.session_clock()
+            return PROCESSLIST_COLUMNS, _chunked(sessions, rows_per_chunk, lambda part: self._processlist_rows(part, now))
+        table = self.table(name)
+        return table.columns, iter((table.rows,))
 
     query_digest_reset = reset
 
@@ -649,8 +662,11 @@ class StatsRegistry:
         """stats_mysql_processlist: one row per client connection; ProxySQL's columns, then
         ``pin_reasons`` (comma-separated PinReason names, '' when not pinned)."""
         now = self.sources.session_clock()
+        return Table(PROCESSLIST_COLUMNS, self._processlist_rows(sorted(self.sessions(), key=lambda s: s.id), now))
+
+    def _processlist_rows(self, sessions: Iterable[SessionLike], now: float) -> list[tuple]:
         rows = []
-        for s in sorted(self.sessions(), key=lambda s: s.id):
+        for s in sessions:
             cur = s.current
             conns = dict(s.conns)
             if cur is None and conns:
@@ -679,7 +695,7 @@ class StatsRegistry:
                     json.dumps(extended, separators=(",", ":")), ",".join(sorted(r.name for r in s.pin_reasons)),
                 )
             )  # fmt: skip
-        return Table(PROCESSLIST_COLUMNS, rows)
+        return rows
 
     def users(self) -> Table:
         """stats_mysql_users: logged-in client connections per configured user, and its limit."""
@@ -728,6 +744,26 @@ class StatsRegistry:
             ("Classifier_cache_hit_ratio", f"{cache['hit_ratio']:.4f}"),
         ]
         return Table(("Variable_Name", "Variable_Value"), [(k, str(v)) for k, v in values])
+
+
+def _digest_rows(items: Sequence[tuple[tuple, DigestStats]]) -> list[tuple]:
+    offset = time.time_ns() - _monotonic_ns()
+    rows = []
+    for (hg, schema, user, digest), e in items:
+        rows.append(
+            (
+                hg, schema or "", user, "", digest_hex(digest), e.text, e.count,
+                (e.first_seen + offset) // 1_000_000_000, (e.last_seen + offset) // 1_000_000_000,
+                e.sum_time // 1000, e.min_time // 1000 if e.count else 0, e.max_time // 1000,
+                e.rows_affected, e.rows_sent,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _chunked(items: Sequence[Any], size: int, build: Callable[[Sequence[Any]], list[tuple]]) -> Iterator[list[tuple]]:
+    for i in range(0, len(items), max(1, size)):
+        yield build(items[i:i + size])
 
 
 def _sockname(conn: object) -> tuple[str, int]:

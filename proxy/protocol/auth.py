@@ -8,8 +8,24 @@ caching_sha2_password fast path
     token = SHA256(password) XOR SHA256(SHA256(SHA256(password)) + scramble)
 An empty password is sent as an empty token by both.
 
-The proxy knows its users' passwords, so it verifies a client token by computing the expected one
-and comparing in constant time; it never needs the full caching_sha2 path for its own clients.
+The proxy verifies a client token by computing the expected one and comparing in constant time; it
+never needs the full caching_sha2 path for its own clients.
+
+Stored passwords may be the server's own mysql_native_password hash instead of the clear text:
+``*`` + 40 upper-case hex digits of SHA1(SHA1(password)) -- what ``mysql.user.authentication_string``
+(MySQL) / ``Password`` (MariaDB) holds and what ``SELECT PASSWORD('pw')`` returns on MariaDB.
+Knowing only that hash (stage2) is enough to check a client's token:
+
+    stage1' = token XOR SHA1(scramble + stage2)        and accept when SHA1(stage1') == stage2
+
+and, as a side effect, it recovers stage1 = SHA1(password) from a token that passed. stage1 is
+all a *client* needs to log in to a server with mysql_native_password (the token above is built
+from stage1, never from the clear text), so a proxy that stores only hashes can still log in to
+its backends as the same account: `native_stage1_from_token` at the client's login, then
+`native_token_from_stage1` for each backend scramble (ProxySQL does the same with
+admin-hash_passwords). stage1 is as good as the password for that account: keep it in memory
+only, never log or store it. caching_sha2_password cannot work from a native hash; such users
+need the clear text.
 """
 
 from __future__ import annotations
@@ -36,13 +52,59 @@ def _xor(a: bytes, b: bytes) -> bytes:
     return bytes(x ^ y for x, y in zip(a, b))
 
 
+_HEX = frozenset("0123456789ABCDEFabcdef")
+
+
+def is_native_hash(stored: str) -> bool:
+    """Is `stored` a mysql_native_password hash ('*' + 40 hex digits) rather than a clear password?"""
+    return len(stored) == 41 and stored[0] == "*" and all(c in _HEX for c in stored[1:])
+
+
+def native_hash(password: str) -> str:
+    """The server's mysql_native_password hash of `password`: '*' + upper hex SHA1(SHA1(pw)); '' stays ''
+    (an account without a password). A value that already is such a hash is returned unchanged
+    (upper-cased), so hashing twice is harmless."""
+    if not password:
+        return ""
+    if is_native_hash(password):
+        return password.upper()
+    return "*" + hashlib.sha1(hashlib.sha1(password.encode("utf-8")).digest()).hexdigest().upper()
+
+
+def _stage2(stored: str) -> bytes:
+    if is_native_hash(stored):
+        return bytes.fromhex(stored[1:])
+    return hashlib.sha1(hashlib.sha1(stored.encode("utf-8")).digest()).digest()
+
+
+def native_stage1_from_token(token: bytes, scramble: bytes, stored: str) -> bytes | None:
+    """A client's mysql_native_password `token` for `scramble`, checked against `stored` (a clear
+    password or its native hash): SHA1(password) when the token proves the password, else None.
+
+    This is what lets a proxy that keeps only the hash log in to a backend as the same account:
+    pass the result to `native_token_from_stage1` with the backend's scramble. An empty stored
+    password has no stage1 (None; the client's empty token is checked by `verify`)."""
+    token = bytes(token)
+    if not stored or len(token) != 20:
+        return None
+    stage2 = _stage2(stored)
+    stage1 = _xor(token, hashlib.sha1(scramble[:20] + stage2).digest())
+    if hmac.compare_digest(hashlib.sha1(stage1).digest(), stage2):
+        return stage1
+    return None
+
+
+def native_token_from_stage1(stage1: bytes, scramble: bytes) -> bytes:
+    """Client side of mysql_native_password from SHA1(password) instead of the password itself."""
+    if len(stage1) != 20:
+        raise ValueError("stage1 is SHA1(password): 20 bytes")
+    return _xor(stage1, hashlib.sha1(scramble[:20] + hashlib.sha1(stage1).digest()).digest())
+
+
 def native_token(password: str, scramble: bytes) -> bytes:
     if not password:
         return b""
-    pw = password.encode("utf-8")
-    stage1 = hashlib.sha1(pw).digest()
-    stage2 = hashlib.sha1(stage1).digest()
-    return _xor(stage1, hashlib.sha1(scramble[:20] + stage2).digest())
+    return native_token_from_stage1(hashlib.sha1(password.encode("utf-8")).digest(), scramble)
 
 
 def caching_sha2_token(password: str, scramble: bytes) -> bytes:
@@ -63,11 +125,18 @@ def scramble_for(plugin: str, password: str, scramble: bytes) -> bytes:
 
 
 def verify(plugin: str, password: str, scramble: bytes, token: bytes) -> bool:
-    """Server side: does `token` prove knowledge of `password` for this scramble?"""
+    """Server side: does `token` prove knowledge of `password` for this scramble? `password` is the
+    stored secret: the clear text, or (mysql_native_password only) its native hash."""
     fn = TOKEN_FUNCTIONS.get(plugin)
     if fn is None:
         return False
     # Some clients send a trailing NUL after an empty token.
     if token in (b"", b"\0"):
         return not password
+    if not password:
+        return False
+    if plugin == NATIVE_PASSWORD:
+        return native_stage1_from_token(token, scramble, password) is not None
+    if is_native_hash(password):  # caching_sha2 needs SHA256(clear): a native hash cannot answer it
+        return False
     return hmac.compare_digest(fn(password, scramble), bytes(token))

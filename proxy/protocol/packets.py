@@ -517,7 +517,7 @@ def _text_value(v: Any) -> bytes:
     if isinstance(v, bytes):
         return v
     if isinstance(v, str):
-        return v.encode("utf-8")
+        return v.encode("utf-8", "surrogateescape")  # text decoded with surrogateescape gets its bytes back
     if isinstance(v, bool):
         return b"1" if v else b"0"
     if isinstance(v, (bytearray, memoryview)):
@@ -550,27 +550,68 @@ def column_definitions(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> l
     """Column definitions for Python values: a column of ints (bools) is LONGLONG, of numbers DOUBLE,
     of bytes BLOB (binary), anything else (text, or only NULLs) VAR_STRING in utf8mb4. Drivers
     convert by these types (PyMySQL returns int for LONGLONG)."""
-    out = []
-    for i, name in enumerate(names):
-        kinds = set()
-        width = 0
-        for row in rows:
-            v = row[i]
+    sniffer = ColumnSniffer(len(names))
+    for row in rows:
+        sniffer.observe(row)
+    return sniffer.definitions(names)
+
+
+class ColumnSniffer:
+    """What `column_definitions` learns from rows, one row at a time: for a result set encoded as
+    its rows arrive (make_text_row each), with the definitions built once all were seen."""
+
+    __slots__ = ("kinds", "widths")
+
+    def __init__(self, columns: int) -> None:
+        self.kinds: list[set[type]] = [set() for _ in range(columns)]
+        self.widths = [0] * columns
+
+    def observe(self, row: Sequence[Any]) -> None:
+        self.encode(row)
+
+    def encode(self, row: Sequence[Any]) -> bytes:
+        """Learn from `row` and return it as a text ResultsetRow (make_text_row), each value's text
+        form computed once: what a result set encoded as its rows arrive costs per row."""
+        kinds, widths = self.kinds, self.widths
+        parts = []
+        for i, v in enumerate(row):
             if v is None:
+                parts.append(b"\xfb")
                 continue
-            kinds.add(bytes if isinstance(v, (bytes, bytearray, memoryview)) else int if isinstance(v, int) else float if isinstance(v, float) else str)
-            width = max(width, len(_text_value(v)))
-        if kinds and kinds <= {int}:
-            c = ColumnDefinition(name, ColumnType.LONGLONG, BINARY_COLLATION, max(width, 1), ColumnFlag.NUM | ColumnFlag.BINARY)
-        elif kinds and kinds <= {int, float}:
-            c = ColumnDefinition(name, ColumnType.DOUBLE, BINARY_COLLATION, max(width, 1), ColumnFlag.NUM | ColumnFlag.BINARY, 31)
-        elif kinds == {bytes}:
-            c = ColumnDefinition(name, ColumnType.BLOB, BINARY_COLLATION, max(width, 1), ColumnFlag.BLOB | ColumnFlag.BINARY)
-        else:
-            # utf8mb4: up to 4 bytes a character, as servers report the length
-            c = ColumnDefinition(name, ColumnType.VAR_STRING, UTF8MB4_COLLATION, max(width, 1) * 4)
-        out.append(c)
-    return out
+            t = type(v)
+            if t is str:
+                b = v.encode("utf-8", "surrogateescape")
+                kind: type = str
+            elif t is int:
+                b = str(v).encode()
+                kind = int
+            elif t is bytes:
+                b = v
+                kind = bytes
+            else:
+                b = _text_value(v)
+                kind = bytes if isinstance(v, (bytearray, memoryview)) else int if isinstance(v, int) else float if isinstance(v, float) else str
+            kinds[i].add(kind)
+            n = len(b)
+            if n > widths[i]:
+                widths[i] = n
+            parts.append((bytes((n,)) if n < 251 else lenenc_int(n)) + b)
+        return b"".join(parts)
+
+    def definitions(self, names: Sequence[str]) -> list[ColumnDefinition]:
+        out = []
+        for name, kinds, width in zip(names, self.kinds, self.widths, strict=True):
+            if kinds and kinds <= {int}:
+                c = ColumnDefinition(name, ColumnType.LONGLONG, BINARY_COLLATION, max(width, 1), ColumnFlag.NUM | ColumnFlag.BINARY)
+            elif kinds and kinds <= {int, float}:
+                c = ColumnDefinition(name, ColumnType.DOUBLE, BINARY_COLLATION, max(width, 1), ColumnFlag.NUM | ColumnFlag.BINARY, 31)
+            elif kinds == {bytes}:
+                c = ColumnDefinition(name, ColumnType.BLOB, BINARY_COLLATION, max(width, 1), ColumnFlag.BLOB | ColumnFlag.BINARY)
+            else:
+                # utf8mb4: up to 4 bytes a character, as servers report the length
+                c = ColumnDefinition(name, ColumnType.VAR_STRING, UTF8MB4_COLLATION, max(width, 1) * 4)
+            out.append(c)
+        return out
 
 
 def make_result_terminator(caps: int, status: int, warnings: int = 0) -> bytes:

@@ -740,7 +740,8 @@ def test_a_runaway_statement_is_stopped(store):
     store.statement_timeout = 0.05
     with pytest.raises(StoreError) as e:
         store.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c")
-    assert (e.value.errno, e.value.message) == (3024, "statement stopped after 0.05 s: the admin store runs on the proxy's event loop")
+    assert e.value.errno == 3024
+    assert e.value.message.startswith("statement stopped after 0.05 s ([admin] statement_timeout)")
     assert store.execute("SELECT count(*) FROM mysql_servers").rows == [(3,)]  # and the store still works
 
 

@@ -140,3 +140,10 @@ def test_err_packets_never_carry_a_client_library_code():
             make_err(code, "backend down")
     assert parse_err(make_err(9001, "Max connect timeout reached while reaching hostgroup 0")).code == 9001
     assert parse_err(make_err(1927, "Connection was killed")).sqlstate == "70100"
+
+
+def test_text_row_gives_surrogate_escaped_text_its_bytes_back():
+    from proxy.protocol.packets import make_text_row
+
+    text = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")  # client bytes that are not UTF-8
+    assert make_text_row([text, "é", None]) == b"\x06caf\xe9 \xff" + b"\x02\xc3\xa9" + b"\xfb"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -268,3 +269,24 @@ def test_endpoint_answers_500_when_collecting_fails():
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("address,public", [("127.0.0.1", False), ("0.0.0.0", True), ("", True)])
+def test_endpoint_warns_when_bound_beyond_loopback(fed, caplog, address, public):
+    async def main() -> None:
+        server = await start_metrics_server(fed, address, 0)
+        server.close()
+        await server.wait_closed()
+
+    with caplog.at_level(logging.WARNING, logger="rwproxy.metrics"):
+        asyncio.run(main())
+    warned = [r for r in caplog.records if "beyond this machine, without authentication" in r.getMessage()]
+    assert bool(warned) is public, caplog.text
+
+
+def test_metrics_listener_defaults_to_loopback():
+    from proxy.config import parse_config
+
+    config = parse_config({"listeners": {"data": {"port": 1}, "metrics": {}}, "users": [{"username": "a", "password": "p"}],
+                           "servers": [{"hostgroup_id": 0, "hostname": "127.0.0.1"}]}, "<t>")  # fmt: skip
+    assert (config.listeners["metrics"].address, config.listeners["metrics"].port) == ("127.0.0.1", 6070)

@@ -493,3 +493,40 @@ def test_stats_never_imports_prometheus_client():
     code = "import sys, proxy.stats; sys.exit('prometheus_client' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
+
+
+def test_table_chunks_match_the_table_and_fix_the_entries_at_the_call(clock):
+    reg = StatsRegistry()
+    srv = reg.server(0, "w:3306")
+    for i in range(10):
+        run(reg, clock, srv, f"SELECT {i} FROM t{i}", 10 * US)
+    columns, chunks = reg.table_chunks("stats_mysql_query_digest", rows_per_chunk=3)
+    first = next(chunks)
+    assert columns == reg.query_digest().columns and len(first) == 3
+    run(reg, clock, srv, "SELECT 1 FROM t_new", 10 * US)  # after the call: not in this snapshot
+    run(reg, clock, srv, "SELECT 9 FROM t9", 10 * US)  # an entry of a later chunk: its row shows it
+    rest = [row for chunk in chunks for row in chunk]
+    rows = first + rest
+    assert len(rows) == 10 and "SELECT ? FROM T_NEW" not in {r[5] for r in rows}
+    assert {r[5]: r[6] for r in rows}["SELECT ? FROM T9"] == 2
+
+
+def test_table_chunks_reset_empties_at_the_call(clock):
+    reg = StatsRegistry()
+    srv = reg.server(0, "w:3306")
+    for i in range(5):
+        run(reg, clock, srv, f"SELECT {i} FROM t{i}", 10 * US)
+    _, chunks = reg.table_chunks("stats_mysql_query_digest_reset", rows_per_chunk=2)
+    assert reg.digest_count == 0 and reg.statements_by_kind() == {(0, "SELECT"): 5}
+    assert sum(len(c) for c in chunks) == 5
+
+
+def test_table_chunks_processlist_and_small_tables():
+    sessions = [_session(i) for i in (3, 1, 2)]
+    reg = StatsRegistry(sources=Sources(sessions=lambda: sessions, session_clock=lambda: 101.0))
+    columns, chunks = reg.table_chunks("stats_mysql_processlist", rows_per_chunk=2)
+    chunks = list(chunks)
+    assert [len(c) for c in chunks] == [2, 1]
+    assert [row for c in chunks for row in c] == reg.table("stats_mysql_processlist").rows
+    columns, chunks = reg.table_chunks("stats_mysql_users")
+    assert columns == ("username", "frontend_connections", "frontend_max_connections") and len(list(chunks)) == 1
