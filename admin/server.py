@@ -676,20 +676,12 @@ class AdminSession(asyncio.Protocol):
 async def _kill_backend_statement(app: ProxyApp, server: Any, thread_id: int, user: Any, quiet: bool = True) -> tuple[int, str, str] | None:
     """KILL QUERY <thread_id> on `server`, over a short-lived connection with `user`'s backend
     credentials. Returns None, or (errno, message, sqlstate) of the failure."""
-    timeout = app.config.connect_timeout
     try:
-        killer = await backend_mod.connect(
-            server, user.backend_username, user.backend_password, database=None, client_capabilities=0,
-            collation=app.collation, attributes={"_client_name": "rwproxy", "program_name": "rwproxy-admin-kill"},
-            timeout=timeout,
-        )  # fmt: skip
-        try:
-            err = await asyncio.wait_for(killer.replay([b"\x03" + f"KILL QUERY {thread_id}".encode()]), timeout)
-        finally:
-            killer.close()
-    except (TimeoutError, BackendError, ConnectionError, OSError) as e:
-        log.warning("admin: could not reach %s to stop thread %d: %s", server.address, thread_id, e)
-        return (ErrorCode.HOSTGROUP_UNREACHABLE, f"rwproxy admin: could not reach {server.address} to kill the statement: {e}", "HY000")
+        secret = app.backend_secret(server, user.backend_username, user.backend_password)
+        err = await backend_mod.kill_query(server, user.backend_username, secret, thread_id, timeout=app.config.connect_timeout, program="rwproxy-admin-kill")
+    except BackendError as e:
+        log.warning("admin: could not reach %s to stop thread %d: %s", server.address, thread_id, e.cause)
+        return (ErrorCode.HOSTGROUP_UNREACHABLE, f"rwproxy admin: could not reach {server.address} to kill the statement: {e.cause}", "HY000")
     if err is not None:
         if err.code == 1094:  # the statement ended (and its connection with it) in the meantime
             return None

@@ -38,6 +38,7 @@ from .pool import Pool, ServerBudget
 from .router import Router
 from .session import ConnState, PinReason, charset_entry
 from .logsafe import LogLimiter
+from .protocol import auth
 from .protocol.constants import ErrorCode
 from .stats import StatsRegistry
 from .throttle import LoginThrottle
@@ -94,6 +95,9 @@ class ProxyApp:
         self.monitor = Monitor(config, self.stats, self.go_live)
         self.stats.bind(health=lambda: self.monitor.topology.health)
         self.backend_secrets = _backend_secrets(config)  # backend username -> its password now
+        # Backend accounts kept only as a native hash: username -> (the hash, SHA1(password) learned
+        # from a client's login of the same account). See backend_secret.
+        self._stage1: dict[str, tuple[str, auth.Stage1]] = {}
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
         """The pool of `server` connections for this backend user and wire settings."""
@@ -110,7 +114,7 @@ class ProxyApp:
                     conn = await backend_connect(
                         # the password as configured now: a rotated secret (LOAD, SIGHUP) reaches
                         # the pools' new connections; open ones stay logged in
-                        server, username, self.backend_secrets.get(username, password), database=None,
+                        server, username, self.backend_secret(server, username, password), database=None,
                         client_capabilities=capabilities, collation=collation,
                         attributes={"_client_name": "rwproxy", "program_name": "rwproxy"},
                         timeout=config.connect_timeout, max_packet=config.max_allowed_packet,
@@ -243,6 +247,23 @@ class ProxyApp:
         """A listener the composition root started beside the data port (the admin port): closed
         with the others at shutdown."""
         self._servers.append(server)
+
+    def backend_secret(self, server: Server, username: str, configured: str) -> str | auth.Stage1:
+        """What logs in to `server` as `username` now: the password as configured now (rotated
+        secrets included), or — for an account the admin port keeps only as its native hash — the
+        SHA1(password) learned from a client's login (ProxySQL's trick). BackendError before any
+        client of such an account logged in."""
+        secret = self.backend_secrets.get(username, configured)
+        if not auth.is_native_hash(secret):
+            return secret
+        learned = self._stage1.get(username)
+        if learned is not None and learned[0] == secret.upper():
+            return learned[1]
+        raise BackendError(server, f"the password of backend account '{username}' is kept only as its hash, and no client of it has logged in yet to prove it")
+
+    def learn_stage1(self, username: str, stored_hash: str, stage1: bytes) -> None:
+        """A client proved the password of an account stored as `stored_hash` (its backend account)."""
+        self._stage1[username] = (stored_hash.upper(), auth.Stage1(stage1))
 
     def reload_secrets(self) -> None:
         """SIGHUP: read every secret that came from a file or an environment variable again and make

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from .config import Config, Server, User
     from .pool import Pool
+    from .protocol.auth import Stage1
     from .protocol.framing import ProtocolError
     from .router import Router
     from .session import PinReason, SessionState
@@ -47,7 +48,9 @@ class SessionHost(Protocol):
     def sessions(self) -> Mapping[int, object]: ...  # every client session by its connection id (KILL)
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool: ...
-    async def topology_changed(self, timeout: float) -> None: ...  # returns at the next routing snapshot, or after timeout
+    async def topology_changed(self, timeout: float) -> None: ...
+    def backend_secret(self, server: Server, username: str, configured: str) -> str | Stage1: ...  # the password now
+    def learn_stage1(self, username: str, stored_hash: str, stage1: bytes) -> None: ...  # returns at the next routing snapshot, or after timeout
     def admit(self, session: object) -> tuple[int, str] | None: ...
     def count_client(self, session: object) -> bool: ...
     def handshake_over(self, session: object) -> None: ...

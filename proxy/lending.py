@@ -266,8 +266,9 @@ class BackendLending:
             # Only COM_CHANGE_USER leaves a connection with no default schema.
             user = session.user
             try:
-                err = await asyncio.wait_for(conn.change_user(user.backend_username, user.backend_password, None, session.collation), timeout)
-            except (asyncio.TimeoutError, ConnectionError) as e:
+                secret = self.host.backend_secret(conn.server, user.backend_username, user.backend_password)
+                err = await asyncio.wait_for(conn.change_user(user.backend_username, secret, None, session.collation), timeout)
+            except (asyncio.TimeoutError, ConnectionError, BackendError) as e:
                 self.discard(conn)
                 raise HostgroupError(hostgroup, f"rwproxy: backend {conn.server.address} (hostgroup {hostgroup}) failed while resetting a connection: {failure(e, timeout)}") from None
             if err is not None:

@@ -225,9 +225,8 @@ async def _kill_slow(session: Answerer, target: Answerer, query_only: bool, rest
     if conn is not None and not conn.closed:
         user = session.user
         try:
-            err = await backend_mod.kill_query(
-                conn.server, user.backend_username, user.backend_password, conn.thread_id, timeout=session.host.config.connect_timeout
-            )
+            secret = session.host.backend_secret(conn.server, user.backend_username, user.backend_password)
+            err = await backend_mod.kill_query(conn.server, user.backend_username, secret, conn.thread_id, timeout=session.host.config.connect_timeout)
         except BackendError as e:
             session.send_err(1, ErrorCode.HOSTGROUP_UNREACHABLE, f"rwproxy: could not reach {conn.server.address} to kill the statement: {e.cause}")
             session.commands.answered_here()

@@ -194,6 +194,12 @@ class Login:
             s.send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{username}'@'{address}' (using password: {using})")
             return None, seq
         throttle.succeeded(address, username)
+        if plugin == NATIVE_PASSWORD and auth.is_native_hash(user.password) and user.backend_password.upper() == user.password.upper():
+            # The proxy keeps only this account's hash: what the client just proved lets it log in
+            # to the servers as the same account (auth.Stage1).
+            stage1 = auth.native_stage1_from_token(token, self.scramble, user.password)
+            if stage1 is not None:
+                s.host.learn_stage1(user.backend_username, user.password, stage1)
         if plugin == CACHING_SHA2_PASSWORD:
             s.send(bytes((0x01, CACHING_SHA2_FAST_AUTH_OK)), seq)
             seq += 1

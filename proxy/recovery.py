@@ -170,7 +170,8 @@ class Recovery:
         bound = min(s.host.config.connect_timeout, 1.0)
         user = s.user
         try:
-            err = await kill_query(conn.server, user.backend_username, user.backend_password, conn.thread_id, timeout=bound)
+            secret = s.host.backend_secret(conn.server, user.backend_username, user.backend_password)
+            err = await kill_query(conn.server, user.backend_username, secret, conn.thread_id, timeout=bound)
         except BackendError as e:
             err = e.cause
         if err is not None and self._stopping(conn):

@@ -101,13 +101,27 @@ def native_token_from_stage1(stage1: bytes, scramble: bytes) -> bytes:
     return _xor(stage1, hashlib.sha1(scramble[:20] + hashlib.sha1(stage1).digest()).digest())
 
 
-def native_token(password: str, scramble: bytes) -> bytes:
+class Stage1(bytes):
+    """SHA1(password) of an account whose clear password the proxy does not keep (only its native
+    hash): learned from a client's successful mysql_native_password login
+    (`native_stage1_from_token`), it answers a server's mysql_native_password challenge as the
+    password would. It cannot answer caching_sha2_password (which needs the clear text)."""
+
+    def __repr__(self) -> str:  # never print the secret
+        return "Stage1(...)"
+
+
+def native_token(password: str | Stage1, scramble: bytes) -> bytes:
+    if isinstance(password, Stage1):
+        return native_token_from_stage1(password, scramble)
     if not password:
         return b""
     return native_token_from_stage1(hashlib.sha1(password.encode("utf-8")).digest(), scramble)
 
 
-def caching_sha2_token(password: str, scramble: bytes) -> bytes:
+def caching_sha2_token(password: str | Stage1, scramble: bytes) -> bytes:
+    if isinstance(password, Stage1):
+        raise ValueError("caching_sha2_password needs the account's clear password; the proxy keeps only its native hash")
     if not password:
         return b""
     pw = password.encode("utf-8")

@@ -144,3 +144,25 @@ def test_frontend_password_stored_as_the_servers_hash(cluster, start_proxy, rot_
     assert "Typed-1" not in shown and "Hash-Pw-9" not in shown
     with proxy.connect(user="typed", password="Typed-1") as c, c.cursor() as cur:
         cur.execute("SELECT 1")
+
+
+def test_an_account_kept_only_as_its_hash_logs_in_to_the_servers_with_what_a_client_proved(start_proxy, cluster):
+    """The proxy stores app's password only as MariaDB's native hash, for the client side and the
+    backend side alike: a client's mysql_native_password login proves SHA1(password), which then
+    answers the servers' challenges (ProxySQL's way). Reads on a replica, writes on the primary."""
+    from proxy.protocol.auth import native_hash
+
+    p = start_proxy(users=[{"username": "app", "password": native_hash("app_pw")}])
+    c = p.connect(autocommit=True, password="app_pw")
+    try:
+        with c.cursor() as cur:
+            cur.execute("SELECT @@server_id")
+            assert cur.fetchone()[0] in {r.server_id for r in cluster.replicas}
+            cur.execute("SELECT @@server_id FOR UPDATE")
+            assert cur.fetchone()[0] == cluster.primary.server_id
+    finally:
+        c.close()
+    with pytest.raises(pymysql.err.OperationalError) as e:
+        p.connect(password="wrong")
+    assert e.value.args[0] == 1045
+    assert "app_pw" not in open(p.log_path).read()
