@@ -44,6 +44,7 @@ from .command_loop import CommandLoop
 from .config import User
 from .lending import BackendLending
 from .login import Login
+from .logsafe import LogLimiter
 from .pins import Pins
 from .prepared import PreparedStatements
 from .protocol.constants import (
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from .router import Router
 
 log = logging.getLogger("rwproxy.session")
+_limited = LogLimiter(log)  # what a misbehaving client could make the proxy repeat: a few lines, then a count
 
 _session_ids = itertools.count(1)
 
@@ -225,7 +227,7 @@ class ClientSession(asyncio.Protocol):
         infile = self.commands.infile
         if not self.closed and not self.busy or infile:
             if self.framer.buffered or infile:
-                self.log(logging.WARNING, "client closed the connection in the middle of a packet (%d bytes of it received)", self.framer.buffered)
+                _limited.log(logging.WARNING, ("mid-packet", self.client_ip), "%s client closed the connection in the middle of a packet (%d bytes of it received)", self.context(), self.framer.buffered)
         elif not self.closed and self.current is not None and self.current.scanner is not None:
             self.log(logging.INFO, "client went away during a reply; backend connection closed")
         self._teardown()
@@ -280,7 +282,7 @@ class ClientSession(asyncio.Protocol):
         self.send(make_err(code, message, sqlstate), seq)
 
     def protocol_error(self, seq: int, e: ProtocolError) -> None:
-        self.log(logging.WARNING, "protocol error from client: %s", e)
+        _limited.log(logging.WARNING, ("protocol", self.client_ip), "%s protocol error from client: %s", self.context(), e)
         self.send_err(seq, e.code, str(e))
         self.close()
 

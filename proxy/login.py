@@ -109,14 +109,14 @@ class Login:
         try:
             await self._handshake()
         except asyncio.TimeoutError:
-            s.log(logging.WARNING, "handshake timeout after %gs", s.host.config.handshake_timeout)
+            _limited.log(logging.WARNING, ("handshake timeout", s.client_ip), "%s handshake timeout after %gs", s.context(), s.host.config.handshake_timeout)
             s.send_err(2, ErrorCode.NET_READ_INTERRUPTED, "Got timeout reading communication packets (handshake not completed in time)")
             s.close()
         except ConnectionError:
             s.log(logging.INFO, "client closed the connection during the handshake")
             s.close()
         except ProtocolError as e:
-            s.log(logging.WARNING, "bad handshake: %s", e)
+            _limited.log(logging.WARNING, ("bad handshake", s.client_ip), "%s bad handshake: %s", s.context(), e)
             s.send_err(2, ErrorCode.HANDSHAKE_ERROR, f"Bad handshake: {e}")
             s.close()
         except Exception:
@@ -144,7 +144,7 @@ class Login:
             # Connector/C, which wants TLS by default, reports an ERR before the greeting as
             # CR_CONNECTION_ERROR 2002 "Received error packet before completion of TLS handshake").
             # A connection that never answers the greeting does not count (proxy.app handshake caps).
-            s.log(logging.WARNING, "too many connections (max_connections = %d): refused", host.config.max_connections)
+            _limited.log(logging.WARNING, "max_connections", "%s too many connections (max_connections = %d): refused", s.context(), host.config.max_connections)
             s.send_err(2, ErrorCode.CON_COUNT_ERROR, "Too many connections")
             s.close()
             return
