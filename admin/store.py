@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy.config import SERVER_STATUSES, Config, ConfigError
+from proxy.config import CAUSAL_READS, SERVER_STATUSES, Config, ConfigError
 from proxy.protocol.constants import SUPPORTED_AUTH_PLUGINS
 from rules.model import CHECK_TYPES
 
@@ -113,7 +113,10 @@ __all__ = [
     "ValidationFailed",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns later versions added to a table of an older disk layer (appended: a disk layer of that
+# version gets them by ALTER TABLE when it is opened).
+_ADDED_COLUMNS = {2: (("mysql_users", "causal_reads VARCHAR DEFAULT NULL"),)}
 ADMIN_TABLES: tuple[str, ...] = tuple(TABLE_COLUMNS)
 RUNTIME_TABLES: tuple[str, ...] = tuple(f"runtime_{t}" for t in ADMIN_TABLES)
 SAVED_TABLE = "rwproxy_saved_sections"
@@ -252,6 +255,8 @@ _SCHEMA: dict[str, tuple[tuple[str, str, str | None, str], ...]] = {
         ("backend_username", "VARCHAR DEFAULT NULL", _text("backend_username"), "text, or NULL for the same as username"),
         ("backend_password", "VARCHAR DEFAULT NULL", _text("backend_password"), "text, or NULL for the same as password"),
         ("comment", "VARCHAR NOT NULL DEFAULT ''", _text("comment"), "text"),
+        # (version 2) consistent reads for this user; NULL = the mysql-causal_reads variable
+        ("causal_reads", "VARCHAR DEFAULT NULL", f"causal_reads IS NULL OR causal_reads IN ({_in(CAUSAL_READS)})", "NULL or one of " + ", ".join(CAUSAL_READS)),
     ),
     "mysql_query_rules": (
         ("rule_id", "INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL", "rule_id >= 0", "an integer >= 0"),
@@ -397,9 +402,14 @@ class ConfigStore:
         if version == 0 and tables - {"sqlite_sequence"}:
             self._db.execute("DETACH DATABASE disk")
             raise StoreError(f"{path} is not an rwproxy disk layer (it has tables {', '.join(sorted(tables))}); move it away or choose another data directory")
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, SCHEMA_VERSION) and not 0 < version < SCHEMA_VERSION:
             self._db.execute("DETACH DATABASE disk")
             raise StoreError(f"{path} has disk layer schema version {version}; this rwproxy reads version {SCHEMA_VERSION}")
+        if 0 < version < SCHEMA_VERSION:
+            with self._tx():
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for table, column in _ADDED_COLUMNS.get(v, ()):
+                        self._db.execute(f"ALTER TABLE disk.{table} ADD COLUMN {column}")
         with self._tx():
             for t in ADMIN_TABLES:
                 self._db.execute(_ddl("disk", t, t))

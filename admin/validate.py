@@ -41,6 +41,7 @@ from typing import Any
 
 from proxy.config import (
     LOG_LEVELS,
+    CAUSAL_READS,
     MONITOR_LIMITS,
     read_secret,
     SERVER_STATUSES,
@@ -104,7 +105,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "mysql_users": (
         "username", "password", "active", "auth_plugin", "default_hostgroup", "transaction_persistent",
-        "max_connections", "backend_username", "backend_password", "comment",
+        "max_connections", "backend_username", "backend_password", "comment", "causal_reads",
     ),
     "mysql_query_rules": (
         "rule_id", "active", "username", "schemaname", "flagIN", "client_addr", "proxy_addr", "proxy_port",
@@ -230,6 +231,10 @@ VARIABLES: tuple[Variable, ...] = (
              doc="a command packet begun must arrive whole within this (ERR 1159)"),
     Variable("mysql-partial_packet_budget", "proxy", "partial_packet_budget", "int", 1 << 20, 1 << 40,
              doc="bytes of unfinished client packets held for all clients together"),
+    Variable("mysql-causal_reads", "proxy", "causal_reads", "choice", choices=CAUSAL_READS,
+             doc="what a read after a write may see: none, local (the session's own writes), fast (without waiting), global (every session's)"),
+    Variable("mysql-causal_reads_timeout", "proxy", "causal_reads_timeout", "ms", 0, 3600,
+             doc="how long a read waits for a replica to apply the write it must see, then runs on the writer"),
     Variable("mysql-default_query_timeout", "proxy", "default_query_timeout", "ms", 0, 31_536_000, note=" (0 = never)", proxysql=True,
              doc="a statement running longer is stopped (KILL QUERY); a query rule's timeout overrides it"),
     Variable("mysql-multiplexing", "pool", "multiplexing", "bool", proxysql=True,
@@ -400,6 +405,7 @@ def _user_row(u: User) -> Row:
         "backend_username": None if u.backend_username == u.username else u.backend_username,
         "backend_password": stored_backend(u),
         "comment": "",
+        "causal_reads": u.causal_reads,  # NULL = [proxy] causal_reads
     }
 
 
@@ -519,6 +525,7 @@ _USER_SPECS = {
     "backend_username": ("str?", None),
     "backend_password": ("str?", None),
     "comment": ("str", None),
+    "causal_reads": ("str?", _one_of(CAUSAL_READS)),
 }
 
 
@@ -684,6 +691,8 @@ def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], bas
              "transaction_persistent": bool(r["transaction_persistent"])}
         if r.get("backend_username") is not None:
             u["backend_username"] = r["backend_username"]
+        if r.get("causal_reads") is not None:
+            u["causal_reads"] = r["causal_reads"]
         if resolve_users or r["username"] not in live:
             u.update(resolve(r, keyring)[0])
         else:  # kept from the live config (replaced by it after parsing): no secret read again

@@ -33,6 +33,7 @@ from .backend import BackendConnection, BackendError, read_server_handshake
 from .backend import connect as backend_connect
 from .client import ClientSession
 from .config import Config, Server, refresh_secrets
+from .causal import Positions
 from .monitor import Monitor
 from .pool import Pool, ServerBudget
 from .router import Router
@@ -93,6 +94,9 @@ class ProxyApp:
         # Server health ([monitor]): publishes the live server list (placement, statuses), which
         # `go_live` makes the Router's; `config` stays the configured one (what the admin port edits).
         self.monitor = Monitor(config, self.stats, self.go_live)
+        # Consistent reads: the newest write's GTID and what each server has applied (the monitor's
+        # readings of @@gtid_current_pos, and waits that succeeded).
+        self.positions = Positions(lambda address: getattr(self.monitor.health.get(address), "gtid_position", None))
         self.stats.bind(health=lambda: self.monitor.topology.health)
         self.backend_secrets = _backend_secrets(config)  # backend username -> its password now
         # Backend accounts kept only as a native hash: username -> (the hash, SHA1(password) learned

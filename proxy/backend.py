@@ -235,6 +235,34 @@ class BackendConnection(asyncio.Protocol):
             await self.read_packet()
         return stmt_id, params, columns
 
+    async def query_value(self, sql: str) -> bytes | None | ERR:
+        """A text query the proxy issues itself whose answer is one value (`SELECT f(...)`): the
+        first column of the first row (None for NULL), or the ERR. Packet mode: the connection
+        relays nothing meanwhile."""
+        self.transport.write(make_packet(b"\x03" + sql.encode("utf-8", "surrogateescape"), 0))
+        pkt = await self.read_packet()
+        p = pkt.payload
+        if p and p[0] == ERR_HEADER:
+            return parse_err(p)
+        columns = p[0] if p else 0
+        eof = not self.capabilities & Capability.DEPRECATE_EOF
+        for _ in range(columns + eof):  # column definitions (+ EOF)
+            await self.read_packet()
+        value: bytes | None = None
+        first = True
+        while True:
+            row = (await self.read_packet()).payload
+            if row and row[0] in (0xFE, ERR_HEADER) and len(row) < 0xFFFFFF:  # EOF / OK terminator, or ERR
+                return parse_err(row) if row[0] == ERR_HEADER else value
+            if first:
+                first = False
+                if row[0] != 0xFB:
+                    n = row[0]
+                    start = 1
+                    if n == 0xFC:
+                        n, start = int.from_bytes(row[1:3], "little"), 3
+                    value = bytes(row[start : start + n])
+
     async def change_user(self, username: str, password: str, database: str | None, collation: int) -> ERR | None:
         """COM_CHANGE_USER as the same (or another) backend user: a full reset that, unlike
         COM_RESET_CONNECTION, also leaves no default schema when `database` is None.

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from rules.engine import SessionView
 
 from .backend import BackendConnection, set_nodelay
+from .causal import CausalReads
 from .command_loop import CommandLoop
 from .config import User
 from .lending import BackendLending
@@ -114,6 +115,7 @@ class ClientSession(asyncio.Protocol):
         self.passthrough = host.router.passthrough
         # The rooms.
         self.pins = Pins(host.pins, self.view_changed, self.log)
+        self.causal = CausalReads(host.positions)  # consistent reads: mode, own last write, token
         self.lending = BackendLending(self, host, self._released)
         self.conns = self.lending.conns  # hostgroup -> this session's connection there (the same dict)
         self.prepared = PreparedStatements(self)
@@ -383,6 +385,12 @@ class ClientSession(asyncio.Protocol):
         self.status = _AUTOCOMMIT
         self.lending.start((self.capabilities & MIRRORED_CAPABILITIES, self.collation))
         self.prepared.clear()
+        self.causal = CausalReads(self.host.positions)
+        self._configure_causal(user)
+
+    def _configure_causal(self, user: User) -> None:
+        config = self.host.config
+        self.causal.configure(user.causal_reads or config.causal_reads, config.causal_reads_timeout)
 
     def release_all(self, keep: BackendConnection | None = None) -> None:
         """Give back every held connection; those with state nobody can replay are reset first."""
@@ -398,6 +406,9 @@ class ClientSession(asyncio.Protocol):
         # (pins, variables) must still be tracked.
         self.passthrough = router.passthrough and not self.multiplexing
         self.lending.config_changed()
+        user = self.host.config.users.get(self.username)
+        if user is not None:
+            self._configure_causal(user)
         self._view = None
 
     def view_changed(self) -> None:

@@ -39,9 +39,10 @@ from rules.engine import SessionView, replayable_set
 from rules.model import Deny, RouteTo
 
 from .backend import BackendConnection
+from .causal import CausalReads
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
-from .local_answers import kill, no_diagnostics, processlist, session_values
+from .local_answers import kill, no_diagnostics, processlist, session_values, set_min_gtid
 from .logsafe import LogLimiter
 from .login import Login
 from .pins import Pins
@@ -78,6 +79,7 @@ class CommandSession(SessionCore, Protocol):
     prepared: PreparedStatements
     login: Login
     wait_timeout: float | None
+    causal: CausalReads
     peer: str
 
     @property
@@ -121,6 +123,7 @@ _SESSION_STATUS = int(ServerStatus.IN_TRANS | ServerStatus.AUTOCOMMIT | ServerSt
 _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
 _SHOW = Kind.SHOW
+_NONE, _FAST = "none", "fast"  # proxy.causal modes
 _SET = Kind.SET
 _KILL_LATER = re.compile(r"; ?KILL\b")
 _PROCESSLIST = re.compile(r"SHOW (?:FULL )?PROCESSLIST\b")
@@ -332,6 +335,10 @@ class CommandLoop:
             s.send_err(1, 1235, "rwproxy: KILL in a multi-statement must come first (connection ids are the proxy's; CONNECTION_ID() returns them)", "42000")
             self.answered_here()
             return True
+        if cls.kind is _SET and "RWPROXY_MIN_GTID" in cls.fingerprint.text:
+            set_min_gtid(s, cls.set_targets)
+            self.answered_here()
+            return True
         if cls.kind is _SHOW and _PROCESSLIST.match(cls.fingerprint.text):
             processlist(s, full=cls.fingerprint.text.startswith("SHOW FULL"))
             self.answered_here()
@@ -369,6 +376,10 @@ class CommandLoop:
         s = self.session
         s.busy = True
         self.post = post
+        if hostgroup != s.writer_hg:  # a read for a reader hostgroup: must it see some write?
+            causal, stat = s.causal, self.stat
+            if stat is not None and (causal.mode != _NONE or causal.token or stat.fingerprint.hints) and self._causal(hostgroup, raw, reply):
+                return
         conn = self.conns.get(hostgroup)
         if conn is None and s.multiplexing:
             conn = self.lending.try_acquire(hostgroup)
@@ -381,6 +392,31 @@ class CommandLoop:
         stat = self.stat
         replayable = stat is not None and stat.kind is _SET and replayable_set(stat)
         s.spawn(self.slow(self.lending.ready(hostgroup, read=self.is_read(), replayable=replayable), lambda conn: self.start(conn, raw, reply)))
+
+    def _causal(self, hostgroup: int, raw: bytes, reply: Reply) -> bool:
+        """A read that must see a write (proxy.causal): to a server known to have applied it (and
+        on to the usual path, False), else the writer (mode fast), else a wait on a replica first
+        (a task; True: the statement is under way)."""
+        s = self.session
+        causal = s.causal
+        required = causal.required(self.stat.fingerprint.hints)
+        if required is None:
+            return False
+        stats, positions = s.host.stats, s.host.positions
+        mode = causal.mode
+        servers = [sv for sv in s.router.hostgroups.servers(hostgroup) if sv.status == "ONLINE" and sv.weight > 0]
+        caught_up = [sv for sv in servers if positions.has(sv.address, required)]
+        if caught_up:
+            preferred = self.lending.preferred(hostgroup)
+            s.lending.prefer(hostgroup, preferred if preferred in caught_up else caught_up[0])
+            stats.causal[(mode, "at_position")] = stats.causal.get((mode, "at_position"), 0) + 1
+            return False
+        if mode == _FAST or not servers:
+            stats.causal[(mode, "writer")] = stats.causal.get((mode, "writer"), 0) + 1
+            self.run(s.writer_hg, raw, reply, self.post)
+            return True
+        s.spawn(self.slow(self.lending.ready_caught_up(hostgroup, required, causal.timeout), lambda conn: self.start(conn, raw, reply)))
+        return True
 
     def is_read(self) -> bool:
         """The statement in flight is a provable read (it may run on any server of the pair)."""

@@ -26,7 +26,9 @@ from rules.model import RuleSet, validate_replication_hostgroups, validate_rules
 
 from .protocol.constants import SUPPORTED_AUTH_PLUGINS
 
-SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")  # what [[servers]] status may say
+SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
+# MaxScale's causal_reads modes (readwritesplit): what a read after a write may see.
+CAUSAL_READS = ("none", "local", "fast", "global")  # what [[servers]] status may say
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -53,6 +55,8 @@ class User:
     backend_password: str = field(repr=False)
     max_connections: int = 10000
     transaction_persistent: bool = True
+    # Consistent reads (proxy.lending / proxy.causal): None = [proxy] causal_reads.
+    causal_reads: str | None = None
     # Where a secret was read from ("file:/abs/path" or "env:NAME"; None: given inline), so that
     # refresh_secrets and the admin port can read it again after a rotation.
     password_source: str | None = None
@@ -194,6 +198,11 @@ class Config:
     max_handshakes: int = 1024  # connections not logged in yet; one more evicts the oldest
     max_handshakes_per_address: int = 64  # of those, from one client address; one more is refused (ERR 1040)
     net_read_timeout: float = 30.0  # a command packet begun must arrive whole within this (ERR 1159)
+    # Consistent reads (MaxScale's causal_reads): none | local | fast | global; a user's own
+    # causal_reads wins. A read that must wait for a replica to catch up waits at most
+    # causal_reads_timeout seconds, then runs on the writer.
+    causal_reads: str = "none"
+    causal_reads_timeout: float = 10.0
     partial_packet_budget: int = 256 << 20  # bytes of unfinished packets held for all clients together
     # Backend connections: pooled and lent per statement or transaction (multiplexing), or one set
     # per client session (multiplexing = false).
@@ -388,6 +397,13 @@ def _port(v: int) -> str | None:
     return None if 0 <= v <= 65535 else "must be between 0 and 65535"
 
 
+def _one_of(choices: tuple[str, ...]):
+    def check(v: str) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
 def _positive(v: float) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
@@ -457,6 +473,8 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         "max_handshakes_per_address": proxy.get("max_handshakes_per_address", int, 64, _between(1, 1_000_000)),
         "net_read_timeout": proxy.get("net_read_timeout", float, 30.0, _between(1, 31_536_000)),
         "partial_packet_budget": proxy.get("partial_packet_budget", int, 256 << 20, _between(1 << 20, 1 << 40)),
+        "causal_reads": proxy.get("causal_reads", str, "none", _one_of(CAUSAL_READS)),
+        "causal_reads_timeout": proxy.get("causal_reads_timeout", float, 10.0, _between(0, 3600)),
     }
     proxy.finish()
 
@@ -569,6 +587,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
             backend_password=sec.secret("backend_password", default=password),
             max_connections=sec.get("max_connections", int, 10000, _positive),
             transaction_persistent=sec.get("transaction_persistent", bool, True),
+            causal_reads=sec.get("causal_reads", str, None, _one_of(CAUSAL_READS)),
             password_source=password_source,
             # the backend secret defaults to the frontend one, and then comes from the same place
             backend_password_source=sec.sources.get("backend_password", None if _given(sec, "backend_password") else password_source),

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .session import PinReason, SessionState
     from .stats import StatsRegistry
     from .throttle import LoginThrottle
+    from .causal import Positions
 
 
 class SessionHost(Protocol):
@@ -38,6 +39,7 @@ class SessionHost(Protocol):
     router: Router  # the live routing snapshot (rules, hostgroups, statuses)
     stats: StatsRegistry
     throttle: LoginThrottle  # failed logins per address and account
+    positions: Positions  # GTIDs: the newest write, what each server has applied (proxy.causal)
     clock: Callable[[], float]  # the event loop's clock: ClientSession.last_activity is on it
     pins: collections.Counter[PinReason]  # sessions pinned to the writer, by reason (counted once each)
     draining: bool  # shutting down: sessions close as soon as they are free outside a transaction

@@ -32,12 +32,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from rules.gtid import Position, format_position
+
 from .backend import BackendConnection, BackendError, ReplySink
+from .causal import CausalReads
 from .config import Server
 from .hostgroups import candidates
+from .interfaces import SessionCore
 from .logsafe import LogLimiter
 from .pins import Pins
-from .interfaces import SessionCore
 from .pool import Pool, PoolTimeout
 from .protocol.constants import Command, ErrorCode
 from .protocol.packets import ERR
@@ -59,6 +62,7 @@ class Borrower(SessionCore, Protocol):
 
     commands: ReplySink  # where a lent connection's replies and events go
     pins: Pins  # a pinned session's state is on its writer: nothing runs elsewhere
+    causal: CausalReads  # its consistent-read mode
 
 
 class HostgroupError(Exception):
@@ -254,6 +258,48 @@ class BackendLending:
             # Only a read falls back to the writer, and only a replayable SET to a reader.
             _limited.log(logging.WARNING, ("fallback", hostgroup), "hostgroup %d unusable (%s); running on hostgroup %d", hostgroup, e, elsewhere)
             return await self.ready(elsewhere, read=read)
+
+    def preferred(self, hostgroup: int) -> Server | None:
+        return self._preferred.get(hostgroup)
+
+    def prefer(self, hostgroup: int, server: Server) -> None:
+        """Run this session's next statements in `hostgroup` on `server` (a replica known to have
+        applied the writes a consistent read must see)."""
+        if self._preferred.get(hostgroup) is not server:
+            self._preferred[hostgroup] = server
+            held = self.conns.get(hostgroup)
+            if held is not None and held.server.address != server.address and self.session.txn_hg != hostgroup and not held.scanner:
+                self.release(held)
+
+    async def ready_caught_up(self, hostgroup: int, required: Position, wait: float) -> BackendConnection:
+        """A connection to a server of `hostgroup` that has applied `required`: one of the session's
+        choice, made to wait for it (MASTER_GTID_WAIT, up to `wait` seconds). When the wait runs out
+        (the replica lags) or fails, the writer's connection instead (CausalTimeout tells the
+        caller which it got)."""
+        stats, positions = self.host.stats, self.host.positions
+        mode = self.session.causal.mode
+        conn = await self.ready(hostgroup, read=True)
+        if conn.hostgroup == self.session.writer_hg:  # the read fell back to the writer already
+            return conn
+        t0 = _monotonic_ns()
+        text = format_position(required)
+        try:
+            got = await asyncio.wait_for(conn.query_value(f"SELECT MASTER_GTID_WAIT('{text}', {wait:g})"), wait + self.host.config.connect_timeout)
+        except (asyncio.TimeoutError, ConnectionError) as e:
+            self.discard(conn)
+            got = e
+        stats.causal_wait_ns += _monotonic_ns() - t0
+        if got == b"0":
+            positions.reached(conn.server.address, required)
+            stats.causal[(mode, "waited")] = stats.causal.get((mode, "waited"), 0) + 1
+            return conn
+        stats.causal[(mode, "timeout")] = stats.causal.get((mode, "timeout"), 0) + 1
+        _limited.log(logging.WARNING, ("causal", conn.server.address), "replica %s did not apply %s within %gs (%s): the read runs on the writer",
+                     conn.server.address, text, wait, getattr(got, "message", got))
+        if not conn.closed and self.conns.get(hostgroup) is conn:
+            self.release(conn)
+        self.avoid(conn.server)
+        return await self.ready(self.session.writer_hg, read=True)
 
     async def _bring_up(self, conn: BackendConnection, hostgroup: int) -> BackendConnection:
         """Make `conn` carry the session's state: a pipelined diff, or a reset where only a reset can

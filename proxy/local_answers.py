@@ -25,6 +25,7 @@ from typing import Protocol
 
 from . import backend as backend_mod
 from .backend import BackendConnection, BackendError
+from .causal import CausalReads
 from .interfaces import SessionCore
 from .lending import BackendLending
 from .protocol.constants import ErrorCode
@@ -48,6 +49,7 @@ class Answerer(SessionCore, Protocol):
     target of a KILL."""
 
     logged_in: bool
+    causal: CausalReads
     peer: str
     last_activity: float
     clock: Callable[[], float]
@@ -60,7 +62,7 @@ class Answerer(SessionCore, Protocol):
     def current_sql(self) -> str | None: ...
 
 # Functions whose value belongs to the client session, not to whichever connection runs the statement.
-SESSION_VALUE = re.compile(r"\b(CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID)\s*\(\s*\)", re.I)
+SESSION_VALUE = re.compile(r"\b(CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID)\s*\(\s*\)|@@(?:session\.)?(last_gtid)\b", re.I)
 _KILL_TARGET = re.compile(r"\s*KILL\s+(?:(CONNECTION|QUERY)\s+)?(\d+)\s*(?:;(.*))?$", re.I | re.S)
 _KILL_QUERY_ID = re.compile(r"\s*KILL\s+(?:HARD\s+|SOFT\s+)?QUERY\s+ID\s+(\d+)\s*;?\s*$", re.I)
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.|\"\")*\"|`(?:[^`]|``)*`", re.S)
@@ -81,6 +83,10 @@ def session_values(sql: str, session: Answerer, only_connection_id: bool = False
             return f"CAST({session.id:010d} AS UNSIGNED)"
         if only_connection_id:
             return None
+        if name == "LAST_GTID":
+            # The GTID of the session's own last write (the token to present elsewhere: proxy.causal);
+            # a pooled connection's @@last_gtid is somebody else's.
+            return "'" + session.causal.last_gtid() + "'"
         if name == "ROW_COUNT":
             # What the session's previous statement affected, wherever it ran (from its OK packet;
             # -1 after a result set or an error, as the server says).
@@ -94,7 +100,7 @@ def session_values(sql: str, session: Answerer, only_connection_id: bool = False
     masked = _QUOTED.sub(lambda m: " " * len(m.group()), sql)  # strings and quoted names hide nothing
     out, pos = [], 0
     for m in SESSION_VALUE.finditer(masked):
-        literal = value(m.group(1).upper(), m.group())
+        literal = value((m.group(1) or m.group(2)).upper(), m.group())
         if literal is None:
             continue
         call = sql[m.start() : m.end()]
@@ -188,6 +194,18 @@ def processlist(session: Answerer, full: bool) -> None:
     payloads = make_result_set(columns, rows, session.capabilities, session.status)
     for seq, payload in enumerate(payloads, start=1):
         session.send(payload, seq & 0xFF)
+
+
+def set_min_gtid(session: Answerer, targets: tuple) -> None:
+    """SET rwproxy_min_gtid = 'D-S-N[,...]': the position the session's reads must see from now on
+    (a token from another connection or proxy, e.g. @@last_gtid of a previous request); '' clears it."""
+    for t in targets:
+        if t.name.lower() == "rwproxy_min_gtid":
+            value = (t.value or "").strip().strip("'\"")
+            if t.value is None or not session.causal.set_token(value):
+                session.send_err(1, 1231, f"Variable 'rwproxy_min_gtid' can't be set to the value of '{value}' (give MariaDB GTIDs, domain-server-sequence, comma-separated)", "42000")
+                return
+    session.send(make_ok(OK(status=session.status), session.capabilities), 1)
 
 
 def kill(session: Answerer, sql: str) -> None:

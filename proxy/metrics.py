@@ -68,6 +68,8 @@ METRIC_NAMES = (
     "rwproxy_statement_latency_seconds",
     "rwproxy_backend_queries",
     "rwproxy_backend_resets",
+    "rwproxy_causal_reads",
+    "rwproxy_causal_wait_seconds",
     "rwproxy_backend_query_seconds",
     "rwproxy_backend_sent_bytes",
     "rwproxy_backend_received_bytes",
@@ -212,6 +214,12 @@ class StatsCollector(Collector):
         yield sent
         yield recv
         yield resets
+
+        causal = CounterMetricFamily("rwproxy_causal_reads", "Reads with a consistency requirement, by causal_reads mode and outcome.", labels=["mode", "outcome"])
+        for (mode, outcome), n in sorted(st.causal.items()):
+            causal.add_metric([mode, outcome], n)
+        yield causal
+        yield CounterMetricFamily("rwproxy_causal_wait_seconds", "Time reads spent waiting for a replica to apply a write they must see.", value=st.causal_wait_ns / 1e9)
 
         errs = CounterMetricFamily("rwproxy_errors", "ERR packets sent to clients, by MySQL error code.", labels=["code"])
         for code, n in sorted(st.errors.items()):

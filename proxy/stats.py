@@ -353,6 +353,11 @@ class StatsRegistry:
         self.clients_aborted = 0
         self.checks: dict[tuple[str, str], CheckStats] = {}  # (server address, check) -> counters
         self.failovers: dict[int, int] = {}  # writer hostgroup -> writer changes the monitor followed
+        # Consistent reads (proxy.causal): (mode, outcome) -> reads; outcome: at_position (a server
+        # known to have applied the write), waited (MASTER_GTID_WAIT succeeded), timeout (the wait
+        # ran out; the read went to the writer), writer (mode fast: no server known to have it).
+        self.causal: dict[tuple[str, str], int] = {}
+        self.causal_wait_ns = 0  # time spent waiting for replicas, summed
 
     def bind(self, **sources: Callable) -> None:
         """Set sources late (the composition root builds the registry before the app's objects)."""
@@ -739,6 +744,8 @@ class StatsRegistry:
             ("Query_digest_entries", len(self._digests)),
             ("Query_digest_max_entries", self.max_digests),
             ("Query_digest_evictions", self.digest_evictions),
+            *((f"Causal_reads_{mode}_{outcome}", n) for (mode, outcome), n in sorted(self.causal.items())),
+            ("Causal_reads_wait_time_us", self.causal_wait_ns // 1000),
             ("Classifier_cache_hits", cache.get("hits", 0)),
             ("Classifier_cache_misses", cache.get("misses", 0)),
             ("Classifier_cache_hit_ratio", f"{cache['hit_ratio']:.4f}"),

@@ -176,8 +176,9 @@ class Classification:
     # caught up on after DDL). Routed to the writer by default, as a client expects of "the server".
     server_specific: bool = False
     # Its meaning depends on the client session, not on the server connection that runs it: it
-    # names connection ids (KILL, SHOW PROCESSLIST) or asks for CONNECTION_ID(), ROW_COUNT(),
-    # LAST_INSERT_ID(). A proxy that multiplexes answers these (in part) from the client session.
+    # names connection ids (KILL, SHOW PROCESSLIST), asks for CONNECTION_ID(), ROW_COUNT(),
+    # LAST_INSERT_ID(), @@last_gtid, or sets the proxy's rwproxy_min_gtid. A proxy that multiplexes
+    # answers these (in part) from the client session.
     client_session: bool = False
 
 
@@ -484,7 +485,10 @@ def _analyze(sql: str, fp: Fingerprint) -> Classification:
 _DIAGNOSTICS = re.compile(
     r"^SHOW (?:COUNT\(\*\) ?)?(?:WARNINGS|ERRORS)\b|^GET (?:CURRENT |STACKED )?DIAGNOSTICS\b|@@(?:SESSION\.)?(?:WARNING_COUNT|ERROR_COUNT)\b"
 )
-_CLIENT_SESSION = re.compile(r"(?:^|; ?)KILL\b|^SHOW (?:FULL )?PROCESSLIST\b|\b(?:CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID) ?\( ?\)")
+_CLIENT_SESSION = re.compile(
+    r"(?:^|; ?)KILL\b|^SHOW (?:FULL )?PROCESSLIST\b|\b(?:CONNECTION_ID|ROW_COUNT|LAST_INSERT_ID) ?\( ?\)"
+    r"|@@(?:SESSION\.)?LAST_GTID\b|^SET (?:SESSION |@@SESSION\.|@@)?RWPROXY_MIN_GTID\b"
+)
 _SERVER_SPECIFIC = re.compile(r"@@GLOBAL\.|@@(?:PORT|READ_ONLY|SUPER_READ_ONLY|INNODB_READ_ONLY|HOSTNAME|SOCKET|DATADIR|VERSION_COMPILE_\w+)\b")
 
 
