@@ -8,8 +8,7 @@ caching_sha2_password fast path
     token = SHA256(password) XOR SHA256(SHA256(SHA256(password)) + scramble)
 An empty password is sent as an empty token by both.
 
-The proxy verifies a client token by computing the expected one and comparing in constant time; it
-never needs the full caching_sha2 path for its own clients.
+The proxy verifies a client token by computing the expected one and comparing in constant time.
 
 Stored passwords may be the server's own mysql_native_password hash instead of the clear text:
 ``*`` + 40 upper-case hex digits of SHA1(SHA1(password)) -- what ``mysql.user.authentication_string``
@@ -24,8 +23,17 @@ from stage1, never from the clear text), so a proxy that stores only hashes can 
 its backends as the same account: `native_stage1_from_token` at the client's login, then
 `native_token_from_stage1` for each backend scramble (ProxySQL does the same with
 admin-hash_passwords). stage1 is as good as the password for that account: keep it in memory
-only, never log or store it. caching_sha2_password cannot work from a native hash; such users
-need the clear text.
+only, never log or store it.
+
+caching_sha2_password full authentication: a server answers a fast-path token with "perform full
+authentication" when it has no cached SHA256(SHA256(password)) for the account. The client then
+sends its password in clear over TLS, or, without TLS, XOR'd with the scramble (repeated) and
+encrypted with the server's RSA public key (OAEP padding; the key is the server's own file, or
+sent on request: AuthMoreData 0x02). The proxy has no cached check for an account it stores only
+as a native hash (the fast path cannot work from it): it takes the full path once, checks the clear
+password against the hash (`verify_clear_password`), and from then on keeps the fast path's check
+(`caching_sha2_check_from_clear`) for the account, as the server's cache does. The RSA part needs a
+crypto library and lives in proxy.tls; the byte shuffling is here.
 """
 
 from __future__ import annotations
@@ -154,3 +162,45 @@ def verify(plugin: str, password: str, scramble: bytes, token: bytes) -> bool:
     if is_native_hash(password):  # caching_sha2 needs SHA256(clear): a native hash cannot answer it
         return False
     return hmac.compare_digest(fn(password, scramble), bytes(token))
+
+
+# ---- caching_sha2_password: the server's cache and full authentication -----------------------
+
+def caching_sha2_check(stored: str) -> bytes | None:
+    """What the fast path verifies a token against: SHA256(SHA256(password)) -- the value a
+    server keeps in its cache after a full authentication. None when `stored` is a hash of the
+    password (the fast path needs the clear text once: full authentication)."""
+    if is_native_hash(stored):
+        return None
+    return hashlib.sha256(hashlib.sha256(stored.encode("utf-8")).digest()).digest()
+
+
+def caching_sha2_check_from_clear(password: bytes) -> bytes:
+    """The fast path's check from a clear password received in a full authentication."""
+    return hashlib.sha256(hashlib.sha256(password).digest()).digest()
+
+
+def verify_caching_sha2_fast(check: bytes, scramble: bytes, token: bytes) -> bool:
+    """Server side of the fast path from the cached check alone (as a server does):
+    SHA256(password) = token XOR SHA256(check + scramble), accepted when its SHA256 is `check`."""
+    token = bytes(token)
+    if len(token) != 32:
+        return False
+    p1 = _xor(token, hashlib.sha256(check + scramble[:20]).digest())
+    return hmac.compare_digest(hashlib.sha256(p1).digest(), check)
+
+
+def verify_clear_password(stored: str, password: bytes) -> bool:
+    """Does the clear `password` (full authentication) match `stored`: the clear text, or its
+    mysql_native_password hash? Constant time."""
+    if is_native_hash(stored):
+        digest = hashlib.sha1(hashlib.sha1(password).digest()).hexdigest().upper()
+        return hmac.compare_digest(digest, stored[1:].upper())
+    return hmac.compare_digest(stored.encode("utf-8"), password)
+
+
+def xor_with_scramble(data: bytes, scramble: bytes) -> bytes:
+    """caching_sha2_password's RSA payload before encryption (and after decryption): each byte of
+    password + NUL XOR'd with the scramble, repeated."""
+    n = len(scramble)
+    return bytes(b ^ scramble[i % n] for i, b in enumerate(data))

@@ -141,3 +141,10 @@ class PacketFramer:
         if p == end:
             self.buf, self._pos = b"", 0
         return Packet(seq, (expect - 1) & 0xFF, payload, raw)
+
+    def take_rest(self) -> bytes:
+        """Every byte received and not handed out as a packet, removed from the framer: what came
+        after an SSLRequest (the start of the client's TLS handshake) belongs to the TLS layer."""
+        rest = bytes(memoryview(self.buf)[self._pos :])
+        self.buf, self._pos = b"", 0
+        return rest

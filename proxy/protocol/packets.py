@@ -233,14 +233,34 @@ class HandshakeResponse41:
     mariadb_capabilities: int = 0
 
 
-def parse_handshake_response(payload: bytes | memoryview) -> HandshakeResponse41:
+SSL_REQUEST_SIZE = 32  # an SSLRequest is the fixed-size head of HandshakeResponse41, alone
+
+
+def is_ssl_request(payload: bytes | memoryview) -> bool:
+    """Is this first client packet an SSLRequest
+    (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_connection_phase_packets_protocol_ssl_request.html):
+    the 32-byte head of HandshakeResponse41 (capabilities, max packet, collation, filler) with
+    CLIENT_SSL set and nothing after it? The full response follows over TLS."""
+    return len(payload) == SSL_REQUEST_SIZE and bool(int.from_bytes(payload[:4], "little") & Capability.SSL)
+
+
+def make_ssl_request(capabilities: int, max_packet: int, collation: int, mariadb_capabilities: int = 0) -> bytes:
+    """The SSLRequest a client sends in place of its HandshakeResponse41 to start TLS."""
+    caps = capabilities | Capability.SSL
+    ext = mariadb_capabilities if not caps & Capability.LONG_PASSWORD else 0
+    return struct.pack("<IIB", caps, max_packet, collation) + b"\0" * 19 + struct.pack("<I", ext)
+
+
+def parse_handshake_response(payload: bytes | memoryview, tls: bool = False) -> HandshakeResponse41:
+    """`tls`: the connection was upgraded after an SSLRequest, so CLIENT_SSL is expected; without
+    it a client that sets the flag would be answered in plaintext, which it never asked for."""
     r = Reader(payload, "handshake response")
     if r.remaining() < 32:
         raise ProtocolError("malformed handshake response: too short", code=1043)
     caps = r.u32()
     if not caps & Capability.PROTOCOL_41:
         raise ProtocolError("client does not speak protocol 4.1 (CLIENT_PROTOCOL_41 not set)", code=1043)
-    if caps & Capability.SSL:
+    if caps & Capability.SSL and not tls:
         raise ProtocolError("SSL was requested but the proxy did not offer it", code=1043)
     max_packet = r.u32()
     collation = r.u8()
