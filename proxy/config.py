@@ -30,6 +30,14 @@ SERVER_STATUSES = ("ONLINE", "SHUNNED", "OFFLINE_SOFT", "OFFLINE_HARD")
 # MaxScale's causal_reads modes (readwritesplit): what a read after a write may see.
 CAUSAL_READS = ("none", "local", "fast", "global")  # what [[servers]] status may say
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# TLS towards a server, as the MySQL client's --ssl-mode (lower-case here): disabled: never;
+# preferred: when the server offers it, unverified; required: always, unverified; verify_ca: the
+# certificate must chain to ssl_ca (or the system's CAs); verify_identity: and name the server's
+# hostname (or IP address).
+SSL_MODES = ("disabled", "preferred", "required", "verify_ca", "verify_identity")
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")  # lowest protocol version accepted (older ones are unsafe)
+# BackendTLS keys a [[servers]] entry may set for itself (min_version and ciphers are [backend_tls]'s only).
+SERVER_TLS_KEYS = ("ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "server_public_key", "get_server_public_key")
 
 
 class ConfigError(Exception):
@@ -61,6 +69,48 @@ class User:
     # refresh_secrets and the admin port can read it again after a rotation.
     password_source: str | None = None
     backend_password_source: str | None = None
+    # The client must use TLS (ProxySQL's mysql_users.use_ssl): a plaintext login is refused with
+    # ERR 1045, as MariaDB refuses an account created with REQUIRE SSL.
+    require_ssl: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTLS:
+    """TLS towards one server and how caching_sha2_password full authentication reaches it without
+    TLS: [backend_tls] with the server's own [[servers]] keys on top (ProxySQL's use_ssl and
+    mysql-ssl_p2s_*). Paths are absolute ("" = none)."""
+
+    ssl_mode: str = "disabled"  # one of SSL_MODES
+    ssl_ca: str = ""  # CA bundle for verify_ca / verify_identity ("" = the system's CAs)
+    ssl_cert: str = ""  # client certificate (with ssl_key) for servers that ask for one
+    ssl_key: str = ""
+    min_version: str = "TLSv1.2"
+    ciphers: str = ""  # OpenSSL cipher list for TLS 1.2 ("" = Python's defaults); TLS 1.3 suites are OpenSSL's
+    # caching_sha2_password full authentication without TLS: the server's RSA public key (PEM),
+    # pinned; or, only when get_server_public_key, asked of the server (which a man in the
+    # middle could answer with its own).
+    server_public_key: str = ""
+    get_server_public_key: bool = False
+
+    @property
+    def verify(self) -> bool:
+        return self.ssl_mode in ("verify_ca", "verify_identity")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    """[tls]: TLS for the proxy's own clients, and its RSA key pair for caching_sha2_password full
+    authentication without TLS. Empty paths: a pair generated into [admin] data_dir at first start
+    (rwproxy-ca.pem, rwproxy-cert.pem, rwproxy-key.pem; rwproxy-rsa-private.pem, rwproxy-rsa-public.pem),
+    as ProxySQL does. Paths are absolute."""
+
+    enabled: bool = True  # offer TLS (CLIENT_SSL in the greeting); ProxySQL's mysql-have_ssl
+    certificate: str = ""  # PEM certificate chain (the server certificate first)
+    key: str = ""  # its private key (PEM)
+    min_version: str = "TLSv1.2"
+    ciphers: str = ""  # OpenSSL cipher list for TLS 1.2 ("" = Python's defaults)
+    rsa_private_key: str = ""
+    rsa_public_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +123,10 @@ class Server:
     max_connections: int = 1000
     max_replication_lag: int = 0
     comment: str = ""
+    tls: BackendTLS = field(default_factory=BackendTLS)
+    # Which of tls's keys this [[servers]] entry gave itself (the rest are [backend_tls]'s): the
+    # admin tables show the others as NULL.
+    tls_keys: frozenset[str] = frozenset()
 
     @property
     def address(self) -> str:
@@ -213,6 +267,10 @@ class Config:
     admin: AdminSettings = field(default_factory=AdminSettings)
     stats: StatsSettings = field(default_factory=StatsSettings)
     monitor: MonitorSettings = field(default_factory=MonitorSettings)
+    # TLS: [tls] for clients (proxy.tls builds the contexts), [backend_tls] the servers' defaults
+    # (each Server carries its resolved BackendTLS).
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    backend_tls: BackendTLS = field(default_factory=BackendTLS)
 
     def hostgroup(self, hostgroup_id: int) -> tuple[Server, ...]:
         return tuple(s for s in self.servers if s.hostgroup_id == hostgroup_id)
@@ -435,6 +493,76 @@ def _list_of_tables(file: str, root: _Section, name: str) -> list[_Section]:
     return [_Section(file, f"{name}[{i}]", t) for i, t in enumerate(items)]
 
 
+def _tls_version(v: str) -> str | None:
+    return None if v in TLS_VERSIONS else f"must be one of {', '.join(TLS_VERSIONS)}"
+
+
+def _ssl_mode(v: str) -> str | None:
+    return None if v.lower() in SSL_MODES else f"must be one of {', '.join(SSL_MODES)}"
+
+
+def _ciphers(v: str) -> str | None:
+    if not v:
+        return None
+    import ssl  # (only here: config imports nothing of the data plane)
+
+    try:
+        ssl.create_default_context().set_ciphers(v)
+    except ssl.SSLError:
+        return f"no cipher matches {v!r} (an OpenSSL cipher list, e.g. ECDHE+AESGCM)"
+    return None
+
+
+def _file(sec: _Section, name: str, default: str = "") -> str:
+    """An optional path key ("" = none): relative to the config file's directory, made absolute,
+    and it must be a readable file."""
+    if name not in sec.table:
+        sec.used.add(name)
+        return default
+    value = sec.get(name, str)
+    if not value:
+        return ""
+    path = Path(value)
+    if not path.is_absolute():
+        path = (Path.cwd() if sec.file.startswith("<") else Path(sec.file).parent) / path
+    if not os.access(path, os.R_OK) or not path.is_file():
+        raise ConfigError(sec.file, sec._k(name), f"{path} is not a readable file")
+    return str(path.resolve())
+
+
+def _backend_tls(sec: _Section, base: BackendTLS) -> BackendTLS:
+    """[backend_tls], or a [[servers]] entry's overrides of it (`base`)."""
+    tls = BackendTLS(
+        ssl_mode=sec.get("ssl_mode", str, base.ssl_mode, _ssl_mode).lower(),
+        ssl_ca=_file(sec, "ssl_ca", base.ssl_ca),
+        ssl_cert=_file(sec, "ssl_cert", base.ssl_cert),
+        ssl_key=_file(sec, "ssl_key", base.ssl_key),
+        min_version=base.min_version,
+        ciphers=base.ciphers,
+        server_public_key=_file(sec, "server_public_key", base.server_public_key),
+        get_server_public_key=sec.get("get_server_public_key", bool, base.get_server_public_key),
+    )
+    if bool(tls.ssl_cert) != bool(tls.ssl_key):
+        raise ConfigError(sec.file, sec._k("ssl_key" if tls.ssl_cert else "ssl_cert"), "ssl_cert and ssl_key go together: give both or neither")
+    return tls
+
+
+def _frontend_tls(sec: _Section) -> TLSSettings:
+    tls = TLSSettings(
+        enabled=sec.get("enabled", bool, True),
+        certificate=_file(sec, "certificate"),
+        key=_file(sec, "key"),
+        min_version=sec.get("min_version", str, "TLSv1.2", _tls_version),
+        ciphers=sec.get("ciphers", str, "", _ciphers),
+        rsa_private_key=_file(sec, "rsa_private_key"),
+        rsa_public_key=_file(sec, "rsa_public_key"),
+    )
+    for a, b in (("certificate", "key"), ("rsa_private_key", "rsa_public_key")):
+        if bool(getattr(tls, a)) != bool(getattr(tls, b)):
+            raise ConfigError(sec.file, sec._k(b if getattr(tls, a) else a), f"{a} and {b} go together: give both, or neither to have a pair generated")
+    return tls
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     file = str(path)
     try:
@@ -544,6 +672,16 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
     )
     mon_sec.finish()
 
+    tls_sec = _Section(file, "tls", root.get("tls", dict, default={}))
+    tls = _frontend_tls(tls_sec)
+    tls_sec.finish()
+    btls_sec = _Section(file, "backend_tls", root.get("backend_tls", dict, default={}))
+    backend_tls = _backend_tls(btls_sec, BackendTLS(
+        min_version=btls_sec.get("min_version", str, "TLSv1.2", _tls_version),
+        ciphers=btls_sec.get("ciphers", str, "", _ciphers),
+    ))  # fmt: skip
+    btls_sec.finish()
+
     servers = []
     for sec in _list_of_tables(file, root, "servers"):
         servers.append(
@@ -556,6 +694,8 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
                 max_connections=sec.get("max_connections", int, 1000, _positive),
                 max_replication_lag=sec.get("max_replication_lag", int, 0, lambda v: None if v >= 0 else "must be >= 0"),
                 comment=sec.get("comment", str, ""),
+                tls=_backend_tls(sec, backend_tls),
+                tls_keys=frozenset(k for k in SERVER_TLS_KEYS if k in sec.table),
             )
         )
         sec.finish()
@@ -591,6 +731,7 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
             password_source=password_source,
             # the backend secret defaults to the frontend one, and then comes from the same place
             backend_password_source=sec.sources.get("backend_password", None if _given(sec, "backend_password") else password_source),
+            require_ssl=sec.get("require_ssl", bool, False),
         )
         sec.finish()
     if not users:
@@ -640,4 +781,6 @@ def parse_config(raw: dict[str, Any], file: str = "<config>") -> Config:
         admin=admin,
         stats=stats,
         monitor=monitor,
+        tls=tls,
+        backend_tls=backend_tls,
     )
