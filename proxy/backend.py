@@ -13,6 +13,13 @@ of the (hostgroup, server) the connection serves, which the session sets when it
 
 It must never parse rows, buffer a whole reply, or decide routing. Failures to connect raise
 BackendError with the server and the cause; the caller turns them into a MySQL ERR for the client.
+
+TLS (the server's BackendTLS, proxy.tls): after the server's greeting, when the server's ssl_mode
+wants it, an SSLRequest and the TLS handshake (the connection's transport becomes the TLS one), then
+the login inside. A server whose certificate fails verification is refused with one warning naming
+why (rate-limited per server). caching_sha2_password full authentication sends the password in
+clear over TLS; without TLS it is RSA-encrypted with the server's public key, which is pinned
+(server_public_key) or, only with get_server_public_key, asked of the server.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import asyncio
 import collections
 import logging
 import socket
+import ssl
 from typing import Protocol as TypingProtocol
 
+from . import tls
 from .config import Server
 from .logsafe import LogLimiter
 from .protocol import auth
@@ -45,6 +54,7 @@ from .protocol.packets import (
     HandshakeResponse41,
     HandshakeV10,
     make_handshake_response,
+    make_ssl_request,
     parse_auth_switch,
     parse_err,
     parse_handshake_v10,
@@ -111,6 +121,7 @@ class BackendConnection(asyncio.Protocol):
         # are counted into it per chunk. Until then a shared sink nobody reads.
         self.stats: ServerStats = UNCOUNTED
         self._abort_reason: str | None = None
+        self.secure = False  # TLS to the server
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -270,7 +281,8 @@ class BackendConnection(asyncio.Protocol):
         Returns the server's ERR, or None on success."""
         hs = self.handshake
         plugin = hs.auth_plugin if hs.auth_plugin in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD) else NATIVE_PASSWORD
-        token = auth.scramble_for(plugin, password, hs.auth_data)
+        scramble = hs.auth_data
+        token = auth.scramble_for(plugin, password, scramble)
         payload = b"".join((
             b"\x11", username.encode() + b"\0", bytes((len(token),)) + token, (database or "").encode() + b"\0",
             (collation or hs.collation).to_bytes(2, "little"), plugin.encode() + b"\0",
@@ -289,9 +301,14 @@ class BackendConnection(asyncio.Protocol):
                 sw = parse_auth_switch(pkt.payload)
                 if sw.plugin not in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD):
                     return ERR(1251, "08004", f"server asks for auth plugin {sw.plugin!r} on COM_CHANGE_USER")
-                self.transport.write(make_packet(auth.scramble_for(sw.plugin, password, sw.auth_data), pkt.seq + 1))
+                scramble = sw.auth_data
+                self.transport.write(make_packet(auth.scramble_for(sw.plugin, password, scramble), pkt.seq + 1))
                 continue
-            if head == 0x01 and len(pkt.payload) > 1 and pkt.payload[1] == CACHING_SHA2_FAST_AUTH_OK:
+            if head == 0x01 and len(pkt.payload) > 1:  # AuthMoreData (caching_sha2_password)
+                try:
+                    await _caching_sha2_more(self, pkt.payload[1], password, scramble, pkt.seq + 1)
+                except BackendError as e:
+                    return ERR(ErrorCode.NOT_SUPPORTED_AUTH_MODE, "08004", e.cause)
                 continue
             return ERR(ErrorCode.MALFORMED_PACKET, "HY000", f"unexpected packet 0x{head:02x} answering COM_CHANGE_USER")
 
@@ -405,7 +422,7 @@ async def connect(
     async def go() -> BackendConnection:
         nonlocal conn
         _, conn = await loop.create_connection(lambda: BackendConnection(server), server.hostname, server.port)
-        await _authenticate(conn, username, password, database, client_capabilities, collation, attributes, max_packet)
+        await _authenticate(conn, username, password, database, client_capabilities, collation, attributes, max_packet, timeout)
         return conn
 
     try:
@@ -433,6 +450,7 @@ async def _authenticate(
     collation: int,
     attributes: dict[str, str],
     max_packet: int,
+    timeout: float = 10.0,
 ) -> None:
     pkt = await conn.read_packet()
     if pkt.payload and pkt.payload[0] == ERR_HEADER:
@@ -446,6 +464,11 @@ async def _authenticate(
     caps |= Capability.LONG_PASSWORD  # we do not use MariaDB extended capabilities
     if database:
         caps |= Capability.CONNECT_WITH_DB & hs.capabilities
+    seq = pkt.seq + 1
+    if conn.server.tls.ssl_mode != "disabled":
+        if await _start_tls(conn, caps, max_packet, collation or hs.collation, seq, timeout):
+            caps |= Capability.SSL
+            seq += 1
     conn.capabilities = caps
     plugin = hs.auth_plugin if hs.auth_plugin in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD) else NATIVE_PASSWORD
     scramble = hs.auth_data
@@ -459,7 +482,6 @@ async def _authenticate(
         auth_plugin=plugin,
         attributes=attributes,
     )
-    seq = pkt.seq + 1
     conn.write(make_packet(make_handshake_response(resp), seq))
     while True:
         pkt = await conn.read_packet()
@@ -479,28 +501,66 @@ async def _authenticate(
             conn.write(make_packet(auth.scramble_for(plugin, password, scramble), seq))
             continue
         if head == 0x01:  # AuthMoreData (caching_sha2_password)
-            status = payload[1] if len(payload) > 1 else 0
-            if status == CACHING_SHA2_FAST_AUTH_OK:
-                continue  # the OK follows
-            if status == CACHING_SHA2_FULL_AUTH:
-                # Full authentication over plain TCP: ask for the server's RSA key, send the
-                # password encrypted with it (XOR'd with the scramble, OAEP padding).
-                conn.write(make_packet(bytes((CACHING_SHA2_REQUEST_PUBLIC_KEY,)), seq))
-                key_pkt = await conn.read_packet()
-                seq = key_pkt.seq + 1
-                conn.write(make_packet(_rsa_encrypt_password(conn.server, password, scramble, bytes(key_pkt.payload[1:])), seq))
-                continue
-            raise BackendError(conn.server, f"unexpected auth data from server (status {status})")
+            await _caching_sha2_more(conn, payload[1] if len(payload) > 1 else 0, password, scramble, seq)
+            continue
         raise BackendError(conn.server, f"unexpected packet 0x{head:02x} during authentication")
 
 
-def _rsa_encrypt_password(server: Server, password: str, scramble: bytes, pem: bytes) -> bytes:
+async def _start_tls(conn: BackendConnection, caps: int, max_packet: int, collation: int, seq: int, timeout: float) -> bool:
+    """SSLRequest and the TLS handshake, as the server's ssl_mode says. False: no TLS (preferred,
+    and the server offers none). Raises BackendError (required or stronger and no TLS offered, or
+    the handshake failed: a certificate that fails verification is logged, rate-limited)."""
+    server = conn.server
+    mode = server.tls.ssl_mode
+    if not conn.handshake.capabilities & Capability.SSL:
+        if mode == "preferred":
+            return False
+        raise BackendError(server, f"ssl_mode = {mode}, but the server does not offer TLS (enable TLS on the server, or lower ssl_mode for it)")
     try:
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import padding
-    except ImportError:
-        raise BackendError(server, "caching_sha2_password full authentication needs the 'cryptography' package (or TLS)") from None
-    pw = password.encode() + b"\0"
-    xored = bytes(b ^ scramble[i % len(scramble)] for i, b in enumerate(pw))
-    key = serialization.load_pem_public_key(pem)
-    return key.encrypt(xored, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None))
+        context = tls.CLIENT_CONTEXTS.get(server.tls)
+    except tls.TLSSetupError as e:
+        raise BackendError(server, str(e)) from None
+    conn.write(make_packet(make_ssl_request(caps, max_packet, collation), seq))
+    try:
+        conn.transport = await tls.connect(conn.transport, conn, context, server.hostname, timeout)
+    except (ssl.SSLError, ConnectionError) as e:
+        why = tls.describe_failure(e)
+        if isinstance(e, ssl.SSLCertVerificationError):
+            _limited.log(logging.WARNING, ("tls", server.address), "server %s refused: %s (ssl_mode = %s)", server.address, why, mode)
+        raise BackendError(server, why) from None
+    conn.secure = True
+    return True
+
+
+async def _caching_sha2_more(conn: BackendConnection, status: int, password: str, scramble: bytes, seq: int) -> None:
+    """An AuthMoreData of caching_sha2_password: "fast auth OK" (the OK follows), or "perform full
+    authentication": the password in clear over TLS, else RSA-encrypted with the server's public
+    key (pinned, or asked for when get_server_public_key allows)."""
+    server = conn.server
+    if status == CACHING_SHA2_FAST_AUTH_OK:
+        return
+    if status != CACHING_SHA2_FULL_AUTH:
+        raise BackendError(server, f"unexpected auth data from server (status {status})")
+    if conn.secure:
+        conn.write(make_packet(password.encode("utf-8") + b"\0", seq))
+        return
+    settings = server.tls
+    if settings.server_public_key:
+        try:
+            pem = tls.CLIENT_CONTEXTS.public_key(settings.server_public_key)
+        except tls.TLSSetupError as e:
+            raise BackendError(server, str(e)) from None
+    elif settings.get_server_public_key:
+        conn.write(make_packet(bytes((CACHING_SHA2_REQUEST_PUBLIC_KEY,)), seq))
+        key_pkt = await conn.read_packet()
+        seq, pem = key_pkt.seq + 1, bytes(key_pkt.payload[1:])
+    else:
+        raise BackendError(
+            server,
+            "caching_sha2_password full authentication without TLS needs the server's RSA public key: set server_public_key "
+            "(its PEM file) or get_server_public_key = true for this server, or use TLS (ssl_mode)",
+        )
+    try:
+        conn.write(make_packet(tls.rsa_encrypt_password(pem, password, scramble), seq))
+    except (ValueError, TypeError) as e:
+        raise BackendError(server, f"the server's RSA public key cannot be used: {e}") from None

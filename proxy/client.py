@@ -82,6 +82,7 @@ class ClientSession(asyncio.Protocol):
         self.router = host.router  # the routing snapshot this session's next statement uses
         self.id = next(_session_ids)
         self.transport: asyncio.Transport | None = None
+        self.secure = False  # TLS (the login room switched `transport` to the TLS one)
         self.peer = "?"
         self.client_ip: str | None = None
         self.local: tuple[str, int] = ("", 0)
@@ -173,7 +174,7 @@ class ClientSession(asyncio.Protocol):
         conns = ",".join(f"hg{hg}:{c.server.address}#{c.thread_id}{'(relaying)' if c.scanner else ''}{'(paused)' if c.reading_paused else ''}" for hg, c in self.conns.items())
         idle = f"{self.clock() - self.last_activity:.1f}s" if self.logged_in and not self.busy else "-"
         return (
-            f"{self.context()} busy={self.busy} idle={idle} infile={self.commands.infile} client_reading_paused={self.reading_paused} "
+            f"{self.context()} tls={self.secure} busy={self.busy} idle={idle} infile={self.commands.infile} client_reading_paused={self.reading_paused} "
             f"buffered={self.framer.buffered} current={getattr(self.current, 'hostgroup', None)} txn_hg={self.txn_hg} "
             f"pinned_writer={self.pins.pinned} pins=[{','.join(sorted(r.value for r in self.pins.reasons))}] schema={self.state.schema} conns=[{conns}]"
         )

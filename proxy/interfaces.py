@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .stats import StatsRegistry
     from .throttle import LoginThrottle
     from .causal import Positions
+    from .tls import FrontendTLS
 
 
 class SessionHost(Protocol):
@@ -45,6 +46,10 @@ class SessionHost(Protocol):
     draining: bool  # shutting down: sessions close as soon as they are free outside a transaction
     server_version: str  # what the greeting advertises (the writer's own version string)
     collation: int  # the greeting's collation id (the writer's default)
+    tls: FrontendTLS  # the clients' TLS context (None when off) and the caching_sha2 RSA key pair
+    # caching_sha2_password's cache, as a server keeps it: username -> (the stored secret it was
+    # verified against, SHA256(SHA256(password))) after a full authentication
+    sha2_checks: dict[str, tuple[str, bytes]]
 
     @property
     def sessions(self) -> Mapping[int, object]: ...  # every client session by its connection id (KILL)

@@ -10,6 +10,17 @@ backend login fails at connect time, as it would against the server), and only t
 COM_CHANGE_USER runs the same authentication and backend check; a refused change leaves the session
 the old user, as MariaDB does.
 
+TLS (proxy.tls): with [tls] on, the greeting offers CLIENT_SSL; a client's SSLRequest switches the
+connection to TLS (`ClientSession.transport` becomes the TLS transport, the session object stays)
+and its full HandshakeResponse41 arrives inside. A [[users]] require_ssl account logging in without
+TLS gets ERR 1045, as MariaDB answers an account created with REQUIRE SSL.
+
+caching_sha2_password: the fast path (a token checked against SHA256(SHA256(password))) whenever
+the proxy can compute that check -- from the clear password, or from an earlier full authentication
+of the account (`host.sha2_checks`, the server's cache). An account stored only as a hash needs one
+full authentication: the client sends its password in clear over TLS, or RSA-encrypted with the
+proxy's public key without TLS (sent on request, AuthMoreData 0x02).
+
 Client limits, as the server would enforce them: over [proxy] max_connections the client is told
 ERR 1040 where it awaits its authentication result; a user over its [[users]] max_connections gets
 ERR 1203 once authenticated. Wrong passwords get ERR 1045; a handshake that does not complete in time
@@ -21,9 +32,12 @@ While login runs, client bytes are only buffered (ClientSession.data_received wa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import ssl
 from typing import Protocol
 
+from . import tls
 from .config import User
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
@@ -31,9 +45,12 @@ from .logsafe import LogLimiter
 from .protocol import auth
 from .protocol.constants import (
     CACHING_SHA2_FAST_AUTH_OK,
+    CACHING_SHA2_FULL_AUTH,
     CACHING_SHA2_PASSWORD,
+    CACHING_SHA2_REQUEST_PUBLIC_KEY,
     NATIVE_PASSWORD,
     PROXY_CAPABILITIES,
+    Capability,
     ErrorCode,
     ServerStatus,
 )
@@ -44,6 +61,7 @@ from .protocol.packets import (
     HandshakeV10,
     make_auth_switch,
     make_handshake_v10,
+    is_ssl_request,
     make_ok,
     parse_change_user,
     parse_handshake_response,
@@ -57,6 +75,8 @@ class LoginTarget(SessionCore, Protocol):
     """The session logging in (proxy.client.ClientSession)."""
 
     framer: PacketFramer  # client bytes, buffered while the session logs in
+    transport: asyncio.Transport  # replaced by the TLS transport after an SSLRequest
+    secure: bool  # the connection is TLS
     peer: str
     client_ip: str | None
     admitted: bool  # within [proxy] max_connections
@@ -126,18 +146,29 @@ class Login:
     async def _handshake(self) -> None:
         s = self.session
         host = s.host
+        context = host.tls.context
         hs = HandshakeV10(
             server_version=host.server_version,
             connection_id=s.id & 0xFFFFFFFF,
             auth_data=self.scramble,
-            capabilities=PROXY_CAPABILITIES,
+            capabilities=PROXY_CAPABILITIES | (Capability.SSL if context is not None else 0),
             collation=host.collation,
             status=ServerStatus.AUTOCOMMIT,
             auth_plugin=NATIVE_PASSWORD,
         )
         s.send(make_handshake_v10(hs), 0)
         timeout = host.config.handshake_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         pkt = await self.read_packet(timeout)
+        if pkt.seq == 1 and is_ssl_request(pkt.payload):
+            if context is None:
+                raise ProtocolError("SSL was requested but the proxy did not offer it", code=ErrorCode.HANDSHAKE_ERROR)
+            if not await self._start_tls(context, max(0.001, deadline - loop.time())):
+                return
+            pkt = await self.read_packet(max(0.001, deadline - loop.time()))
+            if pkt.seq != 2:
+                raise ProtocolError(f"Got packets out of order (expected sequence id 2, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
         if not host.count_client(s):
             # MySQL sends this ERR in place of the greeting; here it comes where the client awaits
             # its authentication result, which every client reports faithfully (MariaDB's
@@ -145,12 +176,12 @@ class Login:
             # CR_CONNECTION_ERROR 2002 "Received error packet before completion of TLS handshake").
             # A connection that never answers the greeting does not count (proxy.app handshake caps).
             _limited.log(logging.WARNING, "max_connections", "%s too many connections (max_connections = %d): refused", s.context(), host.config.max_connections)
-            s.send_err(2, ErrorCode.CON_COUNT_ERROR, "Too many connections")
+            s.send_err(pkt.seq + 1, ErrorCode.CON_COUNT_ERROR, "Too many connections")
             s.close()
             return
-        if pkt.seq != 1:
+        if pkt.seq != (2 if s.secure else 1):
             raise ProtocolError(f"Got packets out of order (expected sequence id 1, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
-        resp = parse_handshake_response(pkt.payload)
+        resp = parse_handshake_response(pkt.payload, tls=s.secure)
         s.username = resp.username
         s.negotiated(resp.capabilities & PROXY_CAPABILITIES, resp.collation, resp.attributes)
         seq = pkt.seq + 1
@@ -166,6 +197,20 @@ class Login:
         s.logged_in = True
         host.handshake_over(s)
         s.free()
+
+    async def _start_tls(self, context: ssl.SSLContext, timeout: float) -> bool:
+        """The client sent an SSLRequest: TLS from here on. False (session closed) if the TLS
+        handshake fails; the client is not told in plaintext, it is expecting TLS."""
+        s = self.session
+        try:
+            s.transport = await tls.accept(s.transport, s, context, s.framer.take_rest(), timeout)
+        except (ssl.SSLError, OSError) as e:
+            address = s.client_ip or "?"
+            _limited.log(logging.INFO, ("tls", address), "%s %s", s.context(), tls.describe_failure(e))
+            s.close()
+            return False
+        s.secure = True
+        return not s.closed
 
     async def _authenticate(self, username: str, plugin: str, token: bytes, seq: int, timeout: float) -> tuple[User | None, int]:
         """Verify the client; on failure send ERR 1045. Returns (user or None, next sequence id)."""
@@ -185,25 +230,82 @@ class Login:
             pkt = await self.read_packet(timeout)
             token, seq = bytes(pkt.payload), pkt.seq + 1
         address = s.client_ip or "?"
-        if user is None or not auth.verify(plugin, user.password, self.scramble, token):
+        using = "YES" if token not in (b"", b"\0") else "NO"
+        full = False  # a caching_sha2 full authentication ran (its OK comes without "fast auth OK")
+        if user is not None and plugin == CACHING_SHA2_PASSWORD and auth.is_native_hash(user.password) and using == "YES":
+            ok, seq, full = await self._caching_sha2_hashed(user, token, seq, timeout)
+            if ok is None:  # a require_ssl account in plaintext: not a wrong password
+                return self._refuse_plaintext(user, seq, using)
+        else:
+            ok = user is not None and auth.verify(plugin, user.password, self.scramble, token)
+        if not ok:
             delay = throttle.failed(address, username)
             _limited.log(logging.WARNING, ("denied", address), "%s access denied%s", s.context(), f" (answered after {delay:g}s)" if delay else "")
             if delay:
                 await asyncio.sleep(delay)  # a guesser waits; everyone else does not
-            using = "YES" if token not in (b"", b"\0") else "NO"
             s.send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{username}'@'{address}' (using password: {using})")
             return None, seq
         throttle.succeeded(address, username)
+        assert user is not None
+        if user.require_ssl and not s.secure:
+            return self._refuse_plaintext(user, seq, using)
         if plugin == NATIVE_PASSWORD and auth.is_native_hash(user.password) and user.backend_password.upper() == user.password.upper():
             # The proxy keeps only this account's hash: what the client just proved lets it log in
             # to the servers as the same account (auth.Stage1).
             stage1 = auth.native_stage1_from_token(token, self.scramble, user.password)
             if stage1 is not None:
                 s.host.learn_stage1(user.backend_username, user.password, stage1)
-        if plugin == CACHING_SHA2_PASSWORD:
+        if plugin == CACHING_SHA2_PASSWORD and not full:
             s.send(bytes((0x01, CACHING_SHA2_FAST_AUTH_OK)), seq)
             seq += 1
         return user, seq
+
+    def _refuse_plaintext(self, user: User, seq: int, using: str) -> tuple[None, int]:
+        """A require_ssl account without TLS: what MariaDB answers for REQUIRE SSL (ERR 1045,
+        indistinguishable from a wrong password)."""
+        s = self.session
+        address = s.client_ip or "?"
+        _limited.log(logging.WARNING, ("plaintext", address), "%s login refused: user %r has require_ssl and the client did not use TLS", s.context(), user.username)
+        s.send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{user.username}'@'{address}' (using password: {using})")
+        return None, seq
+
+    async def _caching_sha2_hashed(self, user: User, token: bytes, seq: int, timeout: float) -> tuple[bool | None, int, bool]:
+        """caching_sha2_password for an account stored as a hash: the fast path once a full
+        authentication cached the account's check, else the full path. Returns (verified, next
+        sequence id, whether the full path ran); verified is None for a require_ssl account in
+        plaintext (not attempted)."""
+        s = self.session
+        cached = s.host.sha2_checks.get(user.username)
+        if cached is not None and cached[0] == user.password:
+            return auth.verify_caching_sha2_fast(cached[1], self.scramble, token), seq, False
+        if user.require_ssl and not s.secure:
+            return None, seq, False
+        s.send(bytes((0x01, CACHING_SHA2_FULL_AUTH)), seq)
+        pkt = await self.read_packet(timeout)
+        seq, data = pkt.seq + 1, bytes(pkt.payload)
+        if not s.secure:
+            try:
+                keys = await s.host.tls.rsa_keys()
+            except tls.TLSSetupError as e:
+                log.error("%s caching_sha2_password full authentication without TLS needs the proxy's RSA key pair: %s", s.context(), e)
+                return False, seq, True
+            if data == bytes((CACHING_SHA2_REQUEST_PUBLIC_KEY,)):
+                s.send(b"\x01" + keys.public_pem, seq)
+                pkt = await self.read_packet(timeout)
+                seq, data = pkt.seq + 1, bytes(pkt.payload)
+            try:
+                data = auth.xor_with_scramble(keys.decrypt(data), self.scramble)
+            except ValueError:
+                return False, seq, True  # not encrypted with our key: a wrong answer
+        password = data[:-1] if data.endswith(b"\0") else data
+        if not auth.verify_clear_password(user.password, password):
+            return False, seq, True
+        s.host.sha2_checks[user.username] = (user.password, auth.caching_sha2_check_from_clear(password))
+        if user.backend_password.upper() == user.password.upper():
+            # As for a mysql_native_password login of a hash-only account: the servers are answered
+            # with SHA1(password) (auth.Stage1).
+            s.host.learn_stage1(user.backend_username, user.password, hashlib.sha1(password).digest())
+        return True, seq, True
 
     def _count_user(self, user: User, seq: int) -> bool:
         """Count this session against `user`'s max_connections (moving it off the user it was
