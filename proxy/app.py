@@ -43,6 +43,7 @@ from .protocol import auth
 from .protocol.constants import ErrorCode
 from .stats import StatsRegistry
 from .throttle import LoginThrottle
+from .tls import CLIENT_CONTEXTS, ClientContexts, FrontendTLS
 from .topology import Topology
 
 log = logging.getLogger("rwproxy")
@@ -102,10 +103,15 @@ class ProxyApp:
         # Backend accounts kept only as a native hash: username -> (the hash, SHA1(password) learned
         # from a client's login of the same account). See backend_secret.
         self._stage1: dict[str, tuple[str, auth.Stage1]] = {}
+        # TLS for clients ([tls]; loaded in start) and caching_sha2_password's cache of checks.
+        addresses = tuple(li.address for li in config.listeners.values())
+        self.tls = FrontendTLS(config.tls, config.admin.data_dir, addresses)
+        self.sha2_checks: dict[str, tuple[str, bytes]] = {}
 
     def pool_for(self, server: Server, username: str, password: str, capabilities: int, collation: int) -> Pool:
-        """The pool of `server` connections for this backend user and wire settings."""
-        key = (server.address, username, capabilities, collation)
+        """The pool of `server` connections for this backend user and wire settings (and TLS
+        settings: connections made under other ones are not lent once those change)."""
+        key = (server.address, username, capabilities, collation, server.tls)
         pool = self.pools.get(key)
         if pool is None:
             budget = self.budgets.get(server.address)
@@ -170,6 +176,7 @@ class ProxyApp:
             self._set_version(conn.handshake.server_version, conn.handshake.collation)
 
     async def start(self) -> None:
+        log.info("TLS for clients: %s", self.tls.load())  # TLSSetupError (an OSError): cannot start
         await self.learn_writer()
         loop = asyncio.get_running_loop()
         self.clock = loop.time
@@ -202,6 +209,18 @@ class ProxyApp:
         self.backend_secrets = _backend_secrets(config)
         self.monitor.reconfigure(config)
 
+    def reload_tls(self) -> str:
+        """PROXYSQL RELOAD TLS and SIGHUP: read the certificates and keys again -- the clients'
+        (generated ones stay as they are unless deleted), the servers' CAs, client certificates and
+        pinned public keys. New connections use them; established ones keep their TLS sessions.
+        Everything is read before anything is swapped: on TLSSetupError nothing has changed."""
+        contexts = ClientContexts()
+        contexts.prepare([s.tls for s in self.config.servers])
+        summary = self.tls.load()
+        CLIENT_CONTEXTS.replace(contexts)
+        log.info("TLS reloaded: %s", summary)
+        return summary
+
     def go_live(self, topology: Topology) -> None:
         """A new live server list (from the monitor, or a new configuration): every session's next
         statement routes by it; statements and transactions in flight finish where they run. Pools
@@ -210,9 +229,11 @@ class ProxyApp:
         config = self.config
         self.router = router = Router(dataclasses.replace(config, servers=topology.servers))
         limits: dict[str, int] = {}
+        tls: set[tuple] = set()
         for s in topology.servers:
             if s.status not in ("OFFLINE_HARD", "SHUNNED"):
                 limits[s.address] = max(limits.get(s.address, 0), s.max_connections)
+                tls.add((s.address, s.tls))
         for address, budget in self.budgets.items():
             budget.settings = config.pool
             if address in limits:
@@ -223,6 +244,9 @@ class ProxyApp:
             if key[0] not in limits:
                 gone = [s.status for s in topology.servers if s.address == key[0]]
                 pool.close(f"server {key[0]} is {gone[0]}" if gone else f"server {key[0]} was taken out of the configuration")
+                del self.pools[key]
+            elif (key[0], key[4]) not in tls:  # its ssl_mode, CA, ... changed: new connections only
+                pool.close(f"the TLS settings of server {key[0]} changed")
                 del self.pools[key]
         for sess in self.sessions.values():
             sess.config_changed(router)
