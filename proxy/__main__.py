@@ -195,7 +195,16 @@ async def serve(config: Config, store: object | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     loop.add_signal_handler(signal.SIGUSR1, app.log_sessions)
-    loop.add_signal_handler(signal.SIGHUP, app.reload_secrets)  # secrets from files/env read again
+
+    def on_hup() -> None:
+        """SIGHUP: secrets from files / the environment, and the TLS certificates and keys, read again."""
+        app.reload_secrets()
+        try:
+            app.reload_tls()
+        except OSError as e:
+            log.error("SIGHUP: TLS not reloaded, the previous certificates stay in use: %s", e)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     await app.stop()
     log.info("stopped")
