@@ -20,6 +20,7 @@ ignored; docs/admin.md is the reference):
 * ``DIFF MYSQL ROUTES``: digests whose destination would change if memory were loaded to runtime.
 * ``EXPLAIN ROUTE [USER <name>] [SCHEMA <name>] <statement>``, ``KILL [CONNECTION|QUERY] <id>``,
   ``SHOW [FULL] PROCESSLIST``, ``SET mysql-<variable> = <value>``.
+* ``PROXYSQL RELOAD TLS``: read the certificates and keys again (new connections use them).
 * SQL on the admin tables: SELECT / INSERT / UPDATE / DELETE / REPLACE / WITH, TRUNCATE [TABLE] t,
   SHOW DATABASES, SHOW TABLES, SHOW CREATE TABLE, SHOW VARIABLES, SHOW MYSQL STATUS (stats_mysql_global).
 * What client libraries send on connect, answered without the store: ``SELECT @@version_comment
@@ -55,6 +56,7 @@ __all__ = [
     "Load",
     "Noop",
     "Passthrough",
+    "ReloadTLS",
     "Save",
     "Section",
     "SelectVariables",
@@ -206,6 +208,11 @@ class SetVariable:
 
     name: str
     value: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadTLS:
+    """PROXYSQL RELOAD TLS: the proxy reads its certificates and keys again (proxy.app.reload_tls)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +374,7 @@ ACCEPTED = (
     "accepted: LOAD|SAVE MYSQL {SERVERS|USERS|QUERY RULES|VARIABLES|ALL} {TO|FROM} {RUNTIME|MEMORY|DISK|CONFIG}; "
     "DIFF MYSQL {SERVERS|USERS|QUERY RULES|VARIABLES|ALL} [RUNTIME|DISK]; DIFF MYSQL ROUTES; "
     "EXPLAIN ROUTE [USER <name>] [SCHEMA <name>] <statement>; KILL [CONNECTION|QUERY] <id>; "
-    "SHOW [FULL] PROCESSLIST; SET mysql-<variable> = <value>; "
+    "SHOW [FULL] PROCESSLIST; SET mysql-<variable> = <value>; PROXYSQL RELOAD TLS; "
     "SELECT/INSERT/UPDATE/DELETE/REPLACE on the admin tables; SHOW TABLES; SHOW CREATE TABLE <table>; "
     "SHOW VARIABLES (see docs/admin.md)"
 )
@@ -472,7 +479,9 @@ def parse(sql: str) -> Command:
     if key in _FORBIDDEN:
         raise CommandError(f"{key} is not allowed on the admin port: {_FORBIDDEN[key]}; {ACCEPTED}", 1227, "42000")
     if verb == "PROXYSQL":
-        raise CommandError(f"{' '.join(words[:2])}: rwproxy has no PROXYSQL commands; {ACCEPTED}")
+        if words[1:] == ["RELOAD", "TLS"]:
+            return ReloadTLS()
+        raise CommandError(f"{' '.join(words[:3])}: the only PROXYSQL command rwproxy has is PROXYSQL RELOAD TLS; {ACCEPTED}")
     raise CommandError(f"unknown admin command {text.split()[0]!r}; {ACCEPTED}")
 
 

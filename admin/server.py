@@ -101,6 +101,7 @@ from .commands import (
     Kill,
     Load,
     Passthrough,
+    ReloadTLS,
     Save,
     SelectVariables,
     ShowProcesslist,
@@ -583,6 +584,15 @@ class AdminSession(asyncio.Protocol):
                 "database()": self.schema,
             })  # fmt: skip
             self._send_rows(seq, columns, list(rows))
+            return
+        if isinstance(cmd, ReloadTLS):  # on the loop: it swaps the live contexts (a few small file reads)
+            try:
+                summary = app.reload_tls()
+            except OSError as e:  # proxy.tls.TLSSetupError: nothing changed
+                self._fail(seq, AdminError(f"PROXYSQL RELOAD TLS: {e}; the previous certificates stay in use"))
+                return
+            self._log(logging.INFO, "PROXYSQL RELOAD TLS: %s", summary)
+            self._send_ok(seq, 0, summary)
             return
         if isinstance(cmd, ExplainRoute):
             config, online = app.config, frozenset(app.router.online)

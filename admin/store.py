@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy.config import CAUSAL_READS, SERVER_STATUSES, Config, ConfigError
+from proxy.config import CAUSAL_READS, SERVER_STATUSES, SSL_MODES, Config, ConfigError
 from proxy.protocol.constants import SUPPORTED_AUTH_PLUGINS
 from rules.model import CHECK_TYPES
 
@@ -113,10 +113,21 @@ __all__ = [
     "ValidationFailed",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Columns later versions added to a table of an older disk layer (appended: a disk layer of that
 # version gets them by ALTER TABLE when it is opened).
-_ADDED_COLUMNS = {2: (("mysql_users", "causal_reads VARCHAR DEFAULT NULL"),)}
+_ADDED_COLUMNS = {
+    2: (("mysql_users", "causal_reads VARCHAR DEFAULT NULL"),),
+    3: (  # TLS: towards each server, and the users that must use it
+        ("mysql_servers", "ssl_mode VARCHAR DEFAULT NULL"),
+        ("mysql_servers", "ssl_ca VARCHAR DEFAULT NULL"),
+        ("mysql_servers", "ssl_cert VARCHAR DEFAULT NULL"),
+        ("mysql_servers", "ssl_key VARCHAR DEFAULT NULL"),
+        ("mysql_servers", "server_public_key VARCHAR DEFAULT NULL"),
+        ("mysql_servers", "get_server_public_key INT DEFAULT NULL"),
+        ("mysql_users", "use_ssl INT NOT NULL DEFAULT 0"),
+    ),
+}
 ADMIN_TABLES: tuple[str, ...] = tuple(TABLE_COLUMNS)
 RUNTIME_TABLES: tuple[str, ...] = tuple(f"runtime_{t}" for t in ADMIN_TABLES)
 SAVED_TABLE = "rwproxy_saved_sections"
@@ -243,6 +254,13 @@ _SCHEMA: dict[str, tuple[tuple[str, str, str | None, str], ...]] = {
         ("max_connections", "INT NOT NULL DEFAULT 1000", _int("max_connections", 1), "an integer >= 1"),
         ("max_replication_lag", "INT NOT NULL DEFAULT 0", _int("max_replication_lag", 0), "an integer >= 0 (seconds, 0 = no limit)"),
         ("comment", "VARCHAR NOT NULL DEFAULT ''", _text("comment"), "text"),
+        # (version 3) TLS towards the server; NULL: [backend_tls]'s value
+        ("ssl_mode", "VARCHAR DEFAULT NULL", f"ssl_mode IS NULL OR ssl_mode IN ({_in(SSL_MODES)})", "NULL or one of " + ", ".join(SSL_MODES)),
+        ("ssl_ca", "VARCHAR DEFAULT NULL", _text("ssl_ca"), "NULL or a file path ('' = the system's CAs)"),
+        ("ssl_cert", "VARCHAR DEFAULT NULL", _text("ssl_cert"), "NULL or a file path ('' = none)"),
+        ("ssl_key", "VARCHAR DEFAULT NULL", _text("ssl_key"), "NULL or a file path ('' = none)"),
+        ("server_public_key", "VARCHAR DEFAULT NULL", _text("server_public_key"), "NULL or a file path ('' = none)"),
+        ("get_server_public_key", "INT DEFAULT NULL", _bool("get_server_public_key", null=True), "NULL, 0 or 1"),
     ),
     "mysql_users": (
         ("username", "VARCHAR NOT NULL", _text("username", True), "non-empty text"),
@@ -257,6 +275,8 @@ _SCHEMA: dict[str, tuple[tuple[str, str, str | None, str], ...]] = {
         ("comment", "VARCHAR NOT NULL DEFAULT ''", _text("comment"), "text"),
         # (version 2) consistent reads for this user; NULL = the mysql-causal_reads variable
         ("causal_reads", "VARCHAR DEFAULT NULL", f"causal_reads IS NULL OR causal_reads IN ({_in(CAUSAL_READS)})", "NULL or one of " + ", ".join(CAUSAL_READS)),
+        # ProxySQL's name: the client must use TLS (ERR 1045 in plaintext) (version 3)
+        ("use_ssl", "INT NOT NULL DEFAULT 0", _bool("use_ssl"), "0 or 1"),
     ),
     "mysql_query_rules": (
         ("rule_id", "INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL", "rule_id >= 0", "an integer >= 0"),

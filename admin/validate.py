@@ -45,6 +45,9 @@ from proxy.config import (
     MONITOR_LIMITS,
     read_secret,
     SERVER_STATUSES,
+    SERVER_TLS_KEYS,
+    SSL_MODES,
+    BackendTLS,
     Config,
     ConfigError,
     Server,
@@ -102,10 +105,11 @@ Row = dict[str, Any]
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "mysql_servers": (
         "hostgroup_id", "hostname", "port", "status", "weight", "max_connections", "max_replication_lag", "comment",
+        *("ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "server_public_key", "get_server_public_key"),  # NULL: [backend_tls]'s
     ),
     "mysql_users": (
         "username", "password", "active", "auth_plugin", "default_hostgroup", "transaction_persistent",
-        "max_connections", "backend_username", "backend_password", "comment", "causal_reads",
+        "max_connections", "backend_username", "backend_password", "comment", "causal_reads", "use_ssl",
     ),
     "mysql_query_rules": (
         "rule_id", "active", "username", "schemaname", "flagIN", "client_addr", "proxy_addr", "proxy_port",
@@ -376,7 +380,11 @@ def _rule_row(r: QueryRule) -> Row:
 
 
 def _server_row(s: Server) -> Row:
-    return {c: getattr(s, c) for c in TABLE_COLUMNS["mysql_servers"]}
+    row = {c: getattr(s, c) for c in TABLE_COLUMNS["mysql_servers"] if c not in SERVER_TLS_KEYS}
+    for c in SERVER_TLS_KEYS:  # NULL: [backend_tls]'s value (the config file's), as the server did not set it
+        v = getattr(s.tls, c) if c in s.tls_keys else None
+        row[c] = int(v) if isinstance(v, bool) else v
+    return row
 
 
 def live_server_rows(servers: Iterable[Server]) -> list[Row]:
@@ -406,6 +414,7 @@ def _user_row(u: User) -> Row:
         "backend_password": stored_backend(u),
         "comment": "",
         "causal_reads": u.causal_reads,  # NULL = [proxy] causal_reads
+        "use_ssl": int(u.require_ssl),
     }
 
 
@@ -513,6 +522,12 @@ _SERVER_SPECS = {
     "max_connections": ("int", _range(1)),
     "max_replication_lag": ("int", _range(0)),
     "comment": ("str", None),
+    "ssl_mode": ("str?", _one_of(SSL_MODES)),
+    "ssl_ca": ("str?", None),
+    "ssl_cert": ("str?", None),
+    "ssl_key": ("str?", None),
+    "server_public_key": ("str?", None),
+    "get_server_public_key": ("bool?", None),
 }
 _USER_SPECS = {
     "username": ("str", lambda v: None if v else "must not be empty"),
@@ -526,6 +541,7 @@ _USER_SPECS = {
     "backend_password": ("str?", None),
     "comment": ("str", None),
     "causal_reads": ("str?", _one_of(CAUSAL_READS)),
+    "use_ssl": ("bool", None),
 }
 
 
@@ -657,7 +673,7 @@ def build_config(
     # Sections the admin tables do not hold ([admin], [stats], listeners) stay as they are live; so
     # do the users when MYSQL USERS is not loaded (their secrets are not read again).
     users = config.users if Section.USERS in sections else base.users
-    return BuildResult(sections, dataclasses.replace(config, path=base.path, admin=base.admin, stats=base.stats, users=users), (), used)
+    return BuildResult(sections, dataclasses.replace(config, path=base.path, admin=base.admin, stats=base.stats, users=users, tls=base.tls), (), used)
 
 
 def _check_secrets(err: _Errors, r: Mapping[str, Any], key: str, keyring: Keyring) -> None:
@@ -688,7 +704,7 @@ def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], bas
             continue
         u = {"username": r["username"], "auth_plugin": r["auth_plugin"],
              "default_hostgroup": r["default_hostgroup"], "max_connections": r["max_connections"],
-             "transaction_persistent": bool(r["transaction_persistent"])}
+             "transaction_persistent": bool(r["transaction_persistent"]), "require_ssl": bool(r.get("use_ssl", 0))}
         if r.get("backend_username") is not None:
             u["backend_username"] = r["backend_username"]
         if r.get("causal_reads") is not None:
@@ -701,7 +717,12 @@ def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], bas
     return {
         **sections,
         "listeners": {n: {"address": li.address, "port": li.port} for n, li in base.listeners.items()},
-        "servers": [{c: r[c] for c in TABLE_COLUMNS["mysql_servers"]} for r in rows["mysql_servers"]],
+        # [backend_tls] stays the config file's: a NULL TLS column means its value
+        "backend_tls": _backend_tls_table(base.backend_tls),
+        "servers": [
+            {c: bool(r[c]) if c == "get_server_public_key" else r[c] for c in TABLE_COLUMNS["mysql_servers"] if r.get(c) is not None}
+            for r in rows["mysql_servers"]
+        ],
         "users": users,
         "replication_hostgroups": [
             {**{c: r[c] for c in TABLE_COLUMNS["mysql_replication_hostgroups"]}, "writer_is_also_reader": bool(r["writer_is_also_reader"])}
@@ -709,6 +730,11 @@ def _raw_config(rows: Mapping[str, list[Row]], variables: Mapping[str, Any], bas
         ],
         "query_rules": [{k: v for k, v in r.items() if v is not None} for r in rows["mysql_query_rules"]],
     }
+
+
+def _backend_tls_table(tls: BackendTLS) -> dict[str, Any]:
+    """[backend_tls] as the config file would say it (empty paths left out)."""
+    return {k: v for k, v in dataclasses.asdict(tls).items() if v != ""}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from admin.commands import (
     Load,
     Noop,
     Passthrough,
+    ReloadTLS,
     Save,
     Section,
     SelectVariables,
@@ -153,7 +154,7 @@ def test_canonical_text():
             ("unknown SHOW command 'SHOW ENGINES'; SHOW accepts DATABASES, TABLES [FROM <schema>] [LIKE '<pattern>'], CREATE TABLE <table>, "
             "VARIABLES [LIKE '<pattern>'], [FULL] PROCESSLIST, WARNINGS"),
         ),
-        ("PROXYSQL RESTART", f"PROXYSQL RESTART: rwproxy has no PROXYSQL commands; {ACCEPTED}"),
+        ("PROXYSQL RESTART", f"PROXYSQL RESTART: the only PROXYSQL command rwproxy has is PROXYSQL RELOAD TLS; {ACCEPTED}"),
         ("FOO BAR", f"unknown admin command 'FOO'; {ACCEPTED}"),
         ("", f"empty statement; {ACCEPTED}"),
         (" ; ", f"empty statement; {ACCEPTED}"),
@@ -220,6 +221,11 @@ def test_kill_and_processlist():
     assert parse("KILL QUERY 7") == Kill(7, True)
     assert parse("SHOW PROCESSLIST") == ShowProcesslist(False)
     assert parse("show full processlist") == ShowProcesslist(True)
+
+
+def test_proxysql_reload_tls():
+    assert parse("PROXYSQL RELOAD TLS") == ReloadTLS()
+    assert parse("proxysql reload tls;") == ReloadTLS()
 
 
 def test_set_variable():
