@@ -123,6 +123,8 @@ class Server:
     role: Role
     process: subprocess.Popen | None = field(default=None, repr=False)
     name: str = ""
+    # More mariadbd options, after the sandbox's own (a later option wins), e.g. --ssl-ca/--ssl-cert/--ssl-key.
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def error_log(self) -> Path:
@@ -178,7 +180,7 @@ class Server:
             args.append("--read-only=1")
         if _IS_ROOT:
             args.append("--user=root")
-        return args
+        return args + list(self.extra_args)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -467,8 +469,11 @@ def start_cluster(
     ports: list[int] | None = None,
     *,
     timeout: float = 60.0,
+    extra_args: list[str] | None = None,
 ) -> Cluster:
     """Install, start and wire up a primary plus `replicas` replicas under `base_dir`.
+
+    `extra_args`: more mariadbd options for every server (Server.extra_args), e.g. TLS files.
 
     `ports` (primary first) pins the TCP ports; otherwise free ports are chosen, and a server that
     loses a port race is retried on another. On failure everything started is stopped (the data
@@ -508,6 +513,7 @@ def start_cluster(
                 socket=(sock_dir / f"{name}.sock") if sock_dir != base_dir else base_dir / name / "mariadbd.sock",
                 role=Role.PRIMARY if i == 0 else Role.REPLICA,
                 name=name,
+                extra_args=list(extra_args or ()),
             )
         )
     cluster = Cluster(primary=servers[0], replicas=servers[1:], base_dir=base_dir, _scratch_dirs=scratch)
