@@ -6,7 +6,9 @@ Theory of operation
 PyMySQL, GUI tools). One `AdminSession` (an asyncio.Protocol) per client:
 
 * connection phase: HandshakeV10 (mysql_native_password), HandshakeResponse41, an AuthSwitchRequest
-  when the client answered for another plugin, then OK or ERR 1045. The login is [admin]'s
+  when the client answered for another plugin, then OK or ERR 1045. With [tls] on, the greeting
+  offers TLS as the data port's does (the same certificate, proxy.tls): an SSLRequest switches the
+  connection to TLS and the response arrives inside. The login is [admin]'s
   username/password from the config file (resolved like every secret there). A client that does not
   finish within [proxy] handshake_timeout is closed.
 * command phase: COM_QUERY -> `admin.commands.parse` -> executed -> OK (affected rows, info message),
@@ -53,10 +55,12 @@ import enum
 import functools
 import itertools
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from proxy import backend as backend_mod
+from proxy import tls
 from proxy.backend import BackendError, set_nodelay
 from proxy.config import Config
 from proxy.logsafe import LogLimiter
@@ -76,6 +80,7 @@ from proxy.protocol.packets import (
     ColumnSniffer,
     HandshakeV10,
     column_definitions,
+    is_ssl_request,
     lenenc_int,
     make_auth_switch,
     make_column_definition,
@@ -325,7 +330,9 @@ class AdminSession(asyncio.Protocol):
         self.phase = _Phase.GREETING
         self.capabilities = 0
         self.scramble = auth.new_scramble()
-        self.busy = False  # a command is being answered asynchronously (KILL QUERY)
+        self.busy = False  # a command is being answered asynchronously (KILL QUERY), or TLS is starting
+        self.secure = False  # the connection is TLS (after an SSLRequest)
+        self._hs_seq = 2  # sequence id of the server's answer to the handshake response (3 after TLS)
         self.schema = "main"
         self._database: str | None = None  # asked for in the handshake response
         self.warnings: list[tuple[str, int, str]] = []  # what SHOW WARNINGS answers
@@ -366,7 +373,7 @@ class AdminSession(asyncio.Protocol):
             server_version=ADMIN_VERSION,
             connection_id=self.id & 0xFFFFFFFF,
             auth_data=self.scramble,
-            capabilities=ADMIN_CAPABILITIES,
+            capabilities=ADMIN_CAPABILITIES | (Capability.SSL if self.app.tls.context is not None else 0),
             collation=self.app.collation,
             status=_STATUS,
             auth_plugin=NATIVE_PASSWORD,
@@ -447,7 +454,7 @@ class AdminSession(asyncio.Protocol):
         self._timer = None
         if self.phase in (_Phase.GREETING, _Phase.AUTH_SWITCH):
             self._log_limited("handshake timeout", "handshake timeout after %gs", self.app.config.handshake_timeout)
-            self._send_err(2, ErrorCode.NET_READ_INTERRUPTED, "Got timeout reading communication packets (handshake not completed in time)")
+            self._send_err(self._hs_seq, ErrorCode.NET_READ_INTERRUPTED, "Got timeout reading communication packets (handshake not completed in time)")
             self.close()
 
     # ---- packets ------------------------------------------------------------------------------------
@@ -467,14 +474,21 @@ class AdminSession(asyncio.Protocol):
             except ProtocolError as e:
                 self._log_limited("protocol error", "protocol error from client: %s", e)
                 code = e.code if self.phase is _Phase.COMMAND else ErrorCode.HANDSHAKE_ERROR
-                self._send_err(1 if self.phase is _Phase.COMMAND else 2, code, f"Bad packet: {e}" if self.phase is _Phase.COMMAND else f"Bad handshake: {e}")
+                self._send_err(1 if self.phase is _Phase.COMMAND else self._hs_seq, code, f"Bad packet: {e}" if self.phase is _Phase.COMMAND else f"Bad handshake: {e}")
                 self.close()
                 return
 
     def _greeting_response(self, payload: bytes, seq: int) -> None:
-        if seq != 1:
-            raise ProtocolError(f"Got packets out of order (expected sequence id 1, got {seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
-        resp = parse_handshake_response(payload)
+        if seq == 1 and not self.secure and is_ssl_request(payload):
+            context = self.app.tls.context
+            if context is None:
+                raise ProtocolError("SSL was requested but the proxy did not offer it", code=ErrorCode.HANDSHAKE_ERROR)
+            self.busy = True  # nothing is processed until TLS is up
+            self.server.spawn(self._start_tls(context))
+            return
+        if seq != self._hs_seq - 1:
+            raise ProtocolError(f"Got packets out of order (expected sequence id {self._hs_seq - 1}, got {seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
+        resp = parse_handshake_response(payload, tls=self.secure)
         self.username = resp.username
         self.capabilities = resp.capabilities & ADMIN_CAPABILITIES
         self._database = resp.database
@@ -482,9 +496,21 @@ class AdminSession(asyncio.Protocol):
             # The admin login is mysql_native_password; a client that tried another plugin switches.
             self.scramble = auth.new_scramble()
             self.phase = _Phase.AUTH_SWITCH
-            self._send(make_auth_switch(AuthSwitchRequest(NATIVE_PASSWORD, self.scramble)), 2)
+            self._send(make_auth_switch(AuthSwitchRequest(NATIVE_PASSWORD, self.scramble)), self._hs_seq)
             return
-        self._verify(resp.auth_response, 2)
+        self._verify(resp.auth_response, self._hs_seq)
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        """The client sent an SSLRequest: TLS, then the handshake response inside it. The bytes
+        that came with the request (the start of the TLS handshake) are handed to TLS."""
+        try:
+            self.transport = await tls.accept(self.transport, self, context, self.framer.take_rest(), self.app.config.handshake_timeout)
+        except (ssl.SSLError, OSError) as e:
+            self._log_limited("tls", "%s", tls.describe_failure(e))
+            self.close()
+            return
+        self.secure, self._hs_seq, self.busy = True, 3, False
+        self._process()
 
     def _verify(self, token: bytes, seq: int) -> None:
         settings = self.app.config.admin

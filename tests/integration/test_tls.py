@@ -247,3 +247,33 @@ def test_certificates_reload_without_dropping_sessions(start_proxy, cluster, tmp
     in_txn.execute("COMMIT")
     held.close()
     admin.close()
+
+
+def test_admin_port_offers_tls_too(start_proxy):
+    proxy = start_proxy(admin=True)
+    ca = proxy.admin_data_dir / "rwproxy-ca.pem"  # the data directory is [admin] data_dir here
+    res = subprocess.run(
+        ["mariadb", "--no-defaults", "-h", proxy.host, "-P", str(proxy.admin_port), "-u", "admin", "-padmin",
+         "--ssl", "--ssl-verify-server-cert", f"--ssl-ca={ca}", "-e", "status"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "Cipher in use is TLS_" in res.stdout
+    admin = proxy.admin_connect(ssl_ca=str(ca), ssl_verify_cert=True, ssl_verify_identity=True)
+    assert admin._sock.version() in ("TLSv1.2", "TLSv1.3")
+    with admin.cursor() as cur:
+        cur.execute("SELECT COUNT(*) FROM mysql_users")
+        assert cur.fetchone() == (1,)
+    admin.close()
+    plain = proxy.admin_connect(ssl_disabled=True)  # plaintext still works (no require_ssl for the admin login)
+    with plain.cursor() as cur:
+        cur.execute("SELECT 1")
+    plain.close()
+    # The TLS bytes sent with the SSLRequest are handed over here too.
+    raw = TLSRaw(proxy.host, proxy.admin_port)
+    raw.greeting()
+    raw.start_tls(ssl.create_default_context(cafile=str(ca)), together=True)
+    raw.send_packet(raw.tls_handshake_response("admin", "admin"), 2)
+    seq, ok = raw.expect_packet()
+    assert (seq, ok[0]) == (3, 0), ok
+    raw.close()
