@@ -59,9 +59,9 @@ from .protocol.packets import (
     OK,
     AuthSwitchRequest,
     HandshakeV10,
+    is_ssl_request,
     make_auth_switch,
     make_handshake_v10,
-    is_ssl_request,
     make_ok,
     parse_change_user,
     parse_handshake_response,
@@ -167,8 +167,6 @@ class Login:
             if not await self._start_tls(context, max(0.001, deadline - loop.time())):
                 return
             pkt = await self.read_packet(max(0.001, deadline - loop.time()))
-            if pkt.seq != 2:
-                raise ProtocolError(f"Got packets out of order (expected sequence id 2, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
         if not host.count_client(s):
             # MySQL sends this ERR in place of the greeting; here it comes where the client awaits
             # its authentication result, which every client reports faithfully (MariaDB's
@@ -179,8 +177,9 @@ class Login:
             s.send_err(pkt.seq + 1, ErrorCode.CON_COUNT_ERROR, "Too many connections")
             s.close()
             return
-        if pkt.seq != (2 if s.secure else 1):
-            raise ProtocolError(f"Got packets out of order (expected sequence id 1, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
+        expected = 2 if s.secure else 1  # after an SSLRequest (1) the response inside TLS is 2
+        if pkt.seq != expected:
+            raise ProtocolError(f"Got packets out of order (expected sequence id {expected}, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
         resp = parse_handshake_response(pkt.payload, tls=s.secure)
         s.username = resp.username
         s.negotiated(resp.capabilities & PROXY_CAPABILITIES, resp.collation, resp.attributes)
