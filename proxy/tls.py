@@ -41,7 +41,9 @@ Never: log a key or a password; fall back to plaintext once a peer asked for TLS
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import logging
 import os
@@ -274,8 +276,13 @@ class FrontendTLS:
             return RSAKeyPair.load(Path(s.rsa_private_key), Path(s.rsa_public_key))
         private, public = self.data_dir / RSA_PRIVATE_FILE, self.data_dir / RSA_PUBLIC_FILE
         if not private.exists():
-            generate_rsa_pair(private, public)
-            log.info("generated an RSA key pair for caching_sha2_password into %s and %s", private, public)
+            try:
+                with _generating(self.data_dir):
+                    if not private.exists():
+                        generate_rsa_pair(private, public)
+                        log.info("generated an RSA key pair for caching_sha2_password into %s and %s", private, public)
+            except OSError as e:
+                raise TLSSetupError(f"cannot write an RSA key pair into {self.data_dir}: {e.strerror}") from None
         return RSAKeyPair.load(private, public)
 
 
@@ -359,49 +366,68 @@ def ensure_self_signed(data_dir: Path, listen_addresses: tuple[str, ...] = ()) -
     if cert_path.exists() and key_path.exists():
         return str(cert_path), str(key_path)
     try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-        now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
-        until = now + datetime.timedelta(days=3650)
-        host = socket.gethostname()
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"rwproxy auto-generated CA ({host})")])
-        ca = (
-            x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )  # fmt: skip
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"rwproxy auto-generated server certificate ({host})")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName(_names(listen_addresses)), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )  # fmt: skip
-        pem = serialization.Encoding.PEM
-        pkcs8 = serialization.PrivateFormat.PKCS8
-        _write(ca_path, ca.public_bytes(pem), private=False)
-        _write(data_dir / CA_KEY_FILE, ca_key.private_bytes(pem, pkcs8, serialization.NoEncryption()), private=True)
-        _write(key_path, key.private_bytes(pem, pkcs8, serialization.NoEncryption()), private=True)
-        _write(cert_path, cert.public_bytes(pem) + ca.public_bytes(pem), private=False)
+        with _generating(data_dir):
+            if not (cert_path.exists() and key_path.exists()):  # another process may have made them meanwhile
+                _generate_certificate(data_dir, listen_addresses)
     except OSError as e:
         raise TLSSetupError(
             f"cannot write a generated certificate into {data_dir} ({e.strerror}): make [admin] data_dir writable, "
             "name a certificate and key in [tls], or set [tls] enabled = false"
         ) from None
-    log.info("generated a self-signed CA and server certificate into %s (clients verify the proxy with --ssl-ca=%s)", data_dir, ca_path)
     return str(cert_path), str(key_path)
+
+
+@contextlib.contextmanager
+def _generating(data_dir: Path):
+    """One process at a time generates into a data directory (two proxies starting together must
+    not end up with one's certificate and the other's key)."""
+    with open(data_dir / ".rwproxy-tls.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _generate_certificate(data_dir: Path, listen_addresses: tuple[str, ...]) -> None:
+    cert_path, key_path, ca_path = data_dir / CERT_FILE, data_dir / KEY_FILE, data_dir / CA_FILE
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    until = now + datetime.timedelta(days=3650)
+    host = socket.gethostname()
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"rwproxy auto-generated CA ({host})")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"rwproxy auto-generated server certificate ({host})")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(_names(listen_addresses)), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    _write(ca_path, ca.public_bytes(pem), private=False)
+    _write(data_dir / CA_KEY_FILE, ca_key.private_bytes(pem, pkcs8, serialization.NoEncryption()), private=True)
+    _write(key_path, key.private_bytes(pem, pkcs8, serialization.NoEncryption()), private=True)
+    _write(cert_path, cert.public_bytes(pem) + ca.public_bytes(pem), private=False)
+    log.info("generated a self-signed CA and server certificate into %s (clients verify the proxy with --ssl-ca=%s)", data_dir, ca_path)
 
 
 def generate_rsa_pair(private: Path, public: Path) -> None:
