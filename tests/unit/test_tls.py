@@ -11,7 +11,6 @@ import socket
 import sqlite3
 import ssl
 import struct
-from pathlib import Path
 
 import pytest
 import uvloop
