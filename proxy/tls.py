@@ -124,6 +124,8 @@ def describe_failure(e: BaseException) -> str:
         return f"TLS handshake failed: {e.reason or e}"
     if isinstance(e, ConnectionError) and not str(e):
         return "the peer closed the connection during the TLS handshake"
+    if isinstance(e, ConnectionAbortedError) and "taking longer" in str(e):  # asyncio's / uvloop's handshake timeout
+        return "the TLS handshake did not finish in time (handshake_timeout)"
     return f"TLS handshake failed: {str(e) or type(e).__name__}"
 
 
