@@ -532,7 +532,7 @@ async def _start_tls(conn: BackendConnection, caps: int, max_packet: int, collat
     return True
 
 
-async def _caching_sha2_more(conn: BackendConnection, status: int, password: str, scramble: bytes, seq: int) -> None:
+async def _caching_sha2_more(conn: BackendConnection, status: int, password: str | auth.Stage1, scramble: bytes, seq: int) -> None:
     """An AuthMoreData of caching_sha2_password: "fast auth OK" (the OK follows), or "perform full
     authentication": the password in clear over TLS, else RSA-encrypted with the server's public
     key (pinned, or asked for when get_server_public_key allows)."""
@@ -541,6 +541,8 @@ async def _caching_sha2_more(conn: BackendConnection, status: int, password: str
         return
     if status != CACHING_SHA2_FULL_AUTH:
         raise BackendError(server, f"unexpected auth data from server (status {status})")
+    if isinstance(password, auth.Stage1):
+        raise BackendError(server, "caching_sha2_password full authentication needs the account's clear password; the proxy keeps only its native hash")
     if conn.secure:
         conn.write(make_packet(password.encode("utf-8") + b"\0", seq))
         return
