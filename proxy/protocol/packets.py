@@ -523,23 +523,6 @@ def filter_session_state(payload: bytes | memoryview, mask: TrackingMask) -> byt
     return bytes(payload[:1]) + out[1:]
 
 
-def strip_session_state(payload: bytes | memoryview) -> bytes:
-    """An OK or EOF from a connection that negotiated CLIENT_SESSION_TRACK, as the server would have
-    sent it to a client that did not: SERVER_SESSION_STATE_CHANGED cleared and the state information
-    dropped (the info message stays length-encoded, as servers send it either way)."""
-    changed = int(ServerStatus.SESSION_STATE_CHANGED)
-    if payload[0] == EOF_HEADER and len(payload) < 9:  # EOF: header, warnings(2), status(2)
-        eof = bytearray(payload)
-        eof[4] &= ~(changed >> 8) & 0xFF
-        return bytes(eof)
-    ok = parse_ok(payload)
-    out = bytes(payload[:1]) + lenenc_int(ok.affected_rows) + lenenc_int(ok.last_insert_id)
-    out += struct.pack("<HH", ok.status & ~changed, ok.warnings)
-    if ok.info:
-        out += lenenc_bytes(ok.info)
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class ERR:
     code: int
