@@ -148,6 +148,7 @@ def setup_assignments(*, tracks: bool, mariadb: bool, login_charset: str | None,
 
 _CHARSET_KEY = "\0charset"  # SET NAMES / SET CHARACTER SET: one slot, the last one wins
 _TXN_PREFIX = "\0txn:"
+_DB_DERIVED = ("character_set_database", "collation_database")  # set from the schema by each change of it
 # The client's own tracking settings: they shape what the client sees (SessionState.tracking), and
 # the backend connection keeps the proxy's (replayed with the setup after the client's SET).
 _TRACKING_SETTINGS = frozenset(("session_track_schema", "session_track_state_change", "session_track_system_variables"))
@@ -257,9 +258,17 @@ class SessionState:
         self.tracking = self._default_tracking = tracking
 
     def set_schema(self, schema: str | None) -> None:
+        """The server changed the default schema (USE, COM_INIT_DB, or it said so): the schema's
+        character set and collation replace whatever the session had set of them, as the server
+        does on any change of schema (to the same one too)."""
         if schema != self.schema:
             self.schema = schema
             self.gen += 1
+        values = self.values
+        for key in _DB_DERIVED:
+            if key in values:
+                del values[key]
+                self.gen += 1
 
     def reset(self, capabilities: int = 0) -> None:
         """COM_RESET_CONNECTION: variables back to the server defaults; the schema stays. As MariaDB

@@ -292,13 +292,17 @@ def test_the_clients_own_reset_connection_does_what_the_server_does(mode_proxy, 
     d = databases("latin1")
     state = f"SELECT CONCAT_WS(' ', @@sql_mode, @@character_set_database, DATABASE())"
 
-    def after_reset(r: Raw) -> bytes | None:
+    def after_reset(r: Raw) -> tuple[bytes | None, ...]:
         r.send_packet(b"\x1f", 0)
         assert r.expect_packet()[1][0] == 0x00
-        return r.value(f"{W}{state}")
+        values = [r.value(f"{W}{state}"), r.value(state)]
+        r.send_packet(b"\x02" + d.encode(), 0)  # COM_INIT_DB: the schema's character set again
+        assert r.expect_packet()[1][0] == 0x00
+        return (*values, r.value(f"{W}{state}"), r.value(state))
 
     expected = after_reset(direct_raw(cluster, caps=1 << 8, database=d))
-    assert b"IGNORE_SPACE" not in expected and b"latin1" not in expected  # (MariaDB's reset, as it is)
+    assert b"IGNORE_SPACE" not in expected[0] and b"latin1" not in expected[0]  # (MariaDB's reset, as it is)
+    assert b"latin1" in expected[2]
     assert after_reset(proxy_raw(mode_proxy, caps=1 << 8, database=d)) == expected
 
 

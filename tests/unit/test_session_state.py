@@ -100,3 +100,15 @@ def test_the_clients_own_reset_is_mariadbs():
     st.apply((SetTarget(S, "time_zone", "'+01:00'"),))
     st.reset(Capability.IGNORE_SPACE)
     assert st.values == {"sql_mode": "sql_mode=DEFAULT", "collation_database": "collation_database=@@global.collation_database"}
+
+
+def test_a_change_of_schema_gives_the_schemas_character_set_back():
+    """After the client's reset (the server's global collation_database) or its own SET
+    character_set_database, COM_INIT_DB / USE make it the schema's again, as on the server."""
+    st = SessionState("d", 45)
+    st.reset()
+    st.set_schema("latin1_db")
+    assert "collation_database" not in st.values
+    st.apply((SetTarget(S, "character_set_database", "'euckr'"),))
+    st.set_schema("latin1_db")  # (USE of the same schema recomputes it too)
+    assert st.values == {}
