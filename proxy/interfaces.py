@@ -45,6 +45,7 @@ class SessionHost(Protocol):
     draining: bool  # shutting down: sessions close as soon as they are free outside a transaction
     server_version: str  # what the greeting advertises (the writer's own version string)
     collation: int  # the greeting's collation id (the writer's default)
+    mariadb_capabilities: int  # the writer's MariaDB extended capabilities (what the greeting may offer of them)
 
     @property
     def sessions(self) -> Mapping[int, object]: ...  # every client session by its connection id (KILL)
@@ -68,7 +69,7 @@ class SessionCore(Protocol):
     id: int  # the proxy's connection id (the handshake's, CONNECTION_ID()'s, KILL's)
     user: User | None
     username: str
-    capabilities: int  # what the client negotiated (cut to the proxy's)
+    capabilities: int  # what the client negotiated (cut to the proxy's; MariaDB's extended ones in bits 32..63)
     collation: int
     closed: bool
     busy: bool  # a command is in flight (or the session is logging in)

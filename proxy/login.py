@@ -32,8 +32,11 @@ from .protocol import auth
 from .protocol.constants import (
     CACHING_SHA2_FAST_AUTH_OK,
     CACHING_SHA2_PASSWORD,
+    MARIADB_SHIFT,
     NATIVE_PASSWORD,
     PROXY_CAPABILITIES,
+    PROXY_MARIADB_CAPABILITIES,
+    Capability,
     ErrorCode,
     ServerStatus,
 )
@@ -126,14 +129,19 @@ class Login:
     async def _handshake(self) -> None:
         s = self.session
         host = s.host
+        # MariaDB's extended capabilities the writer offers and the proxy can relay: offered as a
+        # MariaDB server does, with CLIENT_MYSQL (bit 0) clear. The backend connections mirror the
+        # client's choice (part of the pool key).
+        ext = host.mariadb_capabilities & PROXY_MARIADB_CAPABILITIES
         hs = HandshakeV10(
             server_version=host.server_version,
             connection_id=s.id & 0xFFFFFFFF,
             auth_data=self.scramble,
-            capabilities=PROXY_CAPABILITIES,
+            capabilities=PROXY_CAPABILITIES & ~Capability.LONG_PASSWORD if ext else PROXY_CAPABILITIES,
             collation=host.collation,
             status=ServerStatus.AUTOCOMMIT,
             auth_plugin=NATIVE_PASSWORD,
+            mariadb_capabilities=ext,
         )
         s.send(make_handshake_v10(hs), 0)
         timeout = host.config.handshake_timeout
@@ -152,7 +160,7 @@ class Login:
             raise ProtocolError(f"Got packets out of order (expected sequence id 1, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
         resp = parse_handshake_response(pkt.payload)
         s.username = resp.username
-        s.negotiated(resp.capabilities & PROXY_CAPABILITIES, resp.collation, resp.attributes)
+        s.negotiated(resp.capabilities & PROXY_CAPABILITIES | (resp.mariadb_capabilities & ext) << MARIADB_SHIFT, resp.collation, resp.attributes)
         seq = pkt.seq + 1
         user, seq = await self._authenticate(resp.username, resp.auth_plugin, resp.auth_response, seq, timeout)
         if user is None or not self._count_user(user, seq):
