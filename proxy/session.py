@@ -89,10 +89,16 @@ _MYSQL_ONLY = frozenset(("max_execution_time", "transaction_isolation", "transac
 _MARIADB_ONLY = frozenset(("max_statement_time", "tx_isolation", "tx_read_only"))
 
 
+# What a session's write committed as (MariaDB; proxy.causal): reported, never replayed.
+GTID_VARIABLE = "last_gtid"
+
+
 def tracking_assignment(mariadb: bool) -> str:
     """The SET assignments that make a backend connection report, in every OK, its schema, the
-    replayed variables and any other state change (the server's word is the proxy's ground truth)."""
-    names = ",".join(sorted(TRACKED_VARIABLES - (_MYSQL_ONLY if mariadb else _MARIADB_ONLY)))
+    replayed variables, any other state change (the server's word is the proxy's ground truth) and,
+    on MariaDB, the GTID of the session's last write (consistent reads)."""
+    names = TRACKED_VARIABLES - (_MYSQL_ONLY if mariadb else _MARIADB_ONLY)
+    names = ",".join(sorted(names | {GTID_VARIABLE} if mariadb else names))
     return f"session_track_schema=ON, session_track_state_change=ON, session_track_system_variables='{names}'"
 
 

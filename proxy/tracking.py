@@ -34,13 +34,14 @@ from rules.model import Decision
 
 from .backend import BackendConnection
 from .interfaces import SessionCore
+from .causal import CausalReads
 from .pins import Pins
 from .prepared import PreparedStatements
 from .protocol.constants import Command
 from .protocol.framing import ProtocolError
 from .protocol.packets import StateChanges, parse_state_changes
 from .protocol.results import ResultScanner
-from .session import PinReason
+from .session import GTID_VARIABLE, PinReason
 
 
 class _Reply(Protocol):
@@ -57,11 +58,13 @@ class Tracked(SessionCore, Protocol):
     prepared: PreparedStatements
     commands: _Reply
     wait_timeout: float | None  # the client's own SET wait_timeout, enforced by the host's sweeper
+    causal: CausalReads  # learns the GTID of each write the session commits
 
     def release_all(self, keep: BackendConnection | None = None) -> None: ...
     def view_changed(self) -> None: ...
 
 _USE = Kind.USE
+_GTID_ONLY = frozenset((GTID_VARIABLE,))
 _STMT_EXECUTE = int(Command.STMT_EXECUTE)
 _STMT_FETCH = int(Command.STMT_FETCH)
 # Statements whose own text says which session state they change (and which the session records or
@@ -81,12 +84,17 @@ def record(s: Tracked, post: tuple | None, scanner: ResultScanner, conn: Backend
     before = state.gen
     ok = scanner.error is None
     reported = None if scanner.states is None else schema_reported(s, scanner.states, conn)
+    # The server's SERVER_SESSION_STATE_CHANGED says state changed where the statement may not show
+    # it; a committed write's GTID alone (the proxy's own tracking) is not such a change.
+    unseen = scanner.changed and not (
+        reported is not None and not reported.other and not reported.schema_changed and reported.variables.keys() <= _GTID_ONLY
+    )
     first = None if post is None else post[0]
     if first is None:
         pass  # passthrough: nothing is classified (its connection is reset when the session ends)
     elif isinstance(first, int):  # a command other than COM_QUERY (a Command or its byte)
         if first == _STMT_EXECUTE or first == _STMT_FETCH:
-            if scanner.changed:
+            if unseen:
                 state_changed_unseen(s)  # e.g. a prepared CALL that set a variable
             s.prepared.record(post, scanner, conn)
             return
@@ -124,7 +132,7 @@ def record(s: Tracked, post: tuple | None, scanner: ResultScanner, conn: Backend
         if decision.pin_writer or not cls.read_only:
             # (Multi-statements can change anything; what they changed is not known here.)
             pins.take(cls, decision)
-        if scanner.changed and cls.kind not in _STATE_SHOWN and cls.temp_table is None and not cls.assigns_user_vars:
+        if unseen and cls.kind not in _STATE_SHOWN and cls.temp_table is None and not cls.assigns_user_vars:
             # The server says session state changed, and the statement does not show how (a
             # procedure, function or trigger did it): it cannot be replayed, so it stays here.
             state_changed_unseen(s)
@@ -177,6 +185,9 @@ def schema_reported(s: Tracked, states: list[bytes], conn: BackendConnection) ->
     except ProtocolError as e:
         s.log(logging.WARNING, "unreadable session state information from %s: %s", conn.server.address, e)
         return None
+    gtid = changes.variables.get(GTID_VARIABLE)
+    if gtid:
+        s.causal.wrote(gtid)
     if changes.schema_changed:
         conn.cstate.schema = changes.schema
         if changes.schema != s.state.schema:

@@ -471,6 +471,7 @@ class StateChanges:
     schema_changed: bool = False
     schema: str | None = None
     variables: dict[str, str] = field(default_factory=dict)
+    other: bool = False  # an entry of another kind (state change, transaction, GTIDs) was reported
 
 
 def parse_state_changes(oks: Iterable[bytes | memoryview]) -> StateChanges:
@@ -490,6 +491,8 @@ def parse_state_changes(oks: Iterable[bytes | memoryview]) -> StateChanges:
             elif kind == SessionTrack.SCHEMA:
                 schema = r.lenenc_bytes().decode("utf-8", "surrogateescape")
                 changes.schema_changed, changes.schema = True, schema or None
+            else:
+                changes.other = True
     return changes
 
 
