@@ -65,7 +65,24 @@ def harness(mode: str, packets: int, repeat: int) -> None:
     except ImportError:  # a tree from before the data plane's reshape: one class in proxy/frontend.py
         from proxy.frontend import ClientSession
     from proxy.protocol.constants import MIRRORED_CAPABILITIES, PROXY_CAPABILITIES, Capability
-    from proxy.session import ConnState, SessionState, charset_entry
+    import dataclasses
+
+    from proxy.session import ConnState, SessionState
+
+    if "set_up" in {f.name for f in dataclasses.fields(ConnState)}:  # login state learned from the server
+        def new_state():
+            return SessionState("sbtest", 45)
+
+        def new_conn_state():
+            return ConnState(login_collation=45, set_up=True)
+    else:  # a tree from before: the login charset as replay text, `tracking` for set up
+        from proxy.session import charset_entry
+
+        def new_state():
+            return SessionState("sbtest", charset_entry(45))
+
+        def new_conn_state():
+            return ConnState(login_charset=charset_entry(45), tracking=True)
 
     class Transport:
         def __init__(self, conn=None) -> None:
@@ -99,12 +116,12 @@ def harness(mode: str, packets: int, repeat: int) -> None:
         sess.lending.wire, pool_of, take = wire, sess.lending.pool, sess.lending.take
     else:
         sess._wire, pool_of, take = wire, sess._pool, sess._take
-    sess.state = SessionState("sbtest", charset_entry(45))
+    sess.state = new_state()
     sess.busy, sess.logged_in = False, True
     for server in app.config.servers:
         conn = BackendConnection(server)
         conn.transport = Transport(conn)
-        conn.cstate = ConnState(login_charset=charset_entry(45), tracking=True)
+        conn.cstate = new_conn_state()
         sess.state.mark_synced(conn.cstate)
         pool = pool_of(server)
         conn.pool, conn.born, conn.lifetime = pool, time.monotonic(), 1e9

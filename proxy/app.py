@@ -37,7 +37,8 @@ from .causal import Positions
 from .monitor import Monitor
 from .pool import Pool, ServerBudget
 from .router import Router
-from .session import ConnState, PinReason, charset_entry
+from .lending import opened_state
+from .session import PinReason
 from .logsafe import LogLimiter
 from .protocol import auth
 from .protocol.constants import ErrorCode
@@ -62,6 +63,7 @@ class ProxyApp:
         self.user_sessions: dict[str, int] = {}  # logged-in sessions per frontend user
         self.server_version = DEFAULT_VERSION
         self.collation = DEFAULT_COLLATION
+        self.mariadb_capabilities = 0  # the writer's MariaDB extended capabilities (its greeting's)
         self.clock = time.monotonic  # replaced by the running loop's clock in start()
         self.draining = False  # set by stop(): no new clients, sessions close as soon as they are free
         self._version_learned = False
@@ -118,6 +120,7 @@ class ProxyApp:
             if budget is None:
                 budget = self.budgets[server.address] = ServerBudget(server.address, server.max_connections, self.config.pool)
             config = self.config
+            learned: list[str] = []  # what the server makes of `collation` at login (lending.opened_state)
 
             async def connector() -> BackendConnection:
                 try:
@@ -134,7 +137,7 @@ class ProxyApp:
                     self.monitor.connect_error(server, e)  # counts toward shun_on_failures
                     raise
                 self.learn_server(conn)
-                conn.cstate = ConnState(login_charset=charset_entry(collation), tracking=not conn.tracks)
+                conn.cstate = await opened_state(conn, collation, learned, config.connect_timeout)
                 return conn
 
             pool = self.pools[key] = Pool(budget, connector, f"{username}@{server.address}")
@@ -163,17 +166,18 @@ class ProxyApp:
             except BackendError as e:
                 log.warning("writer %s (hostgroup %d) did not greet: %s", server.address, hg, e.cause)
                 continue
-            self._set_version(hs.server_version, hs.collation)
+            self._set_version(hs.server_version, hs.collation, hs.mariadb_capabilities)
             log.info("writer %s: server version %s, collation id %d", server.address, hs.server_version, hs.collation)
             return
         log.warning("no writer answered in hostgroup %d; advertising %s until one does", hg, DEFAULT_VERSION)
 
-    def _set_version(self, version: str, collation: int) -> None:
+    def _set_version(self, version: str, collation: int, mariadb_capabilities: int = 0) -> None:
         self.server_version, self.collation, self._version_learned = version, collation or DEFAULT_COLLATION, True
+        self.mariadb_capabilities = mariadb_capabilities
 
     def learn_server(self, conn: BackendConnection) -> None:
         if not self._version_learned and conn.handshake is not None and conn.server.hostgroup_id == self.writer_hostgroup():
-            self._set_version(conn.handshake.server_version, conn.handshake.collation)
+            self._set_version(conn.handshake.server_version, conn.handshake.collation, conn.handshake.mariadb_capabilities)
 
     async def start(self) -> None:
         log.info("TLS for clients: %s", self.tls.load())  # TLSSetupError (an OSError): cannot start

@@ -20,6 +20,11 @@ the login inside. A server whose certificate fails verification is refused with 
 why (rate-limited per server). caching_sha2_password full authentication sends the password in
 clear over TLS; without TLS it is RSA-encrypted with the server's public key, which is pinned
 (server_public_key) or, only with get_server_public_key, asked of the server.
+
+Losing track of a reply is never silent: bytes after the end the scanner found, or bytes the server
+sends while no command is in flight, mean the proxy no longer knows where replies begin and end. The
+client then gets an ERR (with the sequence id it expects next) and the connection is dropped, which
+ends the client's session (`backend_lost` mid-reply) instead of leaving the client waiting.
 """
 
 from __future__ import annotations
@@ -47,17 +52,20 @@ from .protocol.constants import (
     OK_HEADER,
     Capability,
     ErrorCode,
+    MARIADB_SHIFT,
 )
 from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
 from .protocol.packets import (
     ERR,
     HandshakeResponse41,
     HandshakeV10,
+    make_err,
     make_handshake_response,
     make_ssl_request,
     parse_auth_switch,
     parse_err,
     parse_handshake_v10,
+    parse_text_row,
 )
 from .protocol.results import ResultScanner, apply_rewrites
 from .stats import ServerStats
@@ -106,6 +114,7 @@ class BackendConnection(asyncio.Protocol):
         self.closed = False
         self.handshake: HandshakeV10 | None = None
         self.capabilities = 0
+        self.mariadb_capabilities = 0  # MariaDB extended capabilities negotiated (proxy.protocol.constants.MariaDBCapability)
         self.scanner: ResultScanner | None = None
         self._held = b""  # the start of a packet cut by the end of the last chunk (see ResultScanner.hold)
         self.sink: ReplySink | None = None
@@ -122,6 +131,7 @@ class BackendConnection(asyncio.Protocol):
         self.stats: ServerStats = UNCOUNTED
         self._abort_reason: str | None = None
         self.secure = False  # TLS to the server
+        self.lost_sync = False  # dropped because the proxy lost track of its replies (see _lost_sync)
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -132,6 +142,12 @@ class BackendConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         scanner = self.scanner
         if scanner is None:
+            if self._waiter is None and self._sink_owner is not None and not (len(data) > 4 and data[3] == 0 and data[4] == ERR_HEADER):
+                # Nothing asked for these (no reply in flight, no command of the proxy's own), and
+                # they are not a server's goodbye (an ERR with sequence id 0, before it closes the
+                # connection): the end of the last reply was misread.
+                self._lost_sync(data, 0, "bytes while no command was in flight")
+                return
             self.framer.feed(data)
             self._wake()
             return
@@ -148,15 +164,19 @@ class BackendConnection(asyncio.Protocol):
                 self._held = data[-hold:]
                 data = data[:-hold]
             if scanner.rewrites:
-                data = apply_rewrites(data, scanner.rewrites)
+                data = apply_rewrites(data, scanner.rewrites, scanner.mask)
             if data:
                 sink.relay(data)
             return
         if end < len(data):
-            _limited.log(logging.WARNING, ("trailing bytes", self.server.address), "server %s sent %d bytes after the end of a reply; dropped", self.server.address, len(data) - end)
-            data = data[:end]
+            if scanner.rewrites:  # (all before `end`)
+                n = len(data)
+                data = apply_rewrites(data, scanner.rewrites, scanner.mask)
+                end += len(data) - n
+            self._lost_sync(data, end, "bytes after the end of a reply")
+            return
         if scanner.rewrites:
-            data = apply_rewrites(data, scanner.rewrites)
+            data = apply_rewrites(data, scanner.rewrites, scanner.mask)
         if data:
             sink.relay(data)
         if scanner.local_infile:
@@ -164,6 +184,29 @@ class BackendConnection(asyncio.Protocol):
             return
         self.scanner = None
         sink.reply_done(scanner)
+
+    def _lost_sync(self, data: bytes, end: int, what: str) -> None:
+        """The server sent `data[end:]` where no packet was expected: relay what belonged to the reply
+        (`data[:end]`), tell the client with an ERR and drop the connection (its session ends:
+        nothing after this can be trusted to be where the client expects it)."""
+        extra = len(data) - end
+        _limited.log(
+            logging.ERROR, ("lost sync", self.server.address),
+            "server %s sent %d %s (first bytes %r); the connection is dropped and its client told", self.server.address, extra, what, bytes(data[end : end + 16]),
+        )  # fmt: skip
+        sink = self.sink
+        if sink is not None:
+            if end:
+                sink.relay(data[:end])
+            # The sequence id the client expects next is the one the server's next packet has.
+            seq = data[end + 3] if extra >= 4 else 1
+            sink.relay(make_packet(make_err(
+                ErrorCode.MALFORMED_PACKET,
+                f"rwproxy lost track of the reply of server {self.server.address} ({what}); this session is closed: reconnect "
+                "(please report this with the statement that caused it)",
+            ), seq))  # fmt: skip
+        self.lost_sync = True
+        self.abort(f"rwproxy lost track of the server's reply ({what})")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -221,6 +264,25 @@ class BackendConnection(asyncio.Protocol):
             if pkt.payload and pkt.payload[0] == ERR_HEADER and first_err is None:
                 first_err = parse_err(pkt.payload)
         return first_err
+
+    async def query_rows(self, sql: str) -> list[list[bytes | None]] | ERR:
+        """A COM_QUERY issued by the proxy itself with a small result: its rows (of text values, None
+        for NULL), or the server's ERR."""
+        self.transport.write(make_packet(b"\x03" + sql.encode(), 0))
+        p = (await self.read_packet()).payload
+        if p and p[0] == ERR_HEADER:
+            return parse_err(p)
+        if not p or p[0] == OK_HEADER:
+            return []
+        columns = p[0]
+        for _ in range(columns + (0 if self.capabilities & Capability.DEPRECATE_EOF else 1)):
+            await self.read_packet()  # column definitions (and their EOF)
+        rows: list[list[bytes | None]] = []
+        while True:
+            p = bytes((await self.read_packet()).payload)
+            if p and p[0] in (0xFE, ERR_HEADER) and len(p) < 0xFFFFFF:
+                return parse_err(p) if p[0] == ERR_HEADER else rows
+            rows.append(parse_text_row(p, columns))
 
     # ---- relay mode ---------------------------------------------------------------------------
 
@@ -460,16 +522,23 @@ async def _authenticate(
     conn.handshake = hs
     # Session tracking always: the server's own report of state changes (the session decides what
     # they mean; the scanner strips them for a client that did not ask for them).
-    caps = (BACKEND_REQUIRED | Capability.SESSION_TRACK | (client_caps & MIRRORED_CAPABILITIES)) & hs.capabilities
-    caps |= Capability.LONG_PASSWORD  # we do not use MariaDB extended capabilities
+    mirrored = client_caps & MIRRORED_CAPABILITIES
+    caps = (BACKEND_REQUIRED | Capability.SESSION_TRACK | (mirrored & 0xFFFFFFFF)) & hs.capabilities
+    caps |= Capability.LONG_PASSWORD
+    # MariaDB's extended capabilities the client chose (bits 32..63 of `client_caps`), where the
+    # server offers them: announced by clearing CLIENT_MYSQL (bit 0), as MariaDB clients do.
+    ext = (mirrored >> MARIADB_SHIFT) & hs.mariadb_capabilities
+    if ext:
+        caps &= ~Capability.LONG_PASSWORD
     if database:
         caps |= Capability.CONNECT_WITH_DB & hs.capabilities
     seq = pkt.seq + 1
     if conn.server.tls.ssl_mode != "disabled":
-        if await _start_tls(conn, caps, max_packet, collation or hs.collation, seq, timeout):
+        if await _start_tls(conn, caps, ext, max_packet, collation or hs.collation, seq, timeout):
             caps |= Capability.SSL
             seq += 1
     conn.capabilities = caps
+    conn.mariadb_capabilities = ext
     plugin = hs.auth_plugin if hs.auth_plugin in (NATIVE_PASSWORD, CACHING_SHA2_PASSWORD) else NATIVE_PASSWORD
     scramble = hs.auth_data
     resp = HandshakeResponse41(
@@ -481,6 +550,7 @@ async def _authenticate(
         database=database,
         auth_plugin=plugin,
         attributes=attributes,
+        mariadb_capabilities=ext,
     )
     conn.write(make_packet(make_handshake_response(resp), seq))
     while True:
@@ -506,7 +576,7 @@ async def _authenticate(
         raise BackendError(conn.server, f"unexpected packet 0x{head:02x} during authentication")
 
 
-async def _start_tls(conn: BackendConnection, caps: int, max_packet: int, collation: int, seq: int, timeout: float) -> bool:
+async def _start_tls(conn: BackendConnection, caps: int, ext: int, max_packet: int, collation: int, seq: int, timeout: float) -> bool:
     """SSLRequest and the TLS handshake, as the server's ssl_mode says. False: no TLS (preferred,
     and the server offers none). Raises BackendError (required or stronger and no TLS offered, or
     the handshake failed: a certificate that fails verification is logged, rate-limited)."""
@@ -520,7 +590,7 @@ async def _start_tls(conn: BackendConnection, caps: int, max_packet: int, collat
         context = tls.CLIENT_CONTEXTS.get(server.tls)
     except tls.TLSSetupError as e:
         raise BackendError(server, str(e)) from None
-    conn.write(make_packet(make_ssl_request(caps, max_packet, collation), seq))
+    conn.write(make_packet(make_ssl_request(caps, max_packet, collation, ext), seq))
     try:
         conn.transport = await tls.connect(conn.transport, conn, context, server.hostname, timeout)
     except (ssl.SSLError, ConnectionError) as e:

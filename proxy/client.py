@@ -55,8 +55,8 @@ from .protocol.constants import (
     ServerStatus,
 )
 from .protocol.framing import PacketFramer, ProtocolError, make_packet
-from .protocol.packets import make_err
-from .session import PinReason, SessionState, charset_entry
+from .protocol.packets import DEFAULT_TRACKING, NO_TRACKING, make_err
+from .session import PinReason, SessionState
 
 if TYPE_CHECKING:
     from .interfaces import SessionHost
@@ -101,7 +101,6 @@ class ClientSession(asyncio.Protocol):
         self.collation = 0
         self.attributes: dict[str, str] = {}
         self.deprecate_eof = False
-        self.strip_state = True  # the client did not negotiate session tracking: strip it from replies
         # The session's state on the servers.
         self.writer_hg = 0
         self.state = SessionState(None)
@@ -371,7 +370,6 @@ class ClientSession(asyncio.Protocol):
         """What the client's HandshakeResponse41 settled (capabilities already cut to the proxy's)."""
         self.capabilities = capabilities
         self.deprecate_eof = bool(capabilities & Capability.DEPRECATE_EOF)
-        self.strip_state = not capabilities & Capability.SESSION_TRACK
         self.collation = collation
         self.attributes = attributes
 
@@ -379,7 +377,8 @@ class ClientSession(asyncio.Protocol):
         """Start over as `user` in `database`: nothing held, no state, no pins, no statements."""
         self.release_all()
         self.user, self.username, self.writer_hg = user, user.username, user.default_hostgroup
-        self.state = SessionState(database, charset_entry(self.collation))
+        tracking = DEFAULT_TRACKING if self.capabilities & Capability.SESSION_TRACK else NO_TRACKING
+        self.state = SessionState(database, self.collation, tracking)
         self.pins.clear()
         self.txn_hg, self.lost, self._view, self.wait_timeout = None, None, None, None
         self.commands.holding_insert_id = False

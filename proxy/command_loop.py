@@ -50,7 +50,7 @@ from .prepared import PreparedStatements
 from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
 from .protocol.packets import OK, make_ok
-from .protocol.results import Reply, ResultScanner
+from .protocol.results import Reply, ResultScanner, execute_reply
 from .router import classify_text
 from .session import PinReason
 from .recovery import Recovery
@@ -68,7 +68,6 @@ class CommandSession(SessionCore, Protocol):
     passthrough: bool  # nothing is routed: every statement goes to the writer unclassified
     lost: str | None  # why the session's unrebuildable state is gone (it ends at the next command)
     deprecate_eof: bool
-    strip_state: bool
     reading_paused: bool
     write_paused: bool
     draining: bool
@@ -230,7 +229,8 @@ class CommandLoop:
                     raw = _query_packet(self.current_sql)
                 if cls.set_targets:
                     note_wait_timeout(s, cls.set_targets)
-                self.run(s.writer_hg, raw, Reply.RESULT, None)
+                # (A SET may change the client's own session tracking: proxy.tracking notes that.)
+                self.run(s.writer_hg, raw, Reply.RESULT, (cls, None, sql) if cls.kind is _SET else None)
             else:
                 self._query(sql, pkt.raw)
             return
@@ -264,6 +264,7 @@ class CommandLoop:
         s = self.session
         payload = pkt.payload
         if cmd == _STMT_EXECUTE:
+            reply = execute_reply(payload)  # (a cursor ends the reply early)
             known = self.prepared.classes.get(int.from_bytes(payload[1:5], "little"))
             if known is not None:  # counted under its statement's digest
                 self.t0 = _monotonic_ns()
@@ -432,7 +433,7 @@ class CommandLoop:
             s.pause_backend(conn)  # the client has not drained the previous reply yet
         if reply is _PREPARE_REPLY and s.multiplexing:
             self.prepared.make_room(conn)
-        conn.relay(raw, ResultScanner(reply, s.deprecate_eof, s.strip_state))
+        conn.relay(raw, ResultScanner(reply, s.deprecate_eof, s.state.tracking))
 
     async def slow(self, getting: Awaitable[T], then: Callable[[T], None]) -> None:
         """The slow path of a command: await what it needs (a connection brought up to date, a
@@ -510,7 +511,7 @@ class CommandLoop:
                 s.txn_hg = None
                 s.view_changed()
         post = self.post
-        if post is not None:
+        if post is not None or scanner.states is not None:  # (states: the server reported state changes)
             self.post = None
             record(s, post, scanner, conn)
         if conn.hostgroup == s.writer_hg:

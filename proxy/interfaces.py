@@ -50,6 +50,7 @@ class SessionHost(Protocol):
     # caching_sha2_password's cache, as a server keeps it: username -> (the stored secret it was
     # verified against, SHA256(SHA256(password))) after a full authentication
     sha2_checks: dict[str, tuple[str, bytes]]
+    mariadb_capabilities: int  # the writer's MariaDB extended capabilities (what the greeting may offer of them)
 
     @property
     def sessions(self) -> Mapping[int, object]: ...  # every client session by its connection id (KILL)
@@ -73,7 +74,7 @@ class SessionCore(Protocol):
     id: int  # the proxy's connection id (the handshake's, CONNECTION_ID()'s, KILL's)
     user: User | None
     username: str
-    capabilities: int  # what the client negotiated (cut to the proxy's)
+    capabilities: int  # what the client negotiated (cut to the proxy's; MariaDB's extended ones in bits 32..63)
     collation: int
     closed: bool
     busy: bool  # a command is in flight (or the session is logging in)

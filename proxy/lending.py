@@ -44,7 +44,7 @@ from .pins import Pins
 from .pool import Pool, PoolTimeout
 from .protocol.constants import Command, ErrorCode
 from .protocol.packets import ERR
-from .session import ConnState
+from .session import LOGIN_CHARSET_QUERY, LOGIN_CHARSET_VARIABLES, ConnState, login_charset_assignment, login_values, setup_assignments
 
 if TYPE_CHECKING:
     from .interfaces import SessionHost
@@ -55,6 +55,32 @@ _limited = LogLimiter(log)
 _monotonic_ns = time.monotonic_ns
 AVOID_FOR = 2.0  # seconds a session keeps away from a server that just failed it (the monitor decides after)
 RETRY_PAUSE = 0.5  # seconds between rounds of connection attempts while a hostgroup has no reachable server
+
+
+async def opened_state(conn: BackendConnection, collation: int, learned: list[str], timeout: float) -> ConnState:
+    """The state of a backend connection its pool just opened with the client's `collation`.
+
+    What the server made of that collation at login is learned from the server the first time
+    (`learned`, kept by the pool's connector: every connection of a pool logs in with the same
+    collation), so that restoring it replays exactly that, whatever the id was (MariaDB replaces
+    an id it does not know, such as MySQL 8's 255, by its own defaults)."""
+    if not learned:
+        try:
+            rows = await asyncio.wait_for(conn.query_rows(LOGIN_CHARSET_QUERY), timeout)
+        except (asyncio.TimeoutError, ConnectionError) as e:
+            conn.close()
+            raise BackendError(conn.server, f"no answer to a character set query: {failure(e, timeout)}") from None
+        if isinstance(rows, ERR):
+            conn.close()
+            raise BackendError(conn.server, f"could not read the connection's character sets: {rows.message}")
+        values = {bytes(r[0] or b"").decode().lower(): (r[1] or b"").decode("utf-8", "replace") for r in rows if len(r) == 2}
+        learned.append(login_charset_assignment(*(values.get(v) or None for v in LOGIN_CHARSET_VARIABLES)))
+    restore = login_values(conn.capabilities)
+    hs = conn.handshake
+    setup = setup_assignments(
+        tracks=conn.tracks, mariadb=hs is None or "mariadb" in hs.server_version.lower(), login_charset=learned[0], restore=restore
+    )
+    return ConnState(login_collation=collation, login_charset=learned[0], restore=restore, setup=setup)
 
 
 class Borrower(SessionCore, Protocol):
@@ -320,11 +346,11 @@ class BackendLending:
             if err is not None:
                 self.release(conn, reset=True)
                 raise HostgroupError(hostgroup, f"rwproxy: could not reset a connection to {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
-            cs = conn.cstate = ConnState(login_charset=state.login_charset, tracking=not conn.tracks)
+            cs = conn.cstate = cs.after_reset(None)  # (no schema: that is what COM_CHANGE_USER was for)
             conn.prepared.clear()
         cmds = state.replay_for(cs)
         if state.needs_reset(cs):
-            cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(ConnState(schema=cs.schema, tracking=not conn.tracks))
+            cmds = [bytes((Command.RESET_CONNECTION,))] + state.replay_for(cs.after_reset(cs.schema))
             conn.prepared.clear()
         if cmds:
             try:
@@ -337,7 +363,7 @@ class BackendLending:
                 self.release(conn, reset=True)  # its state is now unknown
                 raise HostgroupError(hostgroup, f"rwproxy: could not restore this session's state on {conn.server.address} (hostgroup {hostgroup}): {err.message}", err)
         state.mark_synced(conn.cstate)
-        conn.cstate.tracking = True
+        conn.cstate.set_up = True
         return conn
 
     # ---- giving back --------------------------------------------------------------------------

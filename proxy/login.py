@@ -48,8 +48,10 @@ from .protocol.constants import (
     CACHING_SHA2_FULL_AUTH,
     CACHING_SHA2_PASSWORD,
     CACHING_SHA2_REQUEST_PUBLIC_KEY,
+    MARIADB_SHIFT,
     NATIVE_PASSWORD,
     PROXY_CAPABILITIES,
+    PROXY_MARIADB_CAPABILITIES,
     Capability,
     ErrorCode,
     ServerStatus,
@@ -147,14 +149,19 @@ class Login:
         s = self.session
         host = s.host
         context = host.tls.context
+        # MariaDB's extended capabilities the writer offers and the proxy can relay: offered as a
+        # MariaDB server does, with CLIENT_MYSQL (bit 0) clear. The backend connections mirror the
+        # client's choice (part of the pool key).
+        ext = host.mariadb_capabilities & PROXY_MARIADB_CAPABILITIES
         hs = HandshakeV10(
             server_version=host.server_version,
             connection_id=s.id & 0xFFFFFFFF,
             auth_data=self.scramble,
-            capabilities=PROXY_CAPABILITIES | (Capability.SSL if context is not None else 0),
+            capabilities=(PROXY_CAPABILITIES & ~Capability.LONG_PASSWORD if ext else PROXY_CAPABILITIES) | (Capability.SSL if context is not None else 0),
             collation=host.collation,
             status=ServerStatus.AUTOCOMMIT,
             auth_plugin=NATIVE_PASSWORD,
+            mariadb_capabilities=ext,
         )
         s.send(make_handshake_v10(hs), 0)
         timeout = host.config.handshake_timeout
@@ -182,7 +189,7 @@ class Login:
             raise ProtocolError(f"Got packets out of order (expected sequence id {expected}, got {pkt.seq})", code=ErrorCode.NET_PACKETS_OUT_OF_ORDER)
         resp = parse_handshake_response(pkt.payload, tls=s.secure)
         s.username = resp.username
-        s.negotiated(resp.capabilities & PROXY_CAPABILITIES, resp.collation, resp.attributes)
+        s.negotiated(resp.capabilities & PROXY_CAPABILITIES | (resp.mariadb_capabilities & ext) << MARIADB_SHIFT, resp.collation, resp.attributes)
         seq = pkt.seq + 1
         user, seq = await self._authenticate(resp.username, resp.auth_plugin, resp.auth_response, seq, timeout)
         if user is None or not self._count_user(user, seq):

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING
 
 from .config import PoolSettings
 from .protocol.constants import Command
-from .session import TRACKING_COMMAND
 
 if TYPE_CHECKING:
     from .backend import BackendConnection
@@ -278,8 +277,11 @@ class Pool:
         conn.stats.resets += 1
         try:
             cmds = [bytes((Command.RESET_CONNECTION,))]
-            if conn.tracks:
-                cmds.append(TRACKING_COMMAND)  # the reset turned session tracking off
+            cs = conn.cstate
+            if cs is not None and cs.setup:
+                # What the reset undid: the proxy's session tracking and what the login and the schema
+                # set (proxy.session.setup_assignments).
+                cmds.append(b"\x03SET " + cs.setup.encode())
             err = await asyncio.wait_for(conn.replay(cmds), 5.0)
         except (asyncio.TimeoutError, ConnectionError, OSError):
             err = True

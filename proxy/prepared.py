@@ -34,7 +34,7 @@ from .lending import BackendLending, HostgroupError, failure
 from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, ProtocolError, make_packet
 from .protocol.packets import ERR, OK, make_ok
-from .protocol.results import Reply, ResultScanner
+from .protocol.results import Reply, ResultScanner, execute_reply
 from .router import classify_text
 
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
@@ -249,7 +249,7 @@ class PreparedStatements:
             raw = make_packet(payload[:1] + backend_id + payload[5:], 0)
         else:
             raw = with_id(pkt.raw, entry[0])
-        self.session.commands.start(conn, raw, Reply.RESULT)
+        self.session.commands.start(conn, raw, execute_reply(pkt.payload))
 
     def make_room(self, conn: BackendConnection) -> None:
         """Before a statement is prepared on `conn`: close its least recently used ones so that,

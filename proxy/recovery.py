@@ -104,6 +104,9 @@ class Recovery:
             # be if the client had been connected to the server directly.
             s.log(logging.WARNING, "backend %s (hostgroup %d) lost during a reply: %s", conn.server.address, hg, why)
             s.close()
+        elif conn.lost_sync:  # the client was told (proxy.backend): nothing it reads can be trusted now
+            s.log(logging.WARNING, "backend %s (hostgroup %d) dropped: %s", conn.server.address, hg, why)
+            s.close()
         elif state_lost:
             # (In passthrough mode nothing is classified, so what the writer held is unknown.)
             s.log(logging.WARNING, "backend %s (hostgroup %d) lost with session state on it: %s", conn.server.address, hg, why)

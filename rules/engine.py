@@ -212,6 +212,10 @@ def pin_reason(cls: Classification) -> str | None:
         if scope is _GLOBAL:
             continue
         if t.value is None:
+            if scope is _SESSION and is_tracked_variable(t.name):
+                # The server reports the value it computed (session_track_system_variables): the
+                # proxy replays that (proxy.session.SessionState.apply), or pins if it did not.
+                continue
             return f"SET {t.name} = <expression> (value cannot be replayed)"
         if scope is _TRANSACTION and t.name.startswith("next_"):
             return f"SET TRANSACTION {t.name[5:]} (next transaction of this connection only)"

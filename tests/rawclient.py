@@ -19,7 +19,64 @@ PROTOCOL_41 = 1 << 9
 TRANSACTIONS = 1 << 13
 SECURE_CONNECTION = 1 << 15
 PLUGIN_AUTH = 1 << 19
+IGNORE_SPACE = 1 << 8
+MULTI_STATEMENTS = 1 << 16
+MULTI_RESULTS = 1 << 17
+SESSION_TRACK = 1 << 23
+SERVER_SESSION_STATE_CHANGED = 0x4000
 CLIENT_CAPS = LONG_PASSWORD | LONG_FLAG | PROTOCOL_41 | TRANSACTIONS | SECURE_CONNECTION | PLUGIN_AUTH
+
+
+@dataclass
+class Ok:
+    affected_rows: int
+    insert_id: int
+    status: int
+    warnings: int
+    info: bytes
+    state: bytes  # the session state information, as sent (b"" when none)
+
+
+def _lenenc(p: bytes, pos: int) -> tuple[int, int]:
+    first = p[pos]
+    if first < 0xFB:
+        return first, pos + 1
+    size = {0xFC: 2, 0xFD: 3, 0xFE: 8}[first]
+    return int.from_bytes(p[pos + 1 : pos + 1 + size], "little"), pos + 1 + size
+
+
+def lenenc_values(row: bytes) -> list[bytes | None]:
+    """The values of a text-protocol row."""
+    out: list[bytes | None] = []
+    pos = 0
+    while pos < len(row):
+        if row[pos] == 0xFB:
+            out.append(None)
+            pos += 1
+            continue
+        n, pos = _lenenc(row, pos)
+        out.append(row[pos : pos + n])
+        pos += n
+    return out
+
+
+def parse_ok(p: bytes, caps: int) -> Ok:
+    """An OK packet, as a client with capabilities `caps` reads it."""
+    affected, pos = _lenenc(p, 1)
+    insert_id, pos = _lenenc(p, pos)
+    status, warnings = struct.unpack("<HH", p[pos : pos + 4])
+    pos += 4
+    info = state = b""
+    if caps & SESSION_TRACK:
+        if pos < len(p):
+            n, pos = _lenenc(p, pos)
+            info, pos = p[pos : pos + n], pos + n
+            if status & SERVER_SESSION_STATE_CHANGED:
+                n, pos = _lenenc(p, pos)
+                state = p[pos : pos + n]
+    else:
+        info = p[pos:]
+    return Ok(affected, insert_id, status, warnings, info, state)
 
 
 @dataclass
@@ -45,6 +102,7 @@ class Raw:
         self.buf = b""
         self.connection_id = 0
         self.scramble = b""
+        self.caps = CLIENT_CAPS
 
     # -- bytes ---------------------------------------------------------------------------------
 
@@ -102,21 +160,36 @@ class Raw:
         p += 8 + 1 + 2 + 1 + 2 + 2 + 1 + 10
         self.scramble += g[p : p + 12]
 
-    def handshake_response(self, user: str, password: str, database: str | None = None) -> bytes:
+    def handshake_response(self, user: str, password: str, database: str | None = None, *, caps: int = 0, collation: int = 45) -> bytes:
+        """HandshakeResponse41 with CLIENT_CAPS plus `caps`, and the connection `collation` id."""
         s1 = hashlib.sha1(password.encode()).digest()
         token = bytes(a ^ b for a, b in zip(s1, hashlib.sha1(self.scramble + hashlib.sha1(s1).digest()).digest(), strict=True))
-        caps = CLIENT_CAPS | (CONNECT_WITH_DB if database else 0)
-        payload = struct.pack("<IIB", caps, 1 << 24, 45) + b"\0" * 23 + user.encode() + b"\0"
+        caps |= CLIENT_CAPS | (CONNECT_WITH_DB if database else 0)
+        self.caps = caps
+        payload = struct.pack("<IIB", caps, 1 << 24, collation) + b"\0" * 23 + user.encode() + b"\0"
         payload += bytes((len(token),)) + token
         if database:
             payload += database.encode() + b"\0"
         return payload + b"mysql_native_password\0"
 
-    def login(self, user: str = "app", password: str = "app_pw", database: str | None = None) -> None:
+    def login(self, user: str = "app", password: str = "app_pw", database: str | None = None, *, caps: int = 0, collation: int = 45) -> None:
         self.greeting()
-        self.send_packet(self.handshake_response(user, password, database), 1)
+        self.send_packet(self.handshake_response(user, password, database, caps=caps, collation=collation), 1)
         _, reply = self.expect_packet()
-        assert reply[0] == 0, f"login failed: {reply!r}"
+        assert reply[0] == 0, f"login failed: {parse_err(reply) if reply[0] == 0xFF else reply!r}"
+
+    def ok(self, sql: str) -> Ok:
+        """COM_QUERY of a statement answered by one OK packet: that OK, read field by field."""
+        self.send_packet(b"\x03" + sql.encode(), 0)
+        _, p = self.expect_packet()
+        assert p[0] == 0x00, f"expected an OK for {sql!r}, got {parse_err(p) if p[0] == 0xFF else p!r}"
+        return parse_ok(p, self.caps)
+
+    def value(self, sql: str) -> bytes | None:
+        """The first column of the first row of a query's result (None for NULL)."""
+        rows = self.query(sql)
+        assert rows, f"{sql!r} returned no row"
+        return lenenc_values(rows[0])[0]
 
     def query(self, sql: str) -> list[bytes]:
         """COM_QUERY; the rows' raw payloads (no DEPRECATE_EOF: column defs, EOF, rows, EOF)."""

@@ -84,6 +84,40 @@ class Capability(enum.IntFlag):
     REMEMBER_OPTIONS = 1 << 31
 
 
+class MariaDBCapability(enum.IntFlag):
+    """MariaDB's extended capability flags: the 4 bytes a MariaDB server puts in the greeting's
+    filler (and a client in its handshake response's) when CLIENT_MYSQL (bit 0) is clear
+    (https://mariadb.com/kb/en/connection/#capabilities). The proxy keeps them in bits 32..63 of
+    the capabilities it mirrors to a backend (`MARIADB_SHIFT`)."""
+
+    PROGRESS = 1 << 0  # progress reports (ERR 0xFFFF packets inside a reply)
+    COM_MULTI = 1 << 1
+    STMT_BULK_OPERATIONS = 1 << 2  # COM_STMT_BULK_EXECUTE
+    EXTENDED_METADATA = 1 << 3  # column definitions carry extended type info (json, uuid, ...)
+    CACHE_METADATA = 1 << 4  # COM_STMT_EXECUTE may omit column definitions
+
+
+MARIADB_SHIFT = 32
+# The extended capabilities the proxy offers (when the writer offers them): those that change no
+# reply's framing. Extended metadata adds a field inside each column definition, which the reply
+# scanner skips by count. Not offered: PROGRESS (ERR-like packets inside a reply), bulk operations
+# (a command the proxy does not relay) and metadata caching (a reply shape keyed to one connection's
+# statement cache, which multiplexing breaks).
+PROXY_MARIADB_CAPABILITIES = MariaDBCapability.EXTENDED_METADATA
+
+
+class SessionTrack(enum.IntEnum):
+    """Entry types of the session state information in an OK packet
+    (https://mariadb.com/kb/en/ok_packet/#session-change-type)."""
+
+    SYSTEM_VARIABLES = 0
+    SCHEMA = 1
+    STATE_CHANGE = 2
+    GTIDS = 3
+    TRANSACTION_CHARACTERISTICS = 4
+    TRANSACTION_STATE = 5
+
+
 # What the proxy offers its clients. Flags that change the shape of what flows through the relay
 # are negotiated end to end: the backend connection is opened with the client's choice of them.
 PROXY_CAPABILITIES = (
@@ -126,6 +160,7 @@ MIRRORED_CAPABILITIES = (
     | Capability.MULTI_RESULTS
     | Capability.PS_MULTI_RESULTS
     | Capability.DEPRECATE_EOF
+    | PROXY_MARIADB_CAPABILITIES << MARIADB_SHIFT  # MariaDB's extended capabilities, bits 32..63
 )
 
 # Always requested from a backend, whatever the client said.

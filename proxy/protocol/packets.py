@@ -27,6 +27,7 @@ from .constants import (
     ColumnFlag,
     ColumnType,
     ServerStatus,
+    SessionTrack,
 )
 from .framing import ProtocolError
 
@@ -421,21 +422,128 @@ def make_ok(ok: OK, caps: int) -> bytes:
     return out
 
 
-def strip_session_state(payload: bytes | memoryview) -> bytes:
-    """An OK or EOF from a connection that negotiated CLIENT_SESSION_TRACK, as the server would have
-    sent it to a client that did not: SERVER_SESSION_STATE_CHANGED cleared and the state information
-    dropped (the info message stays length-encoded, as servers send it either way)."""
+# --------------------------------------------------------------------------------------------
+# Session state information (CLIENT_SESSION_TRACK): what an OK packet says changed in the session
+# (https://mariadb.com/kb/en/ok_packet/, "session state info"; MySQL's page_protocol_basic_ok_packet).
+# Entries are a type byte and a length-encoded data block: SYSTEM_VARIABLES (name, value, both
+# length-encoded), SCHEMA (the new default schema, empty when none: MariaDB reports DROP DATABASE of
+# the current schema that way), STATE_CHANGE ("1"), and the transaction entries.
+
+# The variables MariaDB and MySQL track by default (session_track_system_variables): a client that
+# negotiated CLIENT_SESSION_TRACK and changed no tracking setting sees changes of these only.
+DEFAULT_TRACKED_VARIABLES = frozenset(
+    ("autocommit", "character_set_client", "character_set_connection", "character_set_results", "time_zone")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingMask:
+    """Which session-state changes a client's own session settings make the server report: what
+    the client would see connected directly. The proxy's backend connections track more (for its
+    own use); `filter_session_state` takes out the rest.
+
+    `enabled` is False for a client that did not negotiate CLIENT_SESSION_TRACK (it gets no state
+    information at all); the other fields mirror session_track_schema, session_track_state_change
+    and session_track_system_variables (`variables` None: '*', every variable). Transaction entries
+    (session_track_transaction_info, which the proxy leaves to the client) always pass."""
+
+    enabled: bool = True
+    schema: bool = True  # MariaDB's and MySQL's default: ON
+    state_change: bool = False  # default OFF
+    variables: frozenset[str] | None = DEFAULT_TRACKED_VARIABLES
+
+    def keeps(self, kind: int, data: bytes | memoryview) -> bool:
+        if not self.enabled:
+            return False
+        if kind == SessionTrack.SYSTEM_VARIABLES:
+            if self.variables is None:
+                return True
+            r = Reader(data, "session state")
+            return r.lenenc_bytes().decode("utf-8", "surrogateescape").lower() in self.variables
+        if kind == SessionTrack.SCHEMA:
+            return self.schema
+        if kind == SessionTrack.STATE_CHANGE:
+            return self.state_change
+        return True
+
+
+DEFAULT_TRACKING = TrackingMask()
+NO_TRACKING = TrackingMask(enabled=False, schema=False, variables=frozenset())
+
+
+def session_state_entries(state: bytes | memoryview) -> list[tuple[int, bytes]]:
+    """The (type, data) entries of an OK packet's session state information; ProtocolError if it
+    is malformed."""
+    r = Reader(state, "session state")
+    out = []
+    while r.remaining():
+        kind = r.u8()
+        out.append((kind, r.lenenc_bytes()))
+    return out
+
+
+@dataclass(slots=True)
+class StateChanges:
+    """What the OK packets of one reply said changed, in order (the last report of each wins).
+
+    `schema` is meaningful only when `schema_changed`: the new default schema, None for none."""
+
+    schema_changed: bool = False
+    schema: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    other: bool = False  # an entry of another kind (state change, transaction, GTIDs) was reported
+
+
+def parse_state_changes(oks: Iterable[bytes | memoryview]) -> StateChanges:
+    """The session state changes reported by OK packets (payloads; those without state
+    information add nothing). Names and values are decoded as UTF-8 with surrogateescape (the
+    server's bytes kept as they are); ProtocolError if an OK is malformed."""
+    changes = StateChanges()
+    for payload in oks:
+        state = parse_ok(payload).session_state
+        if not state:
+            continue
+        for kind, data in session_state_entries(state):
+            r = Reader(data, "session state")
+            if kind == SessionTrack.SYSTEM_VARIABLES:
+                name = r.lenenc_bytes().decode("utf-8", "surrogateescape").lower()
+                changes.variables[name] = r.lenenc_bytes().decode("utf-8", "surrogateescape")
+            elif kind == SessionTrack.SCHEMA:
+                schema = r.lenenc_bytes().decode("utf-8", "surrogateescape")
+                changes.schema_changed, changes.schema = True, schema or None
+            else:
+                changes.other = True
+    return changes
+
+
+def filter_session_state(payload: bytes | memoryview, mask: TrackingMask) -> bytes:
+    """An OK or EOF from a backend connection with the proxy's session tracking, as the server would
+    have sent it to a client whose own settings are `mask`: only the entries it tracks, and
+    SERVER_SESSION_STATE_CHANGED only when one is left (the server sets the flag exactly when it
+    sends state information). The header byte (0x00, or 0xFE for an OK that ends a result under
+    CLIENT_DEPRECATE_EOF), counts, status, warnings and info text are kept."""
     changed = int(ServerStatus.SESSION_STATE_CHANGED)
-    if payload[0] == EOF_HEADER and len(payload) < 9:  # EOF: header, warnings(2), status(2)
+    if payload[0] == EOF_HEADER and len(payload) < 9:  # EOF: header, warnings(2), status(2): no room for state
+        if mask.enabled and mask.state_change:
+            return bytes(payload)  # (what changed is not said; a client tracking state changes gets the flag)
         eof = bytearray(payload)
         eof[4] &= ~(changed >> 8) & 0xFF
         return bytes(eof)
     ok = parse_ok(payload)
-    out = bytes(payload[:1]) + lenenc_int(ok.affected_rows) + lenenc_int(ok.last_insert_id)
-    out += struct.pack("<HH", ok.status & ~changed, ok.warnings)
-    if ok.info:
-        out += lenenc_bytes(ok.info)
-    return out
+    kept = b""
+    if mask.enabled and ok.session_state:
+        r = Reader(ok.session_state, "session state")
+        parts = []
+        while r.remaining():
+            start = r.pos
+            kind = r.u8()
+            data = r.lenenc_bytes()
+            if mask.keeps(kind, data):
+                parts.append(bytes(r.buf[start : r.pos]))
+        kept = b"".join(parts)
+    status = ok.status | changed if kept else ok.status & ~changed
+    out = make_ok(OK(ok.affected_rows, ok.last_insert_id, status, ok.warnings, ok.info, kept), Capability.SESSION_TRACK)
+    return bytes(payload[:1]) + out[1:]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,12 @@ Reply shapes (https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_co
 page_protocol_com_stmt_prepare.html, page_protocol_com_stmt_execute.html, page_protocol_com_stmt_fetch.html):
 
   RESULT   OK | ERR | LOCAL INFILE request | column-count, column defs, [EOF], rows..., EOF/OK | ERR
-           and again while SERVER_MORE_RESULTS_EXISTS is set (multi-statements, CALL)
+           and again while SERVER_MORE_RESULTS_EXISTS is set (multi-statements, CALL, compound
+           statements: MariaDB's FOR loops and stored programs send one result per SELECT they run)
+  CURSOR   RESULT of a COM_STMT_EXECUTE that asked for a cursor: a column EOF carrying
+           SERVER_STATUS_CURSOR_EXISTS ends it (the rows come with COM_STMT_FETCH). Only then:
+           MariaDB also sets that flag in the column EOF of a result a compound statement's cursor
+           loop (FOR rec IN (SELECT ...)) produces, and rows follow it there.
   PREPARE  ERR | PREPARE_OK(num_columns, num_params), params + [EOF], columns + [EOF]
   FETCH    rows..., EOF/OK | ERR
   FIELDS   column defs..., EOF/OK | ERR         (COM_FIELD_LIST)
@@ -32,11 +37,15 @@ A LOCAL INFILE request ends the server's turn: `local_infile` is set and the cal
 client's file, then calls `expect_infile_reply()` and keeps feeding.
 
 Session tracking: the proxy's backend connections negotiate CLIENT_SESSION_TRACK whatever the
-client did. `changed` is set when any OK/EOF of the reply carries SERVER_SESSION_STATE_CHANGED (the
-server's own word that session state changed: a user variable, a temporary table, a variable set
-inside a procedure...). For a client that did not negotiate session tracking (`strip`), the OK
-packets that carry state information and the EOFs that carry the flag are listed in `rewrites`
-(start, end) for the caller to pass through `strip_session_state` before relaying them.
+client did, and track more than a client's own settings would (the schema, the variables the proxy
+replays, every state change). `changed` is set when any OK/EOF of the reply carries
+SERVER_SESSION_STATE_CHANGED (the server's own word that session state changed: a user variable, a
+temporary table, a variable, the schema...), and `states` lists the payloads of the OKs that carry
+state information, for the session to read after the reply (never per row: only flagged OKs are
+kept, and a reply without the flag costs nothing more). With a `mask` (the client's own tracking,
+proxy.protocol.packets.TrackingMask), the flagged OKs and EOFs are listed in `rewrites` (start, end)
+for the caller to pass through `apply_rewrites` before relaying them, so the client sees exactly
+what its own settings produce; mask None relays them untouched.
 """
 
 from __future__ import annotations
@@ -44,8 +53,8 @@ from __future__ import annotations
 import enum
 
 from .constants import MAX_PAYLOAD, ServerStatus
-from .framing import make_packet
-from .packets import strip_session_state
+from .framing import ProtocolError, make_packet
+from .packets import TrackingMask, filter_session_state
 
 
 class Reply(enum.IntEnum):
@@ -56,6 +65,7 @@ class Reply(enum.IntEnum):
     SIMPLE = 5
     ANY_ONE = 6
     NONE = 7
+    CURSOR = 8
 
 
 # scanner states
@@ -74,6 +84,23 @@ _DONE = 8
 _MORE_RESULTS = int(ServerStatus.MORE_RESULTS_EXISTS)
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
+# COM_STMT_EXECUTE flags asking for a cursor (READ_ONLY, FOR_UPDATE, SCROLLABLE; MariaDB's 0x08,
+# PARAMETER_COUNT_AVAILABLE, is not one).
+_CURSOR_FLAGS = 0x07
+
+
+# The scanner state each kind of reply starts in (a dict: enum attribute lookups cost per statement).
+_START = {
+    Reply.RESULT: _FIRST, Reply.CURSOR: _FIRST, Reply.PREPARE: _PREP_FIRST, Reply.FETCH: _ROWS, Reply.FIELDS: _ROWS,
+    Reply.SIMPLE: _ONE, Reply.ANY_ONE: _ANY, Reply.NONE: _DONE,
+}  # fmt: skip
+_RESULT_REPLY = Reply.RESULT
+_CURSOR_REPLY = Reply.CURSOR
+
+
+def execute_reply(payload: bytes | memoryview) -> Reply:
+    """The reply a COM_STMT_EXECUTE payload gets: CURSOR when its flags ask for a cursor."""
+    return _CURSOR_REPLY if len(payload) > 5 and payload[5] & _CURSOR_FLAGS else _RESULT_REPLY
 
 
 def _read_lenenc(buf, pos: int) -> tuple[int, int]:
@@ -95,8 +122,10 @@ class ResultScanner:
         "_skip",
         "_continued",
         "hold",
-        "strip",
+        "mask",
         "changed",
+        "states",
+        "_cursor",
         "rewrites",
         "status",
         "error",
@@ -112,12 +141,14 @@ class ResultScanner:
         "results",
     )
 
-    def __init__(self, reply: Reply, deprecate_eof: bool, strip: bool = False) -> None:
+    def __init__(self, reply: Reply, deprecate_eof: bool, mask: TrackingMask | None = None) -> None:
         self.deprecate_eof = deprecate_eof
         self._skip = 0  # payload bytes of the current packet still to pass
         self.hold = 0  # bytes at the end of the last chunk not consumed (see feed)
-        self.strip = strip  # list packets carrying session state for removal (see rewrites)
+        self.mask = mask  # the client's own session tracking: list flagged packets in `rewrites`
         self.changed = False  # some OK/EOF said SERVER_SESSION_STATE_CHANGED
+        self.states: list[bytes] | None = None  # payloads of the OKs that carried state information
+        self._cursor = reply is _CURSOR_REPLY  # a cursor may end the reply after the column definitions
         self.rewrites: list[tuple[int, int]] | None = None  # in the last chunk fed
         self._continued = False  # the next packet continues a maximal one
         self._left = 0
@@ -133,18 +164,7 @@ class ResultScanner:
         self.row_count = -1  # ROW_COUNT() after this reply: the last OK's affected rows, -1 after rows or ERR
         self.warnings = 0  # warning count of the last OK/EOF (what SHOW WARNINGS would list next)
         self.last_ok: bytes | None = None
-        if reply is Reply.RESULT:
-            self._state = _FIRST
-        elif reply is Reply.PREPARE:
-            self._state = _PREP_FIRST
-        elif reply is Reply.FETCH or reply is Reply.FIELDS:
-            self._state = _ROWS
-        elif reply is Reply.SIMPLE:
-            self._state = _ONE
-        elif reply is Reply.ANY_ONE:
-            self._state = _ANY
-        else:
-            self._state = _DONE
+        self._state = _START[reply]
 
     @property
     def done(self) -> bool:
@@ -261,7 +281,7 @@ class ResultScanner:
         # EOF: warnings(2) status(2). A cursor opened by COM_STMT_EXECUTE ends the reply here.
         if end - start >= 5:
             self._eof_status(data, start, end)
-        if self.status & _CURSOR_EXISTS:
+        if self._cursor and self.status & _CURSOR_EXISTS:
             return _DONE
         return _ROWS
 
@@ -305,6 +325,9 @@ class ResultScanner:
             self.warnings = data[p + 2] | data[p + 3] << 8 if p + 4 <= end else 0
             if status & _STATE_CHANGED:
                 self._state_changed(start, end)
+                if self.states is None:
+                    self.states = []
+                self.states.append(self.last_ok)
 
     def _eof_status(self, data, start: int, end: int) -> None:
         self.warnings = data[start + 1] | data[start + 2] << 8
@@ -314,7 +337,7 @@ class ResultScanner:
 
     def _state_changed(self, start: int, end: int) -> None:
         self.changed = True
-        if self.strip:
+        if self.mask is not None:
             if self.rewrites is None:
                 self.rewrites = []
             self.rewrites.append((start - 4, end))
@@ -326,14 +349,18 @@ class ResultScanner:
             self._eof_status(data, start, end)
 
 
-def apply_rewrites(data: bytes, rewrites: list[tuple[int, int]]) -> bytes:
+def apply_rewrites(data: bytes, rewrites: list[tuple[int, int]], mask: TrackingMask) -> bytes:
     """`data` with the packets at `rewrites` (ResultScanner.rewrites: start of header, end of payload)
-    passed through strip_session_state, sequence ids kept."""
+    passed through filter_session_state for a client whose own tracking is `mask`, sequence ids
+    kept. (A malformed OK is relayed as the server sent it.)"""
     out = []
     prev = 0
     for start, end in rewrites:
         out.append(data[prev:start])
-        out.append(make_packet(strip_session_state(data[start + 4 : end]), data[start + 3]))
+        try:
+            out.append(make_packet(filter_session_state(data[start + 4 : end], mask), data[start + 3]))
+        except ProtocolError:
+            out.append(data[start:end])
         prev = end
     out.append(data[prev:])
     return b"".join(out)

@@ -17,7 +17,7 @@ from proxy import backend
 from proxy.config import Server
 from proxy.protocol.constants import Capability, Command, ServerStatus
 from proxy.protocol.framing import make_packet
-from proxy.protocol.results import Reply, ResultScanner
+from proxy.protocol.results import Reply, ResultScanner, execute_reply
 
 BASE_CAPS = Capability.MULTI_STATEMENTS | Capability.MULTI_RESULTS | Capability.PS_MULTI_RESULTS | Capability.SESSION_TRACK | Capability.LOCAL_FILES
 
@@ -88,6 +88,20 @@ def test_reply_shapes_against_real_server(cluster, deprecate):
         sc, _ = await run(conn, query("CALL shapes.two()"), Reply.RESULT, deprecate)
         assert sc.results == 3  # two result sets and the CALL's own OK
         await ping_ok(conn, deprecate)
+        # Compound statements and stored programs with a cursor loop: one result per SELECT they
+        # run, with SERVER_STATUS_CURSOR_EXISTS in the column EOF (MariaDB), rows after it.
+        await run(conn, query("CREATE OR REPLACE TABLE shapes.cs (n VARCHAR(10))"), Reply.RESULT, deprecate)
+        await run(conn, query("INSERT INTO shapes.cs VALUES ('a'), ('b'), ('c')"), Reply.RESULT, deprecate)
+        loop = "FOR rec IN (SELECT n FROM shapes.cs) DO EXECUTE IMMEDIATE CONCAT('SELECT ''', rec.n, ''' AS x LIMIT {}'); END FOR;"
+        for limit, rows in ((0, 0), (1, 1)):
+            sc, data = await run(conn, query(f"BEGIN NOT ATOMIC {loop.format(limit)} END"), Reply.RESULT, deprecate)
+            assert sc.error is None and sc.results == 4  # three results and the block's OK
+            assert data.count(b"\x01a") == rows
+            await ping_ok(conn, deprecate)
+        await run(conn, query(f"CREATE OR REPLACE PROCEDURE shapes.loop() BEGIN {loop.format(1)} SELECT COUNT(*) FROM shapes.cs; END"), Reply.RESULT, deprecate)
+        sc, _ = await run(conn, query("CALL shapes.loop()"), Reply.RESULT, deprecate)
+        assert sc.error is None and sc.results == 5
+        await ping_ok(conn, deprecate)
         # COM_INIT_DB, COM_FIELD_LIST, COM_STATISTICS, COM_SET_OPTION, COM_RESET_CONNECTION
         sc, _ = await run(conn, bytes((Command.INIT_DB,)) + b"shapes", Reply.SIMPLE, deprecate)
         assert sc.error is None
@@ -113,7 +127,7 @@ def test_reply_shapes_against_real_server(cluster, deprecate):
         assert sc.error is None and sc.results == 1
         await ping_ok(conn, deprecate)
         cursor = struct.pack("<IBI", stmt, 1, 1) + b"\x00" + b"\x01" + b"\x08\x00\x08\x00" + struct.pack("<qq", 7, 2)
-        sc, _ = await run(conn, bytes((Command.STMT_EXECUTE,)) + cursor, Reply.RESULT, deprecate)
+        sc, _ = await run(conn, bytes((Command.STMT_EXECUTE,)) + cursor, execute_reply(bytes((Command.STMT_EXECUTE,)) + cursor), deprecate)
         assert sc.status & ServerStatus.CURSOR_EXISTS
         await ping_ok(conn, deprecate)
         fetched = 0

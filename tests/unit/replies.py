@@ -37,12 +37,14 @@ def ok(status: int = ServerStatus.AUTOCOMMIT, affected: int = 0, insert_id: int 
     return (b"\xfe" + p[1:]) if eof_header else p
 
 
-def result_set(w: Wire, columns: int, rows: list[list[bytes | None]], deprecate_eof: bool, status: int) -> None:
+def result_set(w: Wire, columns: int, rows: list[list[bytes | None]], deprecate_eof: bool, status: int, columns_status: int = ServerStatus.AUTOCOMMIT) -> None:
+    """A text result set. `columns_status`: the status flags of the EOF after the column definitions
+    (MariaDB's compound statements set MORE_RESULTS_EXISTS and even CURSOR_EXISTS there)."""
     w.add(lenenc_int(columns))
     for i in range(columns):
         w.add(column_def(f"c{i}"))
     if not deprecate_eof:
-        w.add(make_eof(ServerStatus.AUTOCOMMIT))
+        w.add(make_eof(columns_status))
     for r in rows:
         w.add(text_row(r))
     w.add(ok(status, eof_header=True) if deprecate_eof else make_eof(status))

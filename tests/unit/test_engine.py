@@ -426,7 +426,11 @@ GET_LOCK = C("SELECT", read_only=False, session_functions=frozenset({"GET_LOCK"}
 @table(
     Case("SET @x", SET(("USER", "x", "1"), assigns_user_vars=True), W, "default-write", pin=True),
     Case("SELECT @x := 1", C("SELECT", read_only=False, assigns_user_vars=True), W, "default-write", pin=True),
-    Case("SET x = NOW() (expression)", SET(("SESSION", "time_zone", None)), W, "default-write", pin=True),
+    # A tracked variable set by an expression: the server reports the value (session tracking) and
+    # the proxy replays it, so the statement does not pin; it runs on the writer like any SET.
+    Case("SET tracked = expression", SET(("SESSION", "time_zone", None)), W, "default-write", pin=False),
+    Case("SET untracked = expression", SET(("SESSION", "innodb_strict_mode", None)), W, "default-write", pin=True),
+    Case("SET NAMES expression", SET(("NAMES", "@cs", None)), W, "default-write", pin=True),
     Case("SET unknown_var = 1", SET(("SESSION", "unknown_var", "1")), W, "default-write", pin=True),
     Case("SET TRANSACTION ISOLATION (next txn only)", SET(("TRANSACTION", "next_transaction_isolation",
          "'SERIALIZABLE'")), W, "default-write", pin=True),
@@ -508,7 +512,8 @@ E2E_RULES = RuleSet(replication_hostgroups=PAIRS)
         ("COMMIT", W, "default-write", False),
         ("SET @x = 1", W, "default-write", True),
         ("SET x = NOW()", W, "default-write", True),
-        ("SET time_zone = CONCAT('+0', '1:00')", W, "default-write", True),
+        ("SET time_zone = CONCAT('+0', '1:00')", W, "default-write", False),  # the server reports the value
+        ("SET innodb_strict_mode = IF(1, 1, 0)", W, "default-write", True),  # not tracked: cannot be replayed
         ("SET unknown_var = 1", W, "default-write", True),
         ("SET sql_mode = 'STRICT_ALL_TABLES'", W, "default-write", False),
         ("SET NAMES utf8mb4", W, "default-write", False),

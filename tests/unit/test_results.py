@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from proxy.protocol.constants import Capability, ServerStatus
 from proxy.protocol.framing import make_packet
-from proxy.protocol.packets import OK, lenenc_bytes, make_ok, parse_ok
-from proxy.protocol.results import Reply, ResultScanner, apply_rewrites
+from proxy.protocol.packets import DEFAULT_TRACKING, NO_TRACKING, OK, TrackingMask, lenenc_bytes, make_ok, parse_ok, parse_state_changes
+from proxy.protocol.results import Reply, ResultScanner, apply_rewrites, execute_reply
 
 from .replies import CAPS, Wire, err, ok, result_set
 
@@ -44,7 +44,7 @@ def one_result(deprecate: bool, rows: int = 3, status: int = AC) -> bytes:
 @st.composite
 def replies(draw):
     deprecate = draw(st.booleans())
-    kind = draw(st.sampled_from(["ok", "err", "result", "multi", "empty_rows", "row_fe", "prepare", "fetch", "fields", "simple"]))
+    kind = draw(st.sampled_from(["ok", "err", "result", "multi", "compound", "empty_rows", "row_fe", "prepare", "fetch", "fields", "simple", "cursor"]))
     w = Wire()
     status = AC | draw(st.sampled_from([0, ServerStatus.IN_TRANS]))
     reply = Reply.RESULT
@@ -59,6 +59,28 @@ def replies(draw):
         if kind == "row_fe":  # rows whose first byte is 0xFE/0xFF-like data must not end the result
             rows = [[b"\xfe" * 5, b"\xff"], [bytes(250) + b"x", b"y"]] + rows
         result_set(w, draw(st.integers(1, 5)), rows, deprecate, status)
+    elif kind == "compound":
+        # MariaDB's compound statements and stored programs (BEGIN NOT ATOMIC FOR rec IN (SELECT ...)
+        # DO EXECUTE IMMEDIATE 'SELECT ... LIMIT 0' ...): one result per SELECT they run, whose column
+        # EOF carries whatever flags the server has at that moment -- MORE_RESULTS_EXISTS, and
+        # CURSOR_EXISTS from the loop's own cursor -- then the program's OK. Rows follow the column
+        # EOF whatever it says: only a cursor requested by COM_STMT_EXECUTE ends a reply there.
+        cursor = ServerStatus.CURSOR_EXISTS
+        for _ in range(draw(st.integers(1, 4))):
+            flags = draw(st.sampled_from([0, MORE, MORE | cursor, cursor, MORE | cursor | ServerStatus.NO_INDEX_USED]))
+            rows = [[draw(st.binary(max_size=40))] for _ in range(draw(st.integers(0, 3)))]
+            result_set(w, 1, rows, deprecate, status | MORE | (flags & cursor), columns_status=AC | flags)
+        w.add(ok(status))
+    elif kind == "cursor":
+        # COM_STMT_EXECUTE asking for a cursor: the column EOF with CURSOR_EXISTS ends the reply.
+        reply = Reply.CURSOR
+        w.add(b"\x02")
+        from .replies import column_def
+        from proxy.protocol.packets import make_eof
+
+        w.add(column_def("a")).add(column_def("b"))
+        status |= ServerStatus.CURSOR_EXISTS
+        w.add(ok(status, eof_header=True) if deprecate else make_eof(status))
     elif kind == "multi":
         n = draw(st.integers(2, 4))
         for i in range(n):
@@ -184,9 +206,34 @@ def test_cursor_result_ends_after_column_eof():
     from .replies import column_def
 
     w = Wire().add(b"\x01").add(column_def("a")).add(make_eof(AC | ServerStatus.CURSOR_EXISTS))
-    sc = ResultScanner(Reply.RESULT, False)
+    sc = ResultScanner(Reply.CURSOR, False)
     assert sc.feed(bytes(w.data)) == len(w.data)
     assert sc.status & ServerStatus.CURSOR_EXISTS
+
+
+def test_cursor_flag_in_a_compound_statements_column_eof_does_not_end_a_query_reply():
+    """What MariaDB sends for BEGIN NOT ATOMIC FOR rec IN (SELECT ...) DO EXECUTE IMMEDIATE
+    'SELECT ... LIMIT 0'; END FOR; END without CLIENT_DEPRECATE_EOF (captured from 10.11): the
+    column EOF says 0x6A (MORE_RESULTS_EXISTS | NO_INDEX_USED | CURSOR_EXISTS), then the row EOF."""
+    from proxy.protocol.packets import make_eof
+
+    from .replies import column_def
+
+    w = Wire()
+    for _ in range(2):
+        w.add(b"\x01").add(column_def("x")).add(make_eof(0x6A)).add(make_eof(0x6A))
+    w.add(ok(AC | ServerStatus.NO_INDEX_USED))
+    data = bytes(w.data)
+    sc = ResultScanner(Reply.RESULT, False)
+    assert sc.feed(data) == len(data)
+    assert sc.results == 3 and sc.status == AC | ServerStatus.NO_INDEX_USED
+
+
+def test_execute_reply_asks_for_a_cursor_only_with_a_cursor_flag():
+    head = b"\x17" + (7).to_bytes(4, "little")
+    assert execute_reply(head + b"\x00" + b"\x01\x00\x00\x00") is Reply.RESULT
+    assert execute_reply(head + b"\x01" + b"\x01\x00\x00\x00") is Reply.CURSOR
+    assert execute_reply(head + b"\x08" + b"\x01\x00\x00\x00") is Reply.RESULT  # MariaDB's PARAMETER_COUNT_AVAILABLE
 
 
 def test_no_reply_commands_are_done_at_once():
@@ -218,7 +265,7 @@ def relay_all(scanner: ResultScanner, data: bytes, cuts: list[int]) -> bytes:
             held, chunk = chunk[-scanner.hold :], chunk[: -scanner.hold]
         elif r >= 0:
             chunk = chunk[:r]
-        out.append(apply_rewrites(chunk, scanner.rewrites) if scanner.rewrites else chunk)
+        out.append(apply_rewrites(chunk, scanner.rewrites, scanner.mask) if scanner.rewrites else chunk)
         if r >= 0:
             break
     return b"".join(out)
@@ -232,7 +279,7 @@ def tracked_ok(status: int, info: bytes = b"", insert_id: int = 0) -> bytes:
 @given(cuts=st.lists(st.integers(0, 200), max_size=6), info=st.sampled_from([b"", b"Rows matched: 1  Changed: 1  Warnings: 0"]))
 def test_state_info_is_stripped_for_a_client_without_session_track(cuts, info):
     reply = make_packet(tracked_ok(AC, info, insert_id=7), 1)
-    sc = ResultScanner(Reply.RESULT, False, strip=True)
+    sc = ResultScanner(Reply.RESULT, False, NO_TRACKING)
     relayed = relay_all(sc, reply, cuts)
     assert sc.done and sc.changed
     # Exactly what the server sends a client without CLIENT_SESSION_TRACK: flag off, no state, info
@@ -249,7 +296,7 @@ def test_flag_in_a_result_set_terminator_is_seen_and_cleared(cuts, deprecate):
     result_set(w, 2, [[b"x" * 40, None]] * 3, deprecate, int(AC | MORE | CHANGED))
     w.add(tracked_ok(AC))
     data = bytes(w.data)
-    sc = ResultScanner(Reply.RESULT, deprecate, strip=True)
+    sc = ResultScanner(Reply.RESULT, deprecate, NO_TRACKING)
     relayed = relay_all(sc, data, cuts)
     assert sc.done and sc.changed and sc.status == AC | CHANGED  # as the server said
     assert not any(p & CHANGED for p in statuses(relayed, deprecate)), relayed
@@ -279,7 +326,63 @@ def test_without_strip_the_reply_is_relayed_untouched():
 
 
 def test_plain_ok_is_not_flagged():
-    sc = ResultScanner(Reply.RESULT, False, strip=True)
+    sc = ResultScanner(Reply.RESULT, False, NO_TRACKING)
     reply = make_packet(ok(AC), 1)
     assert relay_all(sc, reply, []) == reply
     assert not sc.changed
+
+    assert sc.states is None
+
+
+# ---- session tracking for a client that negotiated it: exactly what its own settings produce ------
+
+
+def sysvar(name: bytes, value: bytes) -> bytes:
+    data = lenenc_bytes(name) + lenenc_bytes(value)
+    return b"\x00" + lenenc_bytes(data)
+
+
+def schema_entry(name: bytes) -> bytes:
+    return b"\x01" + lenenc_bytes(lenenc_bytes(name))
+
+
+def ok_with(entries: bytes, status: int = AC, info: bytes = b"") -> bytes:
+    return make_ok(OK(0, 0, status | CHANGED, 0, info, entries), CAPS)
+
+
+@pytest.mark.parametrize(
+    "mask, entries, kept",
+    [
+        # MariaDB's defaults: the schema and five variables, no state-change entry.
+        (DEFAULT_TRACKING, sysvar(b"time_zone", b"+01:00") + STATE, sysvar(b"time_zone", b"+01:00")),
+        (DEFAULT_TRACKING, sysvar(b"sql_mode", b"ANSI") + STATE, b""),  # SET sql_mode: nothing to report
+        (DEFAULT_TRACKING, STATE, b""),  # SET @v, CALL p(): nothing
+        (DEFAULT_TRACKING, schema_entry(b"d") + STATE, schema_entry(b"d")),  # USE d
+        (DEFAULT_TRACKING, b"\x05\x02\x01T", b"\x05\x02\x01T"),  # transaction state: the client's own setting
+        (TrackingMask(state_change=True), sysvar(b"sql_mode", b"ANSI") + STATE, STATE),
+        (TrackingMask(variables=None), sysvar(b"sql_mode", b"ANSI") + STATE, sysvar(b"sql_mode", b"ANSI")),
+        (TrackingMask(schema=False), schema_entry(b"d") + STATE, b""),
+        (NO_TRACKING, sysvar(b"time_zone", b"+01:00") + schema_entry(b"d"), b""),
+    ],
+)
+def test_state_information_is_filtered_to_the_clients_own_tracking(mask, entries, kept):
+    info = b"Rows matched: 1"
+    reply = make_packet(ok_with(entries, info=info), 1)
+    sc = ResultScanner(Reply.RESULT, False, mask)
+    relayed = relay_all(sc, reply, [5])
+    assert sc.changed and sc.states == [reply[4:]]
+    out = parse_ok(relayed[4:], CAPS if mask.enabled else Capability.PROTOCOL_41)
+    assert out.info == info
+    if kept:
+        assert (out.status & CHANGED, out.session_state) == (CHANGED, kept)
+    else:
+        assert out.status & CHANGED == 0 and out.session_state == b""
+        direct = make_ok(OK(0, 0, AC, 0, info), CAPS)  # what the server sends when nothing is reported
+        assert relayed[4:] == direct
+
+
+def test_reported_schema_and_variables_are_read_from_the_oks():
+    oks = [ok_with(sysvar(b"sql_mode", b"STRICT_TRANS_TABLES") + schema_entry(b"d") + STATE), ok(AC), ok_with(schema_entry(b"") + sysvar(b"time_zone", b"SYSTEM"))]
+    changes = parse_state_changes(oks)
+    assert changes.schema_changed and changes.schema is None  # DROP DATABASE of the current one
+    assert changes.variables == {"sql_mode": "STRICT_TRANS_TABLES", "time_zone": "SYSTEM"}

@@ -14,7 +14,7 @@ from proxy.backend import BackendConnection
 from proxy.client import ClientSession
 from proxy.config import parse_config
 from proxy.protocol.constants import MIRRORED_CAPABILITIES, PROXY_CAPABILITIES, Capability
-from proxy.session import ConnState, SessionState, charset_entry
+from proxy.session import ConnState, SessionState
 from rules.digest import fingerprint
 
 
@@ -63,6 +63,8 @@ class FakeServer:
 
     def write(self, data: bytes) -> None:
         self.sent.append(bytes(data))
+        if data[4] in (0x18, 0x19):  # COM_STMT_SEND_LONG_DATA, COM_STMT_CLOSE: a server says nothing
+            return
         reply, self.reply = self.reply, ROWS
         self.conn.data_received(reply)
 
@@ -94,13 +96,13 @@ def make_session(split: bool, rules: list[dict] | None = None) -> tuple[ProxyApp
     sess.capabilities = PROXY_CAPABILITIES & ~Capability.DEPRECATE_EOF
     sess.collation = 45
     sess.lending.wire = (sess.capabilities & MIRRORED_CAPABILITIES, 45)
-    sess.state = SessionState("db", charset_entry(45))
+    sess.state = SessionState("db", 45)
     sess.busy, sess.logged_in = False, True
     fakes = {}
     for server in app.config.servers:
         conn = BackendConnection(server)
         conn.transport = fakes[server.hostgroup_id] = FakeServer(conn)
-        conn.cstate = ConnState(login_charset=charset_entry(45), tracking=True)
+        conn.cstate = ConnState(login_collation=45, set_up=True)
         sess.state.mark_synced(conn.cstate)
         pool = sess.lending.pool(server)
         conn.pool, conn.born, conn.lifetime = pool, time.monotonic(), 1e9

@@ -379,12 +379,12 @@ def test_an_older_disk_layer_gets_the_new_columns(tmp_path):
     store.startup(cf)
     store.save_to_disk(ALL_SECTIONS)
     store.close()
-    # Make it what rwproxy wrote before TLS: no TLS columns, schema version 1.
+    # Make it what rwproxy wrote before TLS: no TLS columns, schema version 2.
     con = sqlite3.connect(db)
     for col in ("ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "server_public_key", "get_server_public_key"):
         con.execute(f"ALTER TABLE mysql_servers DROP COLUMN {col}")
     con.execute("ALTER TABLE mysql_users DROP COLUMN use_ssl")
-    con.execute("PRAGMA user_version = 1")
+    con.execute("PRAGMA user_version = 2")
     con.commit()
     con.close()
     store = ConfigStore(db)
@@ -395,4 +395,4 @@ def test_an_older_disk_layer_gets_the_new_columns(tmp_path):
     assert result.ok, result.errors
     assert [s.tls.ssl_mode for s in result.config.servers] == ["required", "required"]
     store.close()
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (2,)
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (3,)
