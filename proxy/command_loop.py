@@ -36,10 +36,11 @@ from typing import Protocol, TypeVar
 
 from rules.classify import Classification, Kind
 from rules.engine import SessionView, replayable_set
-from rules.model import Deny, RouteTo
+from rules.model import Decision, Deny, RouteTo
 
 from .backend import BackendConnection
 from .causal import CausalReads
+from .diagnostics import assignment_on_writer
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
 from .local_answers import kill, no_diagnostics, processlist, session_values, set_min_gtid
@@ -49,7 +50,7 @@ from .pins import Pins
 from .prepared import PreparedStatements
 from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
-from .protocol.packets import OK, make_ok
+from .protocol.packets import ERR, OK, make_ok
 from .protocol.results import Reply, ResultScanner, execute_reply
 from .router import classify_text
 from .session import PinReason
@@ -309,6 +310,9 @@ class CommandLoop:
                 # still hold another client's).
                 if self.diag_conn is not None:
                     hostgroup = self.diag_conn.hostgroup
+                    if cls.assigns_user_vars and hostgroup != s.writer_hg:
+                        self._diagnostics_into_writer(cls, decision, sql)
+                        return
                 elif cls.kind is _SHOW and no_diagnostics(s, cls.fingerprint.text):
                     self.answered_here()
                     return
@@ -320,6 +324,40 @@ class CommandLoop:
         else:
             s.send(make_ok(OK(status=s.status, info=action.ok_msg.encode()), s.capabilities), 1)
             self.answered_here()
+
+    def _diagnostics_into_writer(self, cls: Classification, decision: Decision, sql: str) -> None:
+        """GET DIAGNOSTICS @v = ... with the diagnostics on a reader: read there, assigned on the
+        writer, where the session's user variables live (proxy.diagnostics)."""
+        s = self.session
+        s.busy = True
+        self.post = (cls, decision, sql)
+        diag = self.diag_conn
+        pool = getattr(diag, "pool", None)
+        if pool is not None:
+            pool.weak.pop(diag, None)  # in use from here on
+
+        async def getting() -> tuple[BackendConnection, bytes] | ERR:
+            timeout = s.host.config.connect_timeout
+            try:
+                text = await asyncio.wait_for(assignment_on_writer(diag, sql), timeout)
+            except (asyncio.TimeoutError, ConnectionError):
+                self.diag_conn = None
+                self.lending.discard(diag)
+                return ERR(1105, "HY000", f"rwproxy: the connection holding the session's diagnostics did not answer within {timeout:g}s; they are lost")
+            if isinstance(text, ERR):
+                return text
+            return await self.lending.ready(s.writer_hg), _query_packet(text)
+
+        def then(got: tuple[BackendConnection, bytes] | ERR) -> None:
+            if isinstance(got, ERR):
+                s.send_err(1, got.code, got.message, got.sqlstate)
+                self.post = None
+                self.answered_here()
+                s.free()
+                return
+            self.start(got[0], got[1], Reply.RESULT)
+
+        s.spawn(self.slow(getting(), then))
 
     def _answer_here(self, cls: Classification, sql: str, only_connection_id: bool = False) -> bool:
         """A statement whose meaning depends on the client session (Classification.client_session):
@@ -538,20 +576,37 @@ class CommandLoop:
     def _diagnostics(self, scanner: ResultScanner, conn: BackendConnection, stat: Classification | None) -> None:
         """Which connection holds the warnings SHOW WARNINGS & co. must read: the one whose
         statement just left warnings or an error, for the diagnostics statements that follow it
-        (SHOW WARNINGS, SHOW COUNT(*) ..., @@warning_count, GET DIAGNOSTICS); the session's next
-        other statement lets it go. (A server keeps the list across statements that use no table;
-        holding a connection that long would take it from every other client.) The connection goes
-        back to its pool as it is: SHOW WARNINGS without a held connection is answered here (there
-        is nothing to show), so no other client reads them."""
+        (SHOW WARNINGS, SHOW COUNT(*) ..., @@warning_count, GET DIAGNOSTICS). As on the server, the
+        list survives statements that use no table (`SELECT 1`, SET, a command other than a
+        statement) and is cleared by the session's next statement that uses one: the connection is
+        let go then. It goes back to its pool as it is: SHOW WARNINGS without a held connection is
+        answered here (there is nothing to show), so no other client reads them."""
         diag = self.diag_conn
         if scanner.warnings or scanner.error is not None:
             self.diag_conn = conn
-        elif stat is not None and stat.diagnostics:
-            return
-        else:
+        elif not (stat is None or stat.diagnostics or not (stat.tables_read or stat.tables_written)):
             self.diag_conn = None
-        if diag is not None and diag is not conn and self.session.multiplexing and not diag.closed and not self.holds(diag):
+        if not self.session.multiplexing:
+            return
+        if diag is not None and diag is not self.diag_conn and not diag.closed and not self.holds(diag):
             self.lending.release(diag)
+        held = self.diag_conn
+        pool = None if held is None else getattr(held, "pool", None)
+        if pool is not None:
+            # Kept for convenience only: a session waiting for a connection of a full pool may
+            # take it (the warnings are then lost, as when a server closes the connection).
+            pool.weak[held] = self._give_up_diagnostics
+
+    def _give_up_diagnostics(self, conn: BackendConnection) -> bool:
+        """Pool.weak: give back the connection kept for the diagnostics if nothing else keeps it."""
+        if conn is not self.diag_conn or self.current is conn or self.session.closed:
+            return False
+        self.diag_conn = None
+        if self.holds(conn):
+            self.diag_conn = conn
+            return False
+        self.lending.release(conn)
+        return True
 
     def end_insert_id_hold(self) -> None:
         """[pool] last_insert_id_hold passed with the session idle: give the writer connection back

@@ -31,7 +31,7 @@ from .lending import BackendLending
 from .protocol.constants import ErrorCode
 from .protocol.constants import BINARY_COLLATION, UTF8MB4_COLLATION, ColumnFlag, ColumnType
 from .protocol.packets import OK, ColumnDefinition, column_definitions, make_ok, make_result_set
-from .session import charset_width
+from .session import charset_width, server_collation
 
 
 class _Answers(Protocol):
@@ -154,7 +154,7 @@ def no_diagnostics(session: Answerer, ftext: str) -> bool:
         columns = [ColumnDefinition(name, ColumnType.LONGLONG, BINARY_COLLATION, 21, ColumnFlag.BINARY | ColumnFlag.UNSIGNED)]
         rows: list[tuple] = [(0,)]
     elif _SHOW_LIST.match(ftext):
-        collation = session.collation or UTF8MB4_COLLATION
+        collation = server_collation(session.collation or UTF8MB4_COLLATION)
         width = charset_width(collation)
         columns = [
             ColumnDefinition("Level", ColumnType.VAR_STRING, collation, 7 * width, ColumnFlag.NOT_NULL, 39),

@@ -8,7 +8,8 @@ AuthSwitchRequest when the client tried another), counts the session against the
 session that user (`ClientSession.become`) and checks that the writer takes it (so a bad schema or
 backend login fails at connect time, as it would against the server), and only then says OK.
 COM_CHANGE_USER runs the same authentication and backend check; a refused change leaves the session
-the old user, as MariaDB does.
+the old user in its schema, with the rest of its state reset and the server's default character
+set, as MariaDB 10.11 does.
 
 TLS (proxy.tls): with [tls] on, the greeting offers CLIENT_SSL; a client's SSLRequest switches the
 connection to TLS (`ClientSession.transport` becomes the TLS transport, the session object stays)
@@ -366,7 +367,12 @@ class Login:
             plugin = cu.auth_plugin or NATIVE_PASSWORD
             user, seq = await self._authenticate(cu.username, plugin, cu.auth_response, 1, s.host.config.handshake_timeout)
             if user is None or not self._count_user(user, seq):
-                # As MariaDB does: the ERR has been sent and the session carries on as the old user.
+                # As MariaDB does: the ERR has been sent and the session carries on as the old user
+                # in its schema, with everything else it had set gone (variables, user variables,
+                # temporary tables) and the server's default character set.
+                if s.user is not None:
+                    s.collation = s.host.collation
+                    s.become(s.user, s.state.schema)
                 s.free()
                 return
             if cu.collation:

@@ -130,7 +130,7 @@ class ServerBudget:
 
 
 class Pool:
-    __slots__ = ("budget", "connector", "label", "idle", "lent", "_waiters", "settings", "_closed")
+    __slots__ = ("budget", "connector", "label", "idle", "lent", "_waiters", "settings", "_closed", "weak")
 
     def __init__(self, budget: ServerBudget, connector: Connector, label: str) -> None:
         self.budget = budget
@@ -141,6 +141,10 @@ class Pool:
         self.lent = 0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
         self._closed = False
+        # Lent connections their session keeps only for convenience (the diagnostics of its last
+        # statement): when the pool is at max_connections, a waiting session takes one of them
+        # (`give_up(conn)` releases it, or says False when it cannot be spared now).
+        self.weak: dict[BackendConnection, Callable[[BackendConnection], bool]] = {}
         budget.pools.append(self)
 
     # ---- hot path -----------------------------------------------------------------------------
@@ -164,6 +168,8 @@ class Pool:
 
     def release(self, conn: BackendConnection, reset: bool = False) -> None:
         """Give a connection back. `reset`: it carries state that cannot be replayed."""
+        if self.weak:
+            self.weak.pop(conn, None)
         self.lent -= 1
         if conn.closed or self._closed or self._expired(conn):
             self._discard(conn)
@@ -216,6 +222,8 @@ class Pool:
                 return await self._open()
             if wait < 0 and self.budget.reclaim_idle(self):
                 continue  # another pool's idle connection made room
+            if wait < 0 and self.weak and self._reclaim_weak():
+                continue  # a session gave back a connection it kept only for its diagnostics
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise PoolTimeout(self.budget.address, timeout, why)
@@ -237,6 +245,14 @@ class Pool:
             if conn is not None:
                 return conn
             # woken without a connection: a budget slot may be free; loop and try
+
+    def _reclaim_weak(self) -> bool:
+        while self.weak:
+            conn = next(iter(self.weak))
+            give_up = self.weak.pop(conn)
+            if give_up(conn):
+                return True
+        return False
 
     @property
     def waiting(self) -> bool:

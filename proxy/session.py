@@ -173,6 +173,22 @@ def charset_width(collation_id: int) -> int:
         return 4
 
 
+# MySQL 8's collation ids (utf8mb4_0900_ai_ci is 255) are unknown to MariaDB, which gives such a
+# login its own defaults: for the common case, the character set's default collation.
+_MYSQL8_COLLATIONS = 255
+
+
+def server_collation(collation_id: int) -> int:
+    """The collation a MariaDB server puts in result column definitions for a client that logged in
+    with `collation_id` and changed nothing since (a MySQL 8 id becomes its character set's default)."""
+    if collation_id < _MYSQL8_COLLATIONS:
+        return collation_id
+    try:
+        return pymysql_charset.charset_by_name(pymysql_charset.charset_by_id(collation_id).name).id
+    except KeyError:
+        return collation_id
+
+
 def charset_entry(collation_id: int) -> str | None:
     """The replay text that restores a connection collation given by id at login, or None if unknown.
 

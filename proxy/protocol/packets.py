@@ -22,10 +22,12 @@ from .constants import (
     ERR_HEADER,
     OK_HEADER,
     SQLSTATE,
+    MARIADB_SHIFT,
     UTF8MB4_COLLATION,
     Capability,
     ColumnFlag,
     ColumnType,
+    MariaDBCapability,
     ServerStatus,
     SessionTrack,
 )
@@ -615,7 +617,10 @@ class ColumnDefinition:
     catalog: str = "def"
 
 
-def make_column_definition(c: ColumnDefinition) -> bytes:
+def make_column_definition(c: ColumnDefinition, extended_metadata: bool = False) -> bytes:
+    """`extended_metadata`: the client negotiated MariaDB's MARIADB_CLIENT_EXTENDED_METADATA, so
+    every column definition carries the extended type information field (empty here) before the
+    fixed-length fields."""
     return b"".join(
         (
             lenenc_bytes(c.catalog.encode()),
@@ -624,7 +629,7 @@ def make_column_definition(c: ColumnDefinition) -> bytes:
             lenenc_bytes(c.org_table.encode()),
             lenenc_bytes(c.name.encode()),
             lenenc_bytes(c.org_name.encode()),
-            b"\x0c",  # length of the fixed-length fields that follow
+            b"\x00\x0c" if extended_metadata else b"\x0c",  # length of the fixed-length fields that follow
             struct.pack("<HIBHB", c.charset, min(c.length, 0xFFFFFFFF), c.type, c.flags, c.decimals),
             b"\0\0",  # filler
         )
@@ -752,9 +757,11 @@ def make_result_terminator(caps: int, status: int, warnings: int = 0) -> bytes:
 
 def make_result_set(columns: Sequence[ColumnDefinition], rows: Iterable[Sequence[Any]], caps: int, status: int) -> list[bytes]:
     """A whole text-protocol result set as payloads, in order (frame them with consecutive sequence
-    ids): column count, column definitions, EOF (not with CLIENT_DEPRECATE_EOF), rows, terminator."""
+    ids): column count, column definitions, EOF (not with CLIENT_DEPRECATE_EOF), rows, terminator.
+    `caps` may carry MariaDB's extended capabilities in bits 32..63 (MARIADB_SHIFT)."""
     out = [lenenc_int(len(columns))]
-    out.extend(make_column_definition(c) for c in columns)
+    extended = bool(caps >> MARIADB_SHIFT & MariaDBCapability.EXTENDED_METADATA)
+    out.extend(make_column_definition(c, extended) for c in columns)
     if not caps & Capability.DEPRECATE_EOF:
         out.append(make_eof(status))
     out.extend(make_text_row(r) for r in rows)

@@ -83,12 +83,23 @@ def error_of(exc: BaseException) -> dict[str, Any]:
     if msg is None:
         msg = str(exc)
     out = {"class": type(exc).__name__, "code": code, "sqlstate": sqlstate, "message": str(msg)}
-    if isinstance(exc, RUNNER_BUGS):  # the runner's own mistake, not the driver's answer
+    if isinstance(exc, RUNNER_BUGS) and _raised_here(exc):  # the runner's own mistake, not the driver's answer
         out["runner_bug"] = True
     return out
 
 
+def _raised_here(exc: BaseException) -> bool:
+    """The exception comes from this file, not from inside the driver (mysql-connector's pure
+    protocol raises IndexError on some MariaDB binary rows: that is the driver's answer, the same
+    directly and through the proxy)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is None or tb.tb_frame.f_code.co_filename == __file__
+
+
 RUNNER_BUGS = (AttributeError, NameError, KeyError, IndexError)
+_GONE = frozenset(("MySQL Connection not available",))  # mysql-connector: the connection is gone for it
 
 
 def param_value(p: list[Any]) -> Any:
@@ -422,6 +433,7 @@ class Runner:
         self.d, self.user, self.password, self.tmpdir = driver, user, password, tmpdir
         self.conns: dict[str, Any] = {}
         self.thread_ids: dict[str, int] = {}
+        self.unusable: dict[str, str] = {}  # connection name -> what the driver said when it lost it
 
     def emit(self, obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj, default=str) + "\n")
@@ -444,6 +456,9 @@ class Runner:
                 out = {"unsupported": str(exc)}
             except Exception as exc:
                 out = {"error": error_of(exc)}
+            message = out.get("error", {}).get("message", "") if isinstance(out, dict) else ""
+            if message in _GONE and conn in self.conns:
+                self.unusable[conn] = message
             self.emit({"type": "step", "scenario": sc["name"], "index": i, "op": op, "conn": conn, "out": out,
                        "elapsed": round(time.monotonic() - t0, 4)})  # fmt: skip
         for name in list(self.conns):
@@ -465,11 +480,17 @@ class Runner:
                 raise Unsupported("only libmysqlclient 8 (mysqlconnector_c) sends collation id 255 by itself")
             c = d.connect(opts)
             self.conns[conn] = c
+            self.unusable.pop(conn, None)
             self.thread_ids[conn] = d.thread_id(c)
             return {"connected": True, "thread_id": self.thread_ids[conn]}
         c = self.conns.get(conn)
         if c is None:
             return {"error": {"message": f"no open connection {conn!r}"}}
+        if conn in self.unusable and op != "close":
+            # The driver said the connection is gone (mysql-connector's pure protocol loses a
+            # compound statement's replies, directly too); what it does with it afterwards reads
+            # leftovers (a stale rowcount), which says nothing about the server or the proxy.
+            return {"error": {"message": f"connection {conn!r} unusable since: {self.unusable[conn]}"}}
         if op == "query":
             return d.query(c, s["sql"].replace("{file}", str(self.tmpdir / "load.txt")))
         if op == "prepared":
