@@ -595,7 +595,12 @@ class CommandLoop:
         if pool is not None:
             # Kept for convenience only: a session waiting for a connection of a full pool may
             # take it (the warnings are then lost, as when a server closes the connection).
-            pool.weak[held] = self._give_up_diagnostics
+            if pool.waiting:
+                self.diag_conn = None  # (`conn` itself goes back with the reply's end)
+                if held is not conn and not self.holds(held):
+                    self.lending.release(held)
+            else:
+                pool.weak[held] = self._give_up_diagnostics
 
     def _give_up_diagnostics(self, conn: BackendConnection) -> bool:
         """Pool.weak: give back the connection kept for the diagnostics if nothing else keeps it."""
