@@ -40,7 +40,7 @@ from rules.model import Decision, Deny, RouteTo
 
 from .backend import BackendConnection
 from .causal import CausalReads
-from .diagnostics import assignment_on_writer
+from .diagnostics import after_reply, assignment_on_writer
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
 from .local_answers import kill, no_diagnostics, processlist, session_values, set_min_gtid
@@ -561,7 +561,7 @@ class CommandLoop:
         if scanner.results or scanner.error is not None:
             self.row_count = scanner.row_count
         if scanner.warnings or scanner.error is not None or self.diag_conn is not None:
-            self._diagnostics(scanner, conn, stat)
+            after_reply(self, scanner, conn, stat)
         if s.multiplexing and not self.holds(conn):
             self.lending.release(conn, reset=self.reset_on_release)
         self.reset_on_release = False
@@ -572,46 +572,6 @@ class CommandLoop:
             return
         if self.framer.buffered or s.reading_paused:
             self.process()
-
-    def _diagnostics(self, scanner: ResultScanner, conn: BackendConnection, stat: Classification | None) -> None:
-        """Which connection holds the warnings SHOW WARNINGS & co. must read: the one whose
-        statement just left warnings or an error, for the diagnostics statements that follow it
-        (SHOW WARNINGS, SHOW COUNT(*) ..., @@warning_count, GET DIAGNOSTICS). As on the server, the
-        list survives statements that use no table (`SELECT 1`, SET, a command other than a
-        statement) and is cleared by the session's next statement that uses one: the connection is
-        let go then. It goes back to its pool as it is: SHOW WARNINGS without a held connection is
-        answered here (there is nothing to show), so no other client reads them."""
-        diag = self.diag_conn
-        if scanner.warnings or scanner.error is not None:
-            self.diag_conn = conn
-        elif not (stat is None or stat.diagnostics or not (stat.tables_read or stat.tables_written)):
-            self.diag_conn = None
-        if not self.session.multiplexing:
-            return
-        if diag is not None and diag is not self.diag_conn and not diag.closed and not self.holds(diag):
-            self.lending.release(diag)
-        held = self.diag_conn
-        pool = None if held is None else getattr(held, "pool", None)
-        if pool is not None:
-            # Kept for convenience only: a session waiting for a connection of a full pool may
-            # take it (the warnings are then lost, as when a server closes the connection).
-            if pool.waiting:
-                self.diag_conn = None  # (`conn` itself goes back with the reply's end)
-                if held is not conn and not self.holds(held):
-                    self.lending.release(held)
-            else:
-                pool.weak[held] = self._give_up_diagnostics
-
-    def _give_up_diagnostics(self, conn: BackendConnection) -> bool:
-        """Pool.weak: give back the connection kept for the diagnostics if nothing else keeps it."""
-        if conn is not self.diag_conn or self.current is conn or self.session.closed:
-            return False
-        self.diag_conn = None
-        if self.holds(conn):
-            self.diag_conn = conn
-            return False
-        self.lending.release(conn)
-        return True
 
     def end_insert_id_hold(self) -> None:
         """[pool] last_insert_id_hold passed with the session idle: give the writer connection back
