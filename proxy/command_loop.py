@@ -549,7 +549,7 @@ class CommandLoop:
                 s.txn_hg = None
                 s.view_changed()
         post = self.post
-        if post is not None or scanner.states is not None:  # (states: the server reported state changes)
+        if post is not None or scanner.states is not None or scanner.gtid is not None:  # (the server reported state changes)
             self.post = None
             record(s, post, scanner, conn)
         if conn.hostgroup == s.writer_hg:

@@ -83,6 +83,8 @@ def record(s: Tracked, post: tuple | None, scanner: ResultScanner, conn: Backend
     state = s.state
     before = state.gen
     ok = scanner.error is None
+    if scanner.gtid is not None:  # a write committed (the OK's only state information)
+        s.causal.wrote(scanner.gtid.decode("ascii", "replace"))
     reported = None if scanner.states is None else schema_reported(s, scanner.states, conn)
     # The server's SERVER_SESSION_STATE_CHANGED says state changed where the statement may not show
     # it; a committed write's GTID alone (the proxy's own tracking) is not such a change.

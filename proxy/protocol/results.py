@@ -84,6 +84,8 @@ _DONE = 8
 _MORE_RESULTS = int(ServerStatus.MORE_RESULTS_EXISTS)
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _STATE_CHANGED = int(ServerStatus.SESSION_STATE_CHANGED)
+_STATE_CHANGED_HIGH = ~(_STATE_CHANGED >> 8) & 0xFF  # clears the flag in the status' high byte
+_GTID_NAME = b"\tlast_gtid"  # the variable's name, length-encoded
 # COM_STMT_EXECUTE flags asking for a cursor (READ_ONLY, FOR_UPDATE, SCROLLABLE; MariaDB's 0x08,
 # PARAMETER_COUNT_AVAILABLE, is not one).
 _CURSOR_FLAGS = 0x07
@@ -125,6 +127,7 @@ class ResultScanner:
         "mask",
         "changed",
         "states",
+        "gtid",
         "_cursor",
         "rewrites",
         "status",
@@ -148,8 +151,12 @@ class ResultScanner:
         self.mask = mask  # the client's own session tracking: list flagged packets in `rewrites`
         self.changed = False  # some OK/EOF said SERVER_SESSION_STATE_CHANGED
         self.states: list[bytes] | None = None  # payloads of the OKs that carried state information
+        self.gtid: bytes | None = None  # last_gtid, when an OK's only state information was that
         self._cursor = reply is _CURSOR_REPLY  # a cursor may end the reply after the column definitions
-        self.rewrites: list[tuple[int, int]] | None = None  # in the last chunk fed
+        # In the last chunk fed: (start of header, end of payload, cut, status offset); cut = 0:
+        # filter the OK's state information for the client, else keep the packet up to `cut`
+        # with SERVER_SESSION_STATE_CHANGED cleared (the status flags' high byte at the offset).
+        self.rewrites: list[tuple[int, int, int, int]] | None = None
         self._continued = False  # the next packet continues a maximal one
         self._left = 0
         self.status = -1  # server status flags from the last OK/EOF seen; -1 = none seen (e.g. ERR)
@@ -324,10 +331,35 @@ class ResultScanner:
             status = self.status = data[p] | data[p + 1] << 8
             self.warnings = data[p + 2] | data[p + 3] << 8 if p + 4 <= end else 0
             if status & _STATE_CHANGED:
+                if self._only_gtid(data, start, p, end):
+                    return
                 self._state_changed(start, end)
                 if self.states is None:
                     self.states = []
                 self.states.append(self.last_ok)
+
+    def _only_gtid(self, data, start: int, p: int, end: int) -> bool:
+        """An OK whose only state information is last_gtid (a write committed: the proxy's own
+        tracking, proxy.causal): note the GTID, and keep the entry from a client that does not
+        track the variable itself. The common case of every write, read here without parsing."""
+        try:
+            info, q = _read_lenenc(data, p + 4)
+            q += info
+            length, v = _read_lenenc(data, q)
+        except IndexError:
+            return False
+        # One SYSTEM_VARIABLES entry (type 0, its length), the name "last_gtid", the value.
+        if v + length != end or length < 13 or data[v] != 0 or data[v + 1] != length - 2 or data[v + 2 : v + 12] != _GTID_NAME:
+            return False
+        if data[v + 12] != length - 13:
+            return False
+        self.gtid = bytes(data[v + 13 : end])
+        mask = self.mask
+        if mask is not None and not (mask.enabled and (mask.variables is None or "last_gtid" in mask.variables)):
+            if self.rewrites is None:
+                self.rewrites = []
+            self.rewrites.append((start - 4, end, q if info else p + 4, p + 1))
+        return True
 
     def _eof_status(self, data, start: int, end: int) -> None:
         self.warnings = data[start + 1] | data[start + 2] << 8
@@ -340,7 +372,7 @@ class ResultScanner:
         if self.mask is not None:
             if self.rewrites is None:
                 self.rewrites = []
-            self.rewrites.append((start - 4, end))
+            self.rewrites.append((start - 4, end, 0, 0))
 
     def _status_from(self, data, start: int, end: int) -> None:
         if data[start] == 0x00 or self.deprecate_eof:
@@ -355,8 +387,14 @@ def apply_rewrites(data: bytes, rewrites: list[tuple[int, int]], mask: TrackingM
     kept. (A malformed OK is relayed as the server sent it.)"""
     out = []
     prev = 0
-    for start, end in rewrites:
+    for start, end, cut, status in rewrites:
         out.append(data[prev:start])
+        if cut:
+            payload = bytearray(data[start + 4 : cut])
+            payload[status - start - 4] &= _STATE_CHANGED_HIGH
+            out.append(make_packet(payload, data[start + 3]))
+            prev = end
+            continue
         try:
             out.append(make_packet(filter_session_state(data[start + 4 : end], mask), data[start + 3]))
         except ProtocolError:

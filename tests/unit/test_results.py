@@ -386,3 +386,35 @@ def test_reported_schema_and_variables_are_read_from_the_oks():
     changes = parse_state_changes(oks)
     assert changes.schema_changed and changes.schema is None  # DROP DATABASE of the current one
     assert changes.variables == {"sql_mode": "STRICT_TRANS_TABLES", "time_zone": "SYSTEM"}
+
+
+@pytest.mark.parametrize("info", [b"", b"Rows matched: 1  Changed: 1  Warnings: 0"])
+@pytest.mark.parametrize(
+    "mask", [DEFAULT_TRACKING, NO_TRACKING, TrackingMask(variables=None), TrackingMask(variables=frozenset({"last_gtid"}))]
+)
+def test_a_write_ok_with_only_last_gtid_is_read_without_parsing_and_shown_as_the_filter_would(info, mask):
+    # Every write's OK carries last_gtid (the proxy's own tracking, for consistent reads): the
+    # scanner notes it, does not call it an unseen state change, and gives the client exactly
+    # what the general filter would (the entry only to a client that tracks the variable).
+    from proxy.protocol.packets import filter_session_state
+
+    state = b"\x00\x11\tlast_gtid\x060-1-10"
+    payload = make_ok(OK(1, 5, ServerStatus.AUTOCOMMIT | ServerStatus.SESSION_STATE_CHANGED, 0, info, state), Capability.SESSION_TRACK)
+    data = make_packet(payload, 1)
+    scanner = ResultScanner(Reply.RESULT, False, mask)
+    scanner.feed(data)
+    assert scanner.gtid == b"0-1-10"
+    assert not scanner.changed and scanner.states is None
+    relayed = apply_rewrites(data, scanner.rewrites, mask) if scanner.rewrites else data
+    assert relayed == make_packet(filter_session_state(payload, mask), 1)
+    assert bool(parse_ok(relayed[4:]).status & ServerStatus.SESSION_STATE_CHANGED) == (b"last_gtid" in relayed)
+
+
+def test_an_ok_with_last_gtid_and_more_takes_the_general_path():
+    state = b"\x00\x11\tlast_gtid\x060-1-10" + b"\x02\x02\x011"  # and a state change entry
+    payload = make_ok(OK(1, 0, ServerStatus.AUTOCOMMIT | ServerStatus.SESSION_STATE_CHANGED, 0, b"", state), Capability.SESSION_TRACK)
+    scanner = ResultScanner(Reply.RESULT, False, DEFAULT_TRACKING)
+    scanner.feed(make_packet(payload, 1))
+    assert scanner.gtid is None and scanner.changed and scanner.states == [payload]
+    changes = parse_state_changes(scanner.states)
+    assert changes.variables == {"last_gtid": "0-1-10"} and changes.other
