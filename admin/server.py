@@ -56,6 +56,7 @@ import functools
 import itertools
 import logging
 import ssl
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +65,7 @@ from proxy import tls
 from proxy.backend import BackendError, set_nodelay
 from proxy.config import Config
 from proxy.logsafe import LogLimiter
+from proxy.throttle import LoginThrottle
 from proxy.protocol import auth
 from proxy.protocol.constants import (
     NATIVE_PASSWORD,
@@ -166,6 +168,9 @@ class AdminServer(asyncio.AbstractServer):
         self.tasks: set[asyncio.Task] = set()  # statements in flight, background backend KILLs
         self.server: asyncio.AbstractServer | None = None
         self.limited = LogLimiter(log)  # per-connection warnings: a flood writes a count, not a line each
+        # Failed admin logins, counted apart from the data port's (the same [proxy] limits):
+        # a growing delay per address and account, then the address blocked (proxy.throttle).
+        self.throttle = LoginThrottle(app.config, time.monotonic)
 
     @property
     def sockets(self) -> Sequence[Any]:
@@ -368,6 +373,15 @@ class AdminSession(asyncio.Protocol):
             transport.close()
             self.phase = _Phase.CLOSED
             return
+        throttle = self.server.throttle
+        throttle.config = self.app.config
+        if throttle.address_blocked(self.host):
+            self._log_limited("blocked", "refused: address blocked after failed admin logins")
+            message = f"Host '{self.host}' is blocked because of many connection errors; it is unblocked after host_block_time ({self.app.config.host_block_time:g}s)"
+            transport.write(make_packet(make_err(ErrorCode.HOST_IS_BLOCKED, message), 0))
+            transport.close()
+            self.phase = _Phase.CLOSED
+            return
         self.server.sessions.add(self)
         hs = HandshakeV10(
             server_version=ADMIN_VERSION,
@@ -514,12 +528,20 @@ class AdminSession(asyncio.Protocol):
 
     def _verify(self, token: bytes, seq: int) -> None:
         settings = self.app.config.admin
+        throttle = self.server.throttle
         if self.username != settings.username or not auth.verify(NATIVE_PASSWORD, settings.password, self.scramble, token):
             self._log_limited("access denied", "access denied")
             using = "YES" if token not in (b"", b"\0") else "NO"
-            self._send_err(seq, ErrorCode.ACCESS_DENIED, f"Access denied for user '{self.username}'@'{self.host}' (using password: {using})")
-            self.close()
+            delay = throttle.failed(self.host, self.username or "")
+            message = f"Access denied for user '{self.username}'@'{self.host}' (using password: {using})"
+            if delay:
+                # The guesser waits for its answer; nothing else does (the session reads no more).
+                self.busy = True
+                asyncio.get_running_loop().call_later(delay, self._refuse, seq, message)
+            else:
+                self._refuse(seq, message)
             return
+        throttle.succeeded(self.host, self.username or "")
         database = self._database
         if database and database.lower() not in ADMIN_SCHEMAS:
             self._send_err(seq, ErrorCode.BAD_DB_ERROR, f"Unknown database '{database}' (the admin schemas are {', '.join(ADMIN_SCHEMAS)})")
@@ -533,6 +555,12 @@ class AdminSession(asyncio.Protocol):
         self.phase = _Phase.COMMAND
         self._send_ok(seq)
         self._log(logging.INFO, "logged in")
+
+    def _refuse(self, seq: int, message: str) -> None:
+        if self.phase is _Phase.CLOSED:
+            return
+        self._send_err(seq, ErrorCode.ACCESS_DENIED, message)
+        self.close()
 
     def _command(self, payload: bytes, seq: int) -> None:
         if not payload:

@@ -184,3 +184,60 @@ def test_unfinished_packets_share_a_budget(start_proxy):
         for raw in clients:
             raw.close()
     assert honest_login_ms(p) < 1000
+
+
+def wrong_admin_password(port: int) -> int:
+    from tests.rawclient import Raw, parse_err
+
+    raw = Raw("127.0.0.1", port, timeout=30, source=ATTACKER)
+    try:
+        seq, first = raw.expect_packet()
+        if first[0] == 0xFF:  # refused before the greeting (a blocked host)
+            return parse_err(first).code
+        raw.buf = struct.pack("<I", len(first))[:3] + bytes((seq,)) + first + raw.buf
+        raw.greeting()
+        raw.send_packet(raw.handshake_response("admin", "guess"), 1)
+        _, reply = raw.expect_packet()
+        return parse_err(reply).code if reply[0] == 0xFF else 0
+    finally:
+        raw.close()
+
+
+def test_admin_port_guesses_are_throttled_then_blocked(start_proxy):
+    # The issue measured 5,200 wrong admin passwords per second. The admin port counts failed
+    # logins apart from the data port, with the same [proxy] limits.
+    p = start_proxy(admin=True, proxy_settings={"max_connect_errors": 20, "host_block_time": 600, "login_delay_after": 3, "max_login_delay": 1})
+    outcomes: list[tuple[float, int]] = []
+    lock = threading.Lock()
+    attempts = iter(range(200))
+    started = time.monotonic()
+
+    def guesser() -> None:
+        for _ in attempts:
+            code = wrong_admin_password(p.admin_port)
+            with lock:
+                outcomes.append((time.monotonic() - started, code))
+
+    threads = [threading.Thread(target=guesser) for _ in range(8)]
+    for t in threads:
+        t.start()
+    honest = []
+    while any(t.is_alive() for t in threads) and time.monotonic() - started < 60:
+        t0 = time.monotonic()
+        c = pymysql.connect(host="127.0.0.1", port=p.admin_port, user=p.admin_user, password=p.admin_password, connect_timeout=10)
+        with c.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM mysql_servers")
+        c.close()
+        honest.append((time.monotonic() - t0) * 1000)
+        time.sleep(0.1)
+    for t in threads:
+        t.join(30)
+    codes = [c for _, c in outcomes]
+    assert len(codes) == 200 and set(codes) <= {1045, 1129}, set(codes)
+    denied = [w for w, c in outcomes if c == 1045]
+    assert 20 <= len(denied) <= 20 + 8, len(denied)  # blocked at 20 (those in flight finish)
+    # Past the first failures each answer waits (0.1 s doubling to 1 s): 8 guessers in parallel
+    # get at most ~8 answers a second, not thousands.
+    later = denied[10:]
+    assert (len(later) - 1) / (later[-1] - later[0]) <= 10, later
+    assert honest and max(honest) < 1000, honest  # the operator from another address logs in throughout
