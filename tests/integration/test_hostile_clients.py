@@ -241,3 +241,31 @@ def test_admin_port_guesses_are_throttled_then_blocked(start_proxy):
     later = denied[10:]
     assert (len(later) - 1) / (later[-1] - later[0]) <= 10, later
     assert honest and max(honest) < 1000, honest  # the operator from another address logs in throughout
+
+
+def test_idle_admin_sockets_cannot_exhaust_descriptors(start_proxy):
+    # The issue: 3,500 idle admin sockets exhausted the process's descriptors and the data port
+    # answered 2013. The admin port caps its connections ([admin] max_connections): beyond it ERR
+    # 1040 in place of the greeting and the socket closed at once.
+    p = start_proxy(admin=True, proxy_settings={"handshake_timeout": 30})
+    socks = []
+    try:
+        for _ in range(3500):
+            s = socket.socket()
+            s.bind((ATTACKER, 0))
+            try:
+                s.connect((p.host, p.admin_port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        time.sleep(0.5)
+        assert len(socks) > 3000
+        times = [raw_login_ms(p) for _ in range(5)]
+        assert max(times) < 100, times
+        assert p.process.poll() is None
+        open_fds = len(__import__("os").listdir(f"/proc/{p.process.pid}/fd"))
+        assert open_fds < 300, open_fds
+    finally:
+        for s in socks:
+            s.close()
