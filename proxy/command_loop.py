@@ -36,10 +36,11 @@ from typing import Protocol, TypeVar
 
 from rules.classify import Classification, Kind
 from rules.engine import SessionView, replayable_set
-from rules.model import Deny, RouteTo
+from rules.model import Deny, Reads, RouteTo
 
 from .backend import BackendConnection
 from .causal import CausalReads
+from .hostgroups import candidates
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
 from .local_answers import kill, no_diagnostics, processlist, session_values, set_min_gtid
@@ -312,7 +313,7 @@ class CommandLoop:
                 elif cls.kind is _SHOW and no_diagnostics(s, cls.fingerprint.text):
                     self.answered_here()
                     return
-            self.run(hostgroup, raw, Reply.RESULT, (cls, decision, sql))
+            self.run(hostgroup, raw, Reply.RESULT, (cls, decision, sql), decision.reads)
         elif type(action) is Deny:
             s.log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
             s.send_err(1, action.errno, action.error_msg, action.sqlstate)
@@ -372,14 +373,19 @@ class CommandLoop:
 
     # ---- running a command on a backend connection --------------------------------------------
 
-    def run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None) -> None:
-        """Send a command to the session's connection in `hostgroup` and relay its reply."""
+    def run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None, reads: Reads | None = None) -> None:
+        """Send a command to the session's connection in `hostgroup` and relay its reply. `reads`:
+        what a rule or hint says the read must see (rules.model.Reads)."""
         s = self.session
         s.busy = True
         self.post = post
         if hostgroup != s.writer_hg:  # a read for a reader hostgroup: must it see some write?
             causal, stat = s.causal, self.stat
-            if stat is not None and (causal.mode != _NONE or causal.token or stat.fingerprint.hints) and self._causal(hostgroup, raw, reply):
+            if (
+                stat is not None
+                and (causal.mode != _NONE or causal.token or stat.fingerprint.hints or reads is not None)
+                and self._causal(hostgroup, raw, reply, reads)
+            ):
                 return
         conn = self.conns.get(hostgroup)
         if conn is None and s.multiplexing:
@@ -394,30 +400,59 @@ class CommandLoop:
         replayable = stat is not None and stat.kind is _SET and replayable_set(stat)
         s.spawn(self.slow(self.lending.ready(hostgroup, read=self.is_read(), replayable=replayable), lambda conn: self.start(conn, raw, reply)))
 
-    def _causal(self, hostgroup: int, raw: bytes, reply: Reply) -> bool:
-        """A read that must see a write (proxy.causal): to a server known to have applied it (and
-        on to the usual path, False), else the writer (mode fast), else a wait on a replica first
-        (a task; True: the statement is under way)."""
+    def _causal(self, hostgroup: int, raw: bytes, reply: Reply, reads: Reads | None) -> bool:
+        """A read that must see a write (proxy.causal), or whose replica may lag at most max_lag_ms
+        (`reads`): to a server known to have applied the write and within the bound (and on to the
+        usual path, False), else the writer (mode fast, or no server within the bound), else a wait
+        on a replica within the bound first (a task; True: the statement is under way)."""
         s = self.session
         causal = s.causal
-        required = causal.required(self.stat.fingerprint.hints)
-        if required is None:
+        mode = causal.mode if reads is None or reads.causal_reads is None else reads.causal_reads
+        required = causal.required(self.stat.fingerprint.hints, mode)
+        max_lag = None if reads is None else reads.max_lag_ms
+        if required is None and max_lag is None:
             return False
         stats, positions = s.host.stats, s.host.positions
-        mode = causal.mode
         servers = [sv for sv in s.router.hostgroups.servers(hostgroup) if sv.status == "ONLINE" and sv.weight > 0]
+        if max_lag is not None:
+            servers = [sv for sv in servers if positions.lag_within(sv.address, max_lag)]
+            if not servers:  # every replica lags too much (or its lag is unknown): the writer
+                stats.lag_bounded_reads["writer"] += 1
+                self.run(s.writer_hg, raw, reply, self.post)
+                return True
+            if required is None:
+                self._prefer(hostgroup, servers)
+                stats.lag_bounded_reads["replica"] += 1
+                return False
         caught_up = [sv for sv in servers if positions.has(sv.address, required)]
         if caught_up:
-            preferred = self.lending.preferred(hostgroup)
-            s.lending.prefer(hostgroup, preferred if preferred in caught_up else caught_up[0])
+            self._prefer(hostgroup, caught_up)
             stats.causal[(mode, "at_position")] = stats.causal.get((mode, "at_position"), 0) + 1
+            if max_lag is not None:
+                stats.lag_bounded_reads["replica"] += 1
             return False
         if mode == _FAST or not servers:
             stats.causal[(mode, "writer")] = stats.causal.get((mode, "writer"), 0) + 1
+            if max_lag is not None:
+                stats.lag_bounded_reads["writer"] += 1
             self.run(s.writer_hg, raw, reply, self.post)
             return True
-        s.spawn(self.slow(self.lending.ready_caught_up(hostgroup, required, causal.timeout), lambda conn: self.start(conn, raw, reply)))
+        then = lambda conn: self.start(conn, raw, reply)  # noqa: E731
+        if max_lag is not None:
+            self._prefer(hostgroup, servers)  # the replica to wait on is one within the bound
+
+            def then(conn: BackendConnection) -> None:
+                stats.lag_bounded_reads["writer" if conn.hostgroup == s.writer_hg else "replica"] += 1
+                self.start(conn, raw, reply)
+
+        s.spawn(self.slow(self.lending.ready_caught_up(hostgroup, required, causal.timeout, mode), then))
         return True
+
+    def _prefer(self, hostgroup: int, servers: list) -> None:
+        """Run the read on one of `servers`: the session's usual one when it is among them."""
+        preferred = self.lending.preferred(hostgroup)
+        if preferred not in servers:
+            self.lending.prefer(hostgroup, servers[0] if len(servers) == 1 else candidates(servers)[0])
 
     def is_read(self) -> bool:
         """The statement in flight is a provable read (it may run on any server of the pair)."""
