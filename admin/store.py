@@ -59,7 +59,7 @@ from typing import Any, Protocol
 
 from proxy.config import CAUSAL_READS, SERVER_STATUSES, SSL_MODES, Config, ConfigError
 from proxy.protocol.constants import SUPPORTED_AUTH_PLUGINS
-from rules.model import CHECK_TYPES
+from rules.model import CHECK_TYPES, MAX_LAG_MS_LIMIT
 
 from .commands import (
     ALL_SECTIONS,
@@ -113,7 +113,7 @@ __all__ = [
     "ValidationFailed",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns later versions added to a table of an older disk layer (appended: a disk layer of that
 # version gets them by ALTER TABLE when it is opened).
 _ADDED_COLUMNS = {
@@ -126,6 +126,10 @@ _ADDED_COLUMNS = {
         ("mysql_servers", "server_public_key VARCHAR DEFAULT NULL"),
         ("mysql_servers", "get_server_public_key INT DEFAULT NULL"),
         ("mysql_users", "use_ssl INT NOT NULL DEFAULT 0"),
+    ),
+    4: (  # consistent reads per query rule: its causal_reads mode, its replication lag bound
+        ("mysql_query_rules", "causal_reads VARCHAR DEFAULT NULL"),
+        ("mysql_query_rules", "max_lag_ms INT DEFAULT NULL"),
     ),
 }
 ADMIN_TABLES: tuple[str, ...] = tuple(TABLE_COLUMNS)
@@ -306,6 +310,11 @@ _SCHEMA: dict[str, tuple[tuple[str, str, str | None, str], ...]] = {
         ("match_kind", "VARCHAR", _text("match_kind", True), "NULL (any) or statement kinds, comma-separated (SELECT,SHOW)"),
         ("match_read_only", "INT", _bool("match_read_only", null=True), "NULL (any), 0 or 1"),
         ("match_tables", "VARCHAR", _text("match_tables", True), "NULL (any) or table names, comma-separated (db.t,t)"),
+        # (version 4) consistent reads for the statements the rule matches: NULL = the user's mode
+        ("causal_reads", "VARCHAR DEFAULT NULL", f"causal_reads IS NULL OR causal_reads IN ({_in(CAUSAL_READS)})",
+         "NULL (the user's) or one of " + ", ".join(CAUSAL_READS)),
+        ("max_lag_ms", "INT DEFAULT NULL", _int("max_lag_ms", 0, MAX_LAG_MS_LIMIT, null=True),
+         f"NULL (no bound) or milliseconds 0..{MAX_LAG_MS_LIMIT}: reads skip replicas lagging more"),
     ),
     "mysql_replication_hostgroups": (
         ("writer_hostgroup", "INT NOT NULL PRIMARY KEY", _int("writer_hostgroup", 0), "an integer >= 0"),

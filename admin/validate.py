@@ -115,7 +115,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "rule_id", "active", "username", "schemaname", "flagIN", "client_addr", "proxy_addr", "proxy_port",
         "digest", "match_digest", "match_pattern", "negate_match_pattern", "re_modifiers", "flagOUT",
         "replace_pattern", "destination_hostgroup", "timeout", "error_msg", "OK_msg", "multiplex", "log",
-        "apply", "comment", "match_kind", "match_read_only", "match_tables",
+        "apply", "comment", "match_kind", "match_read_only", "match_tables", "causal_reads", "max_lag_ms",
     ),
     "mysql_replication_hostgroups": ("writer_hostgroup", "reader_hostgroup", "check_type", "writer_is_also_reader", "comment"),
     "global_variables": ("variable_name", "variable_value"),
@@ -769,7 +769,7 @@ def explain_route(cmd: ExplainRoute, config: Config, online: Container[int] | No
         if user is None:
             raise AdminError(f"EXPLAIN ROUTE: no user {cmd.username!r} at runtime (users: {', '.join(sorted(config.users))})")
     return explain(cmd.sql, _view(config, user, cmd.schemaname, "127.0.0.1"), config.ruleset,
-                   _online(config) if online is None else online)
+                   _online(config) if online is None else online, causal_reads=user.causal_reads or config.causal_reads)
 
 
 @dataclass(frozen=True, slots=True)

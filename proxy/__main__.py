@@ -84,7 +84,7 @@ def explain_main(argv: list[str]) -> int:
         in_transaction=args.in_transaction is not None,
         txn_hostgroup=args.in_transaction,
     )
-    print(explain(args.sql, view, router.ruleset, router.online))
+    print(explain(args.sql, view, router.ruleset, router.online, causal_reads=user.causal_reads or config.causal_reads))
     return 0
 
 

@@ -98,8 +98,12 @@ class ProxyApp:
         # `go_live` makes the Router's; `config` stays the configured one (what the admin port edits).
         self.monitor = Monitor(config, self.stats, self.go_live)
         # Consistent reads: the newest write's GTID and what each server has applied (the monitor's
-        # readings of @@gtid_current_pos, and waits that succeeded).
-        self.positions = Positions(lambda address: getattr(self.monitor.health.get(address), "gtid_position", None))
+        # readings of @@gtid_current_pos, and waits that succeeded), and how far each server was
+        # behind at the monitor's last lag check (lag-bounded reads).
+        self.positions = Positions(
+            lambda address: getattr(self.monitor.health.get(address), "gtid_position", None),
+            lambda address: getattr(self.monitor.health.get(address), "behind", None),
+        )
         self.stats.bind(health=lambda: self.monitor.topology.health)
         self.backend_secrets = _backend_secrets(config)  # backend username -> its password now
         # Backend accounts kept only as a native hash: username -> (the hash, SHA1(password) learned

@@ -15,6 +15,12 @@ Theory of operation (MaxScale's causal_reads, with MariaDB GTIDs; rules.gtid doe
   else, in `fast`, to the writer; else it waits on a replica (MASTER_GTID_WAIT, up to
   causal_reads_timeout) and then runs there, or on the writer if the wait ran out. The waiting is
   the lending room's slow path; this module only decides.
+- A query rule's `causal_reads` overrides the session's mode for the statements it matches
+  (rules.model.Reads; `required(hints, mode)`).
+- Lag-bounded reads (a rule's `max_lag_ms`, or the statement's `/* max_lag_ms=N */` hint) go only to
+  a server the monitor last saw at most N ms behind its source (`Positions.lag_within`; the monitor
+  reads Seconds_Behind_Master, so whole seconds; a stopped replica counts lag_when_null; unknown lag
+  counts as too much, a writer is 0 behind), else to the writer.
 - `SELECT @@last_gtid` answers the session's own last write (a multiplexed connection's own
   @@last_gtid is somebody else's): the token to hand to the next request.
 
@@ -35,12 +41,20 @@ class Positions:
     """What the process knows of GTIDs: the newest write of any session, and per server what it
     has applied (from the monitor's checks and from waits that succeeded)."""
 
-    __slots__ = ("newest", "applied", "_checked")
+    __slots__ = ("newest", "applied", "_checked", "_behind")
 
-    def __init__(self, checked: Callable[[str], str | None] = lambda address: None) -> None:
+    def __init__(
+        self, checked: Callable[[str], str | None] = lambda address: None, behind: Callable[[str], int | None] = lambda address: None
+    ) -> None:
         self.newest: Position = {}
         self.applied: dict[str, Position] = {}  # server address -> its position
         self._checked = checked  # the monitor's last reading of a server's @@gtid_current_pos
+        self._behind = behind  # the monitor's last reading of a server's lag, in seconds (None: unknown)
+
+    def lag_within(self, address: str, max_lag_ms: int) -> bool:
+        """The monitor last saw `address` at most `max_lag_ms` behind its source (unknown: no)."""
+        seconds = self._behind(address)
+        return seconds is not None and seconds * 1000 <= max_lag_ms
 
     def wrote(self, gtid: Position) -> None:
         merge_into(self.newest, gtid.items())
@@ -89,9 +103,11 @@ class CausalReads:
         self.token = position
         return True
 
-    def required(self, hints: tuple[tuple[str, str], ...]) -> Position | None:
-        """The position a read must see now, or None (nothing to wait for)."""
-        mode = self.mode
+    def required(self, hints: tuple[tuple[str, str], ...], mode: str | None = None) -> Position | None:
+        """The position a read must see now, or None (nothing to wait for). `mode`: a query rule's
+        causal_reads for this statement (None: the session's)."""
+        if mode is None:
+            mode = self.mode
         need: Position = {}
         if mode == LOCAL or mode == FAST:
             need = dict(self.last)

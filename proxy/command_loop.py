@@ -36,7 +36,7 @@ from typing import Protocol, TypeVar
 
 from rules.classify import Classification, Kind
 from rules.engine import SessionView, replayable_set
-from rules.model import Decision, Deny, RouteTo
+from rules.model import Decision, Deny, Reads, RouteTo
 
 from .backend import BackendConnection
 from .causal import CausalReads
@@ -52,6 +52,7 @@ from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
 from .protocol.packets import ERR, OK, make_ok
 from .protocol.results import Reply, ResultScanner, execute_reply
+from .read_choice import USUAL, WRITER, choose, counted_wait
 from .router import classify_text
 from .session import PinReason
 from .recovery import Recovery
@@ -123,7 +124,7 @@ _SESSION_STATUS = int(ServerStatus.IN_TRANS | ServerStatus.AUTOCOMMIT | ServerSt
 _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
 _SHOW = Kind.SHOW
-_NONE, _FAST = "none", "fast"  # proxy.causal modes
+_NONE = "none"  # proxy.causal: no consistent reads
 _SET = Kind.SET
 _KILL_LATER = re.compile(r"; ?KILL\b")
 _PROCESSLIST = re.compile(r"SHOW (?:FULL )?PROCESSLIST\b")
@@ -316,7 +317,7 @@ class CommandLoop:
                 elif cls.kind is _SHOW and no_diagnostics(s, cls.fingerprint.text):
                     self.answered_here()
                     return
-            self.run(hostgroup, raw, Reply.RESULT, (cls, decision, sql))
+            self.run(hostgroup, raw, Reply.RESULT, (cls, decision, sql), decision.reads)
         elif type(action) is Deny:
             s.log(logging.INFO, "statement blocked by rule(s) %s", ",".join(map(str, decision.rule_ids)))
             s.send_err(1, action.errno, action.error_msg, action.sqlstate)
@@ -410,14 +411,19 @@ class CommandLoop:
 
     # ---- running a command on a backend connection --------------------------------------------
 
-    def run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None) -> None:
-        """Send a command to the session's connection in `hostgroup` and relay its reply."""
+    def run(self, hostgroup: int, raw: bytes, reply: Reply, post: tuple | None, reads: Reads | None = None) -> None:
+        """Send a command to the session's connection in `hostgroup` and relay its reply. `reads`:
+        what a rule or hint says the read must see (rules.model.Reads)."""
         s = self.session
         s.busy = True
         self.post = post
         if hostgroup != s.writer_hg:  # a read for a reader hostgroup: must it see some write?
             causal, stat = s.causal, self.stat
-            if stat is not None and (causal.mode != _NONE or causal.token or stat.fingerprint.hints) and self._causal(hostgroup, raw, reply):
+            if (
+                stat is not None
+                and (causal.mode != _NONE or causal.token or stat.fingerprint.hints or reads is not None)
+                and self._causal(hostgroup, raw, reply, reads)
+            ):
                 return
         conn = self.conns.get(hostgroup)
         if conn is None and s.multiplexing:
@@ -432,29 +438,23 @@ class CommandLoop:
         replayable = stat is not None and stat.kind is _SET and replayable_set(stat)
         s.spawn(self.slow(self.lending.ready(hostgroup, read=self.is_read(), replayable=replayable), lambda conn: self.start(conn, raw, reply)))
 
-    def _causal(self, hostgroup: int, raw: bytes, reply: Reply) -> bool:
-        """A read that must see a write (proxy.causal): to a server known to have applied it (and
-        on to the usual path, False), else the writer (mode fast), else a wait on a replica first
-        (a task; True: the statement is under way)."""
+    def _causal(self, hostgroup: int, raw: bytes, reply: Reply, reads: Reads | None) -> bool:
+        """A read that must see a write, or whose replica may lag at most max_lag_ms
+        (proxy.read_choice): False when it goes on along the usual path; True when it is under way
+        on the writer, or after a wait on a replica (a task)."""
         s = self.session
-        causal = s.causal
-        required = causal.required(self.stat.fingerprint.hints)
-        if required is None:
+        what, required, mode = choose(s, self.lending, hostgroup, self.stat.fingerprint.hints, reads)
+        if what == USUAL:
             return False
-        stats, positions = s.host.stats, s.host.positions
-        mode = causal.mode
-        servers = [sv for sv in s.router.hostgroups.servers(hostgroup) if sv.status == "ONLINE" and sv.weight > 0]
-        caught_up = [sv for sv in servers if positions.has(sv.address, required)]
-        if caught_up:
-            preferred = self.lending.preferred(hostgroup)
-            s.lending.prefer(hostgroup, preferred if preferred in caught_up else caught_up[0])
-            stats.causal[(mode, "at_position")] = stats.causal.get((mode, "at_position"), 0) + 1
-            return False
-        if mode == _FAST or not servers:
-            stats.causal[(mode, "writer")] = stats.causal.get((mode, "writer"), 0) + 1
+        if what == WRITER:
             self.run(s.writer_hg, raw, reply, self.post)
             return True
-        s.spawn(self.slow(self.lending.ready_caught_up(hostgroup, required, causal.timeout), lambda conn: self.start(conn, raw, reply)))
+
+        def then(conn: BackendConnection) -> None:
+            counted_wait(s, conn, reads)
+            self.start(conn, raw, reply)
+
+        s.spawn(self.slow(self.lending.ready_caught_up(hostgroup, required, s.causal.timeout, mode), then))
         return True
 
     def is_read(self) -> bool:

@@ -297,13 +297,14 @@ class BackendLending:
             if held is not None and held.server.address != server.address and self.session.txn_hg != hostgroup and not held.scanner:
                 self.release(held)
 
-    async def ready_caught_up(self, hostgroup: int, required: Position, wait: float) -> BackendConnection:
+    async def ready_caught_up(self, hostgroup: int, required: Position, wait: float, mode: str | None = None) -> BackendConnection:
         """A connection to a server of `hostgroup` that has applied `required`: one of the session's
         choice, made to wait for it (MASTER_GTID_WAIT, up to `wait` seconds). When the wait runs out
-        (the replica lags) or fails, the writer's connection instead (CausalTimeout tells the
-        caller which it got)."""
+        (the replica lags) or fails, the writer's connection instead (its hostgroup tells the
+        caller which it got). `mode`: the causal_reads mode the counters name (a query rule's, or
+        by default the session's)."""
         stats, positions = self.host.stats, self.host.positions
-        mode = self.session.causal.mode
+        mode = mode or self.session.causal.mode
         conn = await self.ready(hostgroup, read=True)
         if conn.hostgroup == self.session.writer_hg:  # the read fell back to the writer already
             return conn

@@ -70,6 +70,7 @@ METRIC_NAMES = (
     "rwproxy_backend_resets",
     "rwproxy_causal_reads",
     "rwproxy_causal_wait_seconds",
+    "rwproxy_lag_bounded_reads",
     "rwproxy_backend_query_seconds",
     "rwproxy_backend_sent_bytes",
     "rwproxy_backend_received_bytes",
@@ -220,6 +221,10 @@ class StatsCollector(Collector):
             causal.add_metric([mode, outcome], n)
         yield causal
         yield CounterMetricFamily("rwproxy_causal_wait_seconds", "Time reads spent waiting for a replica to apply a write they must see.", value=st.causal_wait_ns / 1e9)
+        bounded = CounterMetricFamily("rwproxy_lag_bounded_reads", "Reads with a max_lag_ms bound (rule or hint), by where they ran: a replica within the bound, or the writer.", labels=["served_by"])
+        for where, n in sorted(st.lag_bounded_reads.items()):
+            bounded.add_metric([where], n)
+        yield bounded
 
         errs = CounterMetricFamily("rwproxy_errors", "ERR packets sent to clients, by MySQL error code.", labels=["code"])
         for code, n in sorted(st.errors.items()):

@@ -29,18 +29,21 @@ from rules.engine import SessionView
 from rules.model import Deny, RouteTo
 
 from .backend import BackendConnection
+from .causal import CausalReads
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError, failure
 from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, ProtocolError, make_packet
 from .protocol.packets import ERR, OK, make_ok
 from .protocol.results import Reply, ResultScanner, execute_reply
+from .read_choice import WAIT, WRITER, choose, counted_wait
 from .router import classify_text
 
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _LAST_ROW_SENT = int(ServerStatus.LAST_ROW_SENT)
 _STMT_EXECUTE = Command.STMT_EXECUTE
 _STMT_FETCH = Command.STMT_FETCH
+_NONE = "none"  # proxy.causal: no consistent reads
 _monotonic_ns = time.monotonic_ns
 
 
@@ -66,6 +69,7 @@ class StatementOwner(SessionCore, Protocol):
 
     lending: BackendLending
     commands: StatementRunner
+    causal: CausalReads  # its consistent-read mode and tokens (proxy.read_choice)
 
     def session_view(self) -> SessionView: ...
 
@@ -199,6 +203,15 @@ class PreparedStatements:
         hg = decision.hostgroup if decision.hostgroup is not None else s.writer_hg
         s.busy = True
         c.post = (_STMT_EXECUTE, sid)
+        if hg != s.writer_hg:  # a read for a reader hostgroup: must it see some write?
+            causal, reads = s.causal, decision.reads
+            if causal.mode != _NONE or causal.token or cls.fingerprint.hints or reads is not None:
+                what, required, mode = choose(s, s.lending, hg, cls.fingerprint.hints, reads)
+                if what == WRITER:
+                    hg = s.writer_hg
+                elif what == WAIT:
+                    s.spawn(self._execute_slow(hg, stmt, pkt, (required, mode, reads)))
+                    return
         conn = s.lending.conns.get(hg)
         if conn is None:
             conn = s.lending.try_acquire(hg)
@@ -211,11 +224,17 @@ class PreparedStatements:
                 return
         s.spawn(self._execute_slow(hg, stmt, pkt))
 
-    async def _execute_slow(self, hostgroup: int, stmt: Statement, pkt: Packet) -> None:
+    async def _execute_slow(self, hostgroup: int, stmt: Statement, pkt: Packet, wait: tuple | None = None) -> None:
+        """`wait`: (position, mode, reads) when the read must first wait for a replica to apply a
+        write (proxy.read_choice WAIT)."""
         s = self.session
 
         async def ready() -> tuple[BackendConnection, list]:
-            conn = await s.lending.ready(hostgroup, read=s.commands.is_read())
+            if wait is None:
+                conn = await s.lending.ready(hostgroup, read=s.commands.is_read())
+            else:
+                conn = await s.lending.ready_caught_up(hostgroup, wait[0], s.causal.timeout, wait[1])
+                counted_wait(s, conn, wait[2])
             entry = conn.prepared.get(stmt.key)
             if entry is None:
                 self.make_room(conn)

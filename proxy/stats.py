@@ -358,6 +358,9 @@ class StatsRegistry:
         # ran out; the read went to the writer), writer (mode fast: no server known to have it).
         self.causal: dict[tuple[str, str], int] = {}
         self.causal_wait_ns = 0  # time spent waiting for replicas, summed
+        # Lag-bounded reads (a max_lag_ms rule or hint): served by a replica within the bound, or
+        # sent to the writer (no replica of the hostgroup within it, or a causal requirement did).
+        self.lag_bounded_reads: dict[str, int] = {"replica": 0, "writer": 0}
 
     def bind(self, **sources: Callable) -> None:
         """Set sources late (the composition root builds the registry before the app's objects)."""
@@ -746,6 +749,8 @@ class StatsRegistry:
             ("Query_digest_evictions", self.digest_evictions),
             *((f"Causal_reads_{mode}_{outcome}", n) for (mode, outcome), n in sorted(self.causal.items())),
             ("Causal_reads_wait_time_us", self.causal_wait_ns // 1000),
+            ("Lag_bounded_reads_replica", self.lag_bounded_reads["replica"]),
+            ("Lag_bounded_reads_writer", self.lag_bounded_reads["writer"]),
             ("Classifier_cache_hits", cache.get("hits", 0)),
             ("Classifier_cache_misses", cache.get("misses", 0)),
             ("Classifier_cache_hit_ratio", f"{cache['hit_ratio']:.4f}"),

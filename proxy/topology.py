@@ -121,6 +121,17 @@ class ServerHealth:
     answered_at: float = float("-inf")  # the last successful ping or connect check (monitor clock)
     read_only_at: float = float("-inf")  # the last successful read_only check
 
+    @property
+    def behind(self) -> int | None:
+        """Seconds behind its source for a lag-bounded read (proxy.causal): the last lag check's
+        reading (lag_when_null for a stopped or broken replica); 0 for a server known to be
+        writable and not replicating (a writer serving reads); None when unknown."""
+        if self.replication is not None:
+            return self.lag
+        if self.read_only is False:
+            return 0
+        return None
+
     def lagging(self, max_lag: int, count: int) -> bool:
         """The last `count` lag checks all exceeded `max_lag` seconds (0 = no limit)."""
         if max_lag <= 0 or count <= 0 or len(self.recent_lags) < count:

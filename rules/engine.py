@@ -20,6 +20,7 @@ The steps, in order:
    flag for the rules *after* it (the scan continues, it does not restart: ProxySQL's source with
    ``mysql-query_processor_iterations=0``); replace_pattern rewrites the text (all matches with GLOBAL,
    else the first); destination_hostgroup, timeout, multiplex, log: the last rule that sets one wins;
+   causal_reads and max_lag_ms (consistent reads: `Decision.reads`) likewise;
    error_msg -> stop and Deny; OK_msg -> stop and Respond; apply -> stop.
    Rules are evaluated inside transactions too (as in ProxySQL): a blocking rule must not be bypassed
    by wrapping the statement in BEGIN ... COMMIT. Only their destination is ignored there (step 2).
@@ -53,6 +54,9 @@ The steps, in order:
 8. **Reader availability**: a reader hostgroup with no ONLINE server is replaced by its writer when
    `ruleset.reader_fallback_to_writer` (reason "no-reader-online"); otherwise it is kept and the proxy
    answers with an error naming the hostgroup.
+9. **Consistent reads** (`Decision.reads`): the matched rules' causal_reads (the statement's mode,
+   overriding the user's) and max_lag_ms, and a ``max_lag_ms=N`` hint (wins over a rule's). The
+   engine only says what the read must see; the proxy picks the server (proxy.command_loop).
 
 What decide must never do: consult anything but its arguments, route a possible write to a reader
 hostgroup, or allocate per call on the rule-less path (shared Decisions come from `RuleSet.route`).
@@ -64,7 +68,7 @@ from collections.abc import Container
 from dataclasses import dataclass
 
 from .classify import Classification, Kind, SetScope
-from .model import Decision, Deny, QueryRule, Reason, Respond, RouteTo, RuleSet
+from .model import MAX_LAG_MS_LIMIT, Decision, Deny, QueryRule, Reads, Reason, Respond, RouteTo, RuleSet
 
 __all__ = [
     "TRACKED_VARIABLES",
@@ -237,7 +241,7 @@ def replayable_set(cls: Classification) -> bool:
 class _Matched:
     """Accumulated effect of the matching rules (only allocated when some rule matched)."""
 
-    __slots__ = ("destination", "log", "multiplex", "rule_ids", "sql", "stop", "timeout")
+    __slots__ = ("causal_reads", "causal_reads_rule", "destination", "log", "max_lag_ms", "max_lag_rule", "multiplex", "rule_ids", "sql", "stop", "timeout")
 
     def __init__(self) -> None:
         self.rule_ids: list[int] = []
@@ -247,6 +251,10 @@ class _Matched:
         self.log: bool | None = None
         self.sql: str | None = None  # rewritten text
         self.stop: Deny | Respond | None = None
+        self.causal_reads: str | None = None
+        self.causal_reads_rule = 0  # the rule that set causal_reads
+        self.max_lag_ms: int | None = None
+        self.max_lag_rule = 0  # the rule that set max_lag_ms
 
 
 def _tables_match(rule: QueryRule, cls: Classification, schema: str | None) -> bool:
@@ -365,6 +373,14 @@ def _run_rules(
             m.log = rule.log
             if did is not None:
                 did.append(f"log={int(rule.log)}")
+        if rule.causal_reads is not None:
+            m.causal_reads, m.causal_reads_rule = rule.causal_reads, rule.rule_id
+            if did is not None:
+                did.append(f"causal_reads={rule.causal_reads}")
+        if rule.max_lag_ms is not None:
+            m.max_lag_ms, m.max_lag_rule = rule.max_lag_ms, rule.rule_id
+            if did is not None:
+                did.append(f"max_lag_ms={rule.max_lag_ms}")
         if rule.error_msg is not None:
             m.stop = Deny(rule.error_msg)
         elif rule.OK_msg is not None:
@@ -396,6 +412,8 @@ def _hint_destination(
             v = value.strip()
             if v.isdigit():
                 chosen = int(v)
+        elif key in _READS_HINTS:
+            continue  # what the read must see, not where it goes (_reads, proxy.causal)
         if chosen is None:
             if trace is not None:
                 trace.append(("hint", f"ignored {key}={value}"))
@@ -404,6 +422,34 @@ def _hint_destination(
         if trace is not None:
             trace.append(("hint", f"{key}={value} -> hostgroup {hg}"))
     return hg
+
+
+_READS_HINTS = frozenset(("max_lag_ms", "min_gtid"))
+
+
+def _reads(m: _Matched | None, hints: tuple[tuple[str, str], ...], trace: Trace | None) -> Reads | None:
+    """What the statement's reads must see: a rule's causal_reads and max_lag_ms, a max_lag_ms hint
+    (``/* max_lag_ms=N */``, ``/* rwproxy:max_lag_ms=N */``: the statement's own bound wins over a
+    rule's). None when nothing says anything (the common case: no allocation)."""
+    mode = lag = source = mode_source = None
+    if m is not None:
+        mode = m.causal_reads
+        if mode is not None:
+            mode_source = f"rule {m.causal_reads_rule}"
+        if m.max_lag_ms is not None:
+            lag, source = m.max_lag_ms, f"rule {m.max_lag_rule}"
+    for key, value in hints:
+        if key == "max_lag_ms":
+            v = value.strip()
+            if v.isdigit() and int(v) <= MAX_LAG_MS_LIMIT:
+                lag, source = int(v), "hint"
+                if trace is not None:
+                    trace.append(("hint", f"max_lag_ms={v}: only replicas at most {v} ms behind"))
+            elif trace is not None:
+                trace.append(("hint", f"ignored max_lag_ms={value} (expected milliseconds 0..{MAX_LAG_MS_LIMIT})"))
+    if mode is None and lag is None:
+        return None
+    return Reads(mode, lag, source, mode_source)
 
 
 def decide(
@@ -513,7 +559,11 @@ def decide(
                 elif trace is not None:
                     trace.append(("availability", f"reader hostgroup {hg} has no ONLINE server (no fallback)"))
 
+    hints = cls.fingerprint.hints
+    reads = _reads(m, hints, trace) if m is not None or hints else None
     if m is None:
-        return ruleset.route(hg, reason, pin)
+        if reads is None:
+            return ruleset.route(hg, reason, pin)
+        return Decision(RouteTo(hg), reason, pin_writer=pin, reads=reads)
     return Decision(RouteTo(hg), reason, sql=m.sql, rule_ids=tuple(m.rule_ids), timeout_ms=m.timeout,
-                    multiplex=m.multiplex, log=m.log, pin_writer=pin)
+                    multiplex=m.multiplex, log=m.log, pin_writer=pin, reads=reads)

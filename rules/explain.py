@@ -9,7 +9,8 @@ Around that trace it adds what the engine does not need to say: the digest, the 
 and, when the statement is not read-only, every reason the classifier could not prove it is.
 
 `str(explanation)` is a readable multi-line text; `explanation.rows()` yields (step, detail) pairs for
-the admin port (a two-column result set). Pure: no I/O.
+the admin port (a two-column result set), ending with the causal decision (consistent reads: the
+effective causal_reads mode, a max_lag_ms bound and its source, a min_gtid hint). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from .classify import Classification, Kind, classify
 from .digest import digest_hex
 from .engine import SessionView, decide, pin_reason
-from .model import Decision, Deny, Respond, RuleSet
+from .model import Decision, Deny, Respond, RouteTo, RuleSet
 
 __all__ = ["Explanation", "explain", "why_not_read_only"]
 
@@ -83,6 +84,7 @@ class Explanation:
     trace: tuple[tuple[str, str], ...]  # the engine's own steps, in order
     session_pinned: bool  # the session was already pinned to the writer
     pin_why: str | None  # why this statement would pin the session, or None
+    causal_reads: str | None = None  # the session user's causal_reads mode (None: not known)
 
     @property
     def digest(self) -> str:
@@ -125,6 +127,28 @@ class Explanation:
             yield ("attributes", ", ".join(extras))
         yield ("decision", _action_text(d))
         yield ("reason", str(d.reason))
+        if type(d.action) is RouteTo:
+            yield from self._consistency_rows()
+
+    def _consistency_rows(self) -> Iterator[tuple[str, str]]:
+        """The causal decision (consistent reads): the effective causal_reads mode and whose it is,
+        the max_lag_ms bound and where it came from, a min_gtid hint. (They apply to reads routed
+        to a reader hostgroup; the proxy picks the server when the statement runs.)"""
+        reads = self.decision.reads
+        user = self.causal_reads
+        if reads is not None and reads.causal_reads is not None:
+            overrides = f", overriding the user's {user}" if user is not None else ""
+            yield ("causal_reads", f"{reads.causal_reads} ({reads.causal_reads_from}{overrides})")
+        elif user is not None:
+            yield ("causal_reads", f"{user} (the user's)")
+        if reads is not None and reads.max_lag_ms is not None:
+            yield ("max_lag_ms", f"{reads.max_lag_ms} ({reads.max_lag_from}): only replicas the monitor sees at most "
+                                 f"{reads.max_lag_ms} ms behind, else the writer")
+        gtids = [v for k, v in self.classification.fingerprint.hints if k == "min_gtid"]
+        if gtids:
+            mode = reads.causal_reads if reads is not None and reads.causal_reads is not None else user
+            how = "" if mode == "fast" else " (or one made to wait for it up to causal_reads_timeout)"
+            yield ("min_gtid", f"{', '.join(gtids)} (hint): only a replica known to have applied it{how}, else the writer")
 
     def __str__(self) -> str:
         rows = list(self.rows())
@@ -133,8 +157,9 @@ class Explanation:
 
 
 def explain(
-    sql: str, view: SessionView, ruleset: RuleSet, online_hostgroups: Container[int]
+    sql: str, view: SessionView, ruleset: RuleSet, online_hostgroups: Container[int], causal_reads: str | None = None
 ) -> Explanation:
+    """`causal_reads`: the session user's mode (shown with the rules' override, if any)."""
     cls = classify(sql)
     trace: list[tuple[str, str]] = []
     decision = decide(cls, view, ruleset, online_hostgroups, sql=sql, trace=trace)
@@ -145,4 +170,5 @@ def explain(
         trace=tuple(trace),
         session_pinned=view.pinned_writer,
         pin_why=pin_reason(cls) if decision.pin_writer else None,
+        causal_reads=causal_reads,
     )

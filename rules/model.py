@@ -44,12 +44,14 @@ from typing import Any
 from .classify import Kind
 
 __all__ = [
+    "CAUSAL_READS",
     "CHECK_TYPES",
     "UNSUPPORTED_PROXYSQL_COLUMNS",
     "Action",
     "Decision",
     "Deny",
     "QueryRule",
+    "Reads",
     "Reason",
     "ReplicationHostgroup",
     "ReplicationHostgroupError",
@@ -110,6 +112,9 @@ UNSUPPORTED_PROXYSQL_COLUMNS = frozenset(
 )
 
 _RE_MODIFIERS = ("CASELESS", "GLOBAL")
+# MaxScale's causal_reads modes (readwritesplit): what a read after a write may see (proxy.causal).
+CAUSAL_READS = ("none", "local", "fast", "global")
+MAX_LAG_MS_LIMIT = 86_400_000  # a day: a bound beyond it is a typo, not a policy
 _HEX_DIGEST = re.compile(r"0[xX][0-9a-fA-F]{1,16}")
 _U64 = 1 << 64
 
@@ -140,8 +145,10 @@ class QueryRule:
     match_read_only, match_tables (the statement reads or writes any of these tables; ``t`` matches
     ``db.t`` in any schema, ``db.t`` matches ``t`` when the session's schema is ``db``).
 
-    Actions: flagOUT, replace_pattern, destination_hostgroup, timeout (ms), multiplex (0/1/2), log
-    (last matching rule that sets one wins); error_msg, OK_msg and apply stop the evaluation.
+    Actions: flagOUT, replace_pattern, destination_hostgroup, timeout (ms), multiplex (0/1/2), log,
+    causal_reads (none/local/fast/global: overrides the user's mode), max_lag_ms (reads skip replicas
+    the monitor sees lagging more; ProxySQL's name) -- the last matching rule that sets one wins;
+    error_msg, OK_msg and apply stop the evaluation.
     """
 
     rule_id: int
@@ -168,6 +175,9 @@ class QueryRule:
     log: bool | None = None
     apply: bool = False
     comment: str | None = None
+    # consistent reads (issue 11): the statement's causal_reads mode, and its replication lag bound
+    causal_reads: str | None = None
+    max_lag_ms: int | None = None
     # parser-only criteria (not in ProxySQL)
     match_kind: frozenset[Kind] | None = None
     match_read_only: bool | None = None
@@ -275,6 +285,10 @@ def _semantic_errors(rid: Any, get: Any) -> list[RuleError]:
         v = getattr(r, col)
         if v is not None and (type(v) is not int or v < 0):
             err(col, f"expected a non-negative integer, got {v!r}")
+    if r.max_lag_ms is not None and (type(r.max_lag_ms) is not int or not 0 <= r.max_lag_ms <= MAX_LAG_MS_LIMIT):
+        err("max_lag_ms", f"expected milliseconds 0..{MAX_LAG_MS_LIMIT}, got {r.max_lag_ms!r}")
+    if r.causal_reads is not None and r.causal_reads not in CAUSAL_READS:
+        err("causal_reads", f"expected one of {', '.join(CAUSAL_READS)} (or NULL: the user's mode), got {r.causal_reads!r}")
     if r.proxy_port is not None and (type(r.proxy_port) is not int or not 0 < r.proxy_port < 65536):
         err("proxy_port", f"expected a port number 1..65535, got {r.proxy_port!r}")
     if r.multiplex is not None and r.multiplex not in (0, 1, 2):
@@ -363,6 +377,8 @@ _COLUMNS: dict[str, str] = {
     "match_kind": "kinds",
     "match_read_only": "bool",
     "match_tables": "tables",
+    "causal_reads": "str",
+    "max_lag_ms": "int",
 }
 _NOT_NULL = {"rule_id", "active", "flagIN", "negate_match_pattern", "re_modifiers", "apply"}
 _CANONICAL = {c.lower(): c for c in (*_COLUMNS, *UNSUPPORTED_PROXYSQL_COLUMNS)}
@@ -666,6 +682,20 @@ class Respond:
 Action = RouteTo | Deny | Respond
 
 
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """What a read must see (consistent reads, issue 11), when a rule or a hint says so.
+
+    `causal_reads`: a rule's mode, overriding the user's (None: the user's). `max_lag_ms`: the read
+    runs only on a replica the monitor sees at most that far behind (None: no bound);
+    `max_lag_from` and `causal_reads_from` name where they came from ("hint", "rule N")."""
+
+    causal_reads: str | None = None
+    max_lag_ms: int | None = None
+    max_lag_from: str | None = None
+    causal_reads_from: str | None = None
+
+
 class Reason(enum.StrEnum):
     """Why the destination was chosen (machine-friendly; compares equal to its string value)."""
 
@@ -688,7 +718,8 @@ class Decision:
 
     `sql` is the rewritten query text when a replace_pattern applied (send it instead of the client's),
     else None. `rule_ids` lists every rule that matched, in evaluation order (hit counters).
-    `timeout_ms`, `multiplex`, `log` are None when no matching rule set them. `pin_writer` says this
+    `timeout_ms`, `multiplex`, `log` are None when no matching rule set them; `reads` is None unless a
+    rule set causal_reads or max_lag_ms, or a hint max_lag_ms (one check on the hot path). `pin_writer` says this
     statement ties the session to the writer from now on (untrackable SET, user variables, temporary
     table, LOCK TABLES, GET_LOCK, PREPARE); the proxy records the pin and passes `pinned_writer=True`
     in later SessionViews.
@@ -702,6 +733,7 @@ class Decision:
     multiplex: int | None = None
     log: bool | None = None
     pin_writer: bool = False
+    reads: Reads | None = None
 
     @property
     def hostgroup(self) -> int | None:

@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 from admin.commands import ALL_SECTIONS
-from admin.store import ConfigStore
+from admin.store import SCHEMA_VERSION, ConfigStore
 from admin.validate import build_config, read_config_file, rows_from_config
 from proxy import tls
 from proxy.config import BackendTLS, ConfigError, TLSSettings, parse_config
@@ -384,6 +384,8 @@ def test_an_older_disk_layer_gets_the_new_columns(tmp_path):
     for col in ("ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "server_public_key", "get_server_public_key"):
         con.execute(f"ALTER TABLE mysql_servers DROP COLUMN {col}")
     con.execute("ALTER TABLE mysql_users DROP COLUMN use_ssl")
+    for col in ("causal_reads", "max_lag_ms"):  # (version 4's)
+        con.execute(f"ALTER TABLE mysql_query_rules DROP COLUMN {col}")
     con.execute("PRAGMA user_version = 2")
     con.commit()
     con.close()
@@ -395,4 +397,4 @@ def test_an_older_disk_layer_gets_the_new_columns(tmp_path):
     assert result.ok, result.errors
     assert [s.tls.ssl_mode for s in result.config.servers] == ["required", "required"]
     store.close()
-    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (3,)
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
