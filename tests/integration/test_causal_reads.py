@@ -20,7 +20,12 @@ PAIRS = int(os.environ.get("RWPROXY_CAUSAL_PAIRS", "150"))
 
 
 def _pairs(p, table: str, n: int, prepared: bool, errors: list, stale: list, waits: list, t: int) -> None:
-    """One connection: INSERT a row, then SELECT it (by the id the insert got), n times."""
+    """One connection: INSERT a row, then SELECT it (by the id the insert got), n times. `prepared`:
+    server-side prepared statements (mysql-connector's pure protocol, COM_STMT_PREPARE/EXECUTE;
+    PyMySQL only has client-side ones)."""
+    if prepared:
+        _prepared_pairs(p, table, n, errors, stale, waits, t)
+        return
     c = p.connect(autocommit=True)
     try:
         with c.cursor() as cur:
@@ -28,16 +33,35 @@ def _pairs(p, table: str, n: int, prepared: bool, errors: list, stale: list, wai
                 cur.execute(f"INSERT INTO {table} (t, i) VALUES (%s, %s)", (t, i))
                 new_id = cur.lastrowid
                 t0 = time.monotonic()
-                if prepared:  # PyMySQL has no server-side prepared statements: the text the driver sends
-                    cur.execute(f"SELECT i FROM {table} WHERE id = %s", (new_id,))
-                else:
-                    cur.execute(f"SELECT i FROM {table} WHERE id = {new_id}")
+                cur.execute(f"SELECT i FROM {table} WHERE id = {new_id}")
                 waits.append(time.monotonic() - t0)
                 row = cur.fetchone()
                 if row is None:
                     stale.append((t, i))
     except pymysql.err.MySQLError as e:
         errors.append(e.args)
+    finally:
+        c.close()
+
+
+def _prepared_pairs(p, table: str, n: int, errors: list, stale: list, waits: list, t: int) -> None:
+    import mysql.connector
+
+    c = mysql.connector.connect(host=p.host, port=p.port, user="app", password="app_pw", use_pure=True, autocommit=True, ssl_disabled=True)
+    try:
+        cur = c.cursor(prepared=True)
+        for i in range(n):
+            cur.execute(f"INSERT INTO {table} (t, i) VALUES (?, ?)", (t, i))
+            new_id = cur.lastrowid
+            t0 = time.monotonic()
+            cur.execute(f"SELECT i FROM {table} WHERE id = ?", (new_id,))
+            rows = cur.fetchall()
+            waits.append(time.monotonic() - t0)
+            if not rows:
+                stale.append((t, i))
+        cur.close()
+    except mysql.connector.Error as e:
+        errors.append((e.errno, e.msg))
     finally:
         c.close()
 
@@ -86,15 +110,18 @@ def test_local_reads_see_their_own_writes(start_proxy, cluster, table, prepared)
     assert reader_share(p, cluster) == 1.0  # reads with nothing to wait for still go to replicas
 
 
-def test_the_none_baseline_is_reported(start_proxy, table, capsys):
+@pytest.mark.parametrize("prepared", [False, True], ids=["text", "prepared"])
+def test_the_none_baseline_is_reported(start_proxy, table, capsys, prepared):
     p = start_proxy(proxy_settings={"causal_reads": "none"})
-    errors, stale, _ = run_pairs(p, table)
+    errors, stale, _ = run_pairs(p, table, prepared=prepared)
     assert not errors, errors
     with capsys.disabled():
-        print(f"\ncausal_reads=none: {len(stale)} stale reads of {10 * PAIRS} insert/select pairs (the baseline)")
+        kind = "prepared" if prepared else "text"
+        print(f"\ncausal_reads=none ({kind}): {len(stale)} stale reads of {10 * PAIRS} insert/select pairs (the baseline)")
 
 
-def test_a_lagging_replica_is_waited_for_then_skipped(start_proxy, cluster, table):
+@pytest.mark.parametrize("prepared", [False, True], ids=["text", "prepared"])
+def test_a_lagging_replica_is_waited_for_then_skipped(start_proxy, cluster, table, prepared):
     """One replica's SQL thread stopped: reads after a write wait at most causal_reads_timeout on it,
     then run on the writer; none is stale, none waits longer."""
     lagging = cluster.replicas[0]
@@ -102,7 +129,7 @@ def test_a_lagging_replica_is_waited_for_then_skipped(start_proxy, cluster, tabl
     p = start_proxy(proxy_settings={"causal_reads": "local", "causal_reads_timeout": timeout})
     lagging.sql("STOP SLAVE SQL_THREAD")
     try:
-        errors, stale, waits = run_pairs(p, table, n=40, connections=4)
+        errors, stale, waits = run_pairs(p, table, n=40, connections=4, prepared=prepared)
     finally:
         lagging.sql("START SLAVE SQL_THREAD")
     assert not errors, errors
