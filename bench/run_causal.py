@@ -547,19 +547,22 @@ def main(argv: list[str] | None = None) -> int:
                 xs = [getattr(r, attr) for r in runs[mode] if r.ok and getattr(r, attr) is not None]
                 return statistics.median(xs) if xs else None
 
+            def split(run: SbRun) -> str:
+                return " / ".join(str(sum(v for k, v in run.counters.items() if k.startswith("Queries_hg1_") and k.endswith(f"_{r.port}"))) for r in cluster.replicas)
+
             qn = med("none", "qps")
             sb = rs.sysbench_argv("oltp_read_write", "127.0.0.1", 0, primary, args, "run", ps_mode="disable", extra=SB_EXTRA)
             lines += [
                 f"sysbench through the proxy, {args.rounds} rounds × {args.time} s, modes interleaved (order rotating): `{shlex.join(sb).replace('--mysql-port=0', '--mysql-port=<proxy>')}`",
                 "",
-                "| causal_reads | QPS (median) | ratio vs none | per round | reads on replicas | proxy CPU µs/stmt | Causal_reads_* (last round) |",
-                "|---|---:|---:|---|---:|---:|---|",
+                "| causal_reads | QPS (median) | ratio vs none | per round | reads on replicas | replica1 / replica2 (last round) | proxy CPU µs/stmt | Causal_reads_* (last round) |",
+                "|---|---:|---:|---|---:|---|---:|---|",
             ]
             for mode in modes:
                 q = med(mode, "qps")
                 per = ", ".join(fmt(r.qps, ".0f") for r in runs[mode])
                 lines.append(f"| {mode} | {fmt(q, ',.0f')} | {rs.ratio(q, qn) if mode != 'none' else '1'} | {per} | {fmt(med(mode, 'replica_share'), '.1%')} | "
-                             f"{fmt(med(mode, 'cpu_us_per_stmt'), '.1f')} | {causal_cell(runs[mode][-1].counters, mode) if runs[mode] else ''} |")
+                             f"{split(runs[mode][-1]) if runs[mode] else ''} | {fmt(med(mode, 'cpu_us_per_stmt'), '.1f')} | {causal_cell(runs[mode][-1].counters, mode) if runs[mode] else ''} |")
             per_round = []
             for rn, rl in zip(runs["none"], runs["local"], strict=True):
                 per_round.append(f"{rl.qps / rn.qps:.3f}" if rn.ok and rl.ok else "—")
