@@ -48,6 +48,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -211,6 +213,9 @@ def _prepared_pairs(port: int, user: str, password: str, n: int, t: int, deadlin
         c = mysql.connector.connect(host="127.0.0.1", port=port, user=user, password=password, autocommit=True, connection_timeout=10, use_pure=True)
     except mysql.connector.Error as e:
         return lat, stale, [f"connect: {e}"]
+    # The pure-Python connector leaves Nagle on, and its COM_STMT_EXECUTE goes out in two writes:
+    # each then waits for the server's delayed ACK (~44 ms a statement, direct to MariaDB as well).
+    c._socket.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         ins = c.cursor(prepared=True)  # MySQLCursorPrepared: COM_STMT_PREPARE once, then COM_STMT_EXECUTE
         sel = c.cursor(prepared=True)
@@ -389,6 +394,39 @@ def run_sysbench_once(proxy: Proxy, primary: rs.Primary, args, rnd: int) -> SbRu
     return run
 
 
+def profile_modes(proxies: dict[str, Proxy], modes: list[str], primary: rs.Primary, args) -> dict[str, dict]:
+    """One extra sysbench run per mode with py-spy recording the proxy (uncounted): which functions
+    the proxy's time goes to, inclusive, per mode."""
+    out: dict[str, dict] = {}
+    args.py_spy.mkdir(parents=True, exist_ok=True)
+    for mode in modes:
+        raw = args.py_spy / f"{mode}.txt"
+        spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--format", "raw", "-r", "100", "-d", str(max(args.time - 4, 2)),
+                                "-p", str(proxies[mode].pid), "-o", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        run = run_sysbench_once(proxies[mode], primary, args, -1)
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+        inclusive: dict[str, int] = {}
+        total = 0
+        for line in raw.read_text().splitlines() if raw.exists() else ():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            total += n
+            for name in {frame.split(" (")[0] + " (" + frame.split(" (")[1].split(":")[0].rsplit("/", 1)[-1] + ")" if " (" in frame else frame
+                         for frame in stack.split(";")}:
+                inclusive[name] = inclusive.get(name, 0) + n
+        shares = {k: v / total for k, v in inclusive.items()} if total else {}
+        top = sorted(shares, key=lambda k: -shares[k])[:40]
+        out[mode] = {"samples": total, "qps": run.qps, "inclusive": {k: shares[k] for k in top}, "top": top}
+        print(f"d py-spy {mode}: {total} samples, qps={fmt(run.qps, '.0f')}", flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -420,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--tables", type=int, default=4)
     ap.add_argument("--table-size", type=int, default=10000)
+    ap.add_argument("--py-spy", type=Path, default=None, metavar="DIR", help="also profile each proxy with py-spy during an extra sysbench run per mode (d)")
     ap.add_argument("--out", type=Path, default=None, help="also write the tables here")
     ap.add_argument("--json", type=Path, default=None, help="write every figure here as JSON")
     ap.add_argument("--keep", action="store_true")
@@ -547,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                 xs = [getattr(r, attr) for r in runs[mode] if r.ok and getattr(r, attr) is not None]
                 return statistics.median(xs) if xs else None
 
+            if args.py_spy:
+                profiles = profile_modes(proxies, modes, primary, args)
+
             def split(run: SbRun) -> str:
                 return " / ".join(str(sum(v for k, v in run.counters.items() if k.startswith("Queries_hg1_") and k.endswith(f"_{r.port}"))) for r in cluster.replicas)
 
@@ -568,6 +610,16 @@ def main(argv: list[str] | None = None) -> int:
                 per_round.append(f"{rl.qps / rn.qps:.3f}" if rn.ok and rl.ok else "—")
             lines += ["", f"local/none per round: {', '.join(per_round)}; loads at run start: "
                       + "; ".join(f"{m} " + ", ".join(f"{r.load:.1f}" for r in runs[m]) for m in modes), ""]
+            if args.py_spy:
+                lines += [f"py-spy (`py-spy record --nonblocking --format raw -r 100`) of each proxy during one extra, uncounted run per mode; "
+                          f"raw profiles in {args.py_spy}. Share of the proxy's samples whose stack holds each function (inclusive), and QPS of that run:", "",
+                          "| function | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
+                names = sorted({n for prof in profiles.values() for n in prof["top"]}, key=lambda n: -max(p["inclusive"].get(n, 0) for p in profiles.values()))
+                for n in names[:25]:
+                    lines.append(f"| `{n}` | " + " | ".join(f"{profiles[m]['inclusive'].get(n, 0):.1%}" for m in modes) + " |")
+                lines.append("| (samples; QPS) | " + " | ".join(f"{profiles[m]['samples']}; {fmt(profiles[m]['qps'], '.0f')}" for m in modes) + " |")
+                lines.append("")
+                report["profiles"] = profiles
             ql = med("local", "qps")
             report["sysbench"] = {m: [asdict(r) | {"replica_share": r.replica_share} for r in runs[m]] for m in modes}
             report["sysbench_local_over_none"] = ql / qn if ql and qn else None
