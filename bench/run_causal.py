@@ -608,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
             per_round = []
             for rn, rl in zip(runs["none"], runs["local"], strict=True):
                 per_round.append(f"{rl.qps / rn.qps:.3f}" if rn.ok and rl.ok else "—")
+            waits = [r.counters.get("Causal_reads_wait_time_us", 0) / 1e6 / (args.time * args.threads) for r in runs["local"] if r.ok]
+            lines += ["", f"local: share of sysbench threads' time spent in MASTER_GTID_WAIT (Causal_reads_wait_time_us / (time × threads)) per round: "
+                      + ", ".join(f"{w:.1%}" for w in waits)]
             lines += ["", f"local/none per round: {', '.join(per_round)}; loads at run start: "
                       + "; ".join(f"{m} " + ", ".join(f"{r.load:.1f}" for r in runs[m]) for m in modes), ""]
             if args.py_spy:
@@ -615,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"raw profiles in {args.py_spy}. Share of the proxy's samples whose stack holds each function (inclusive), and QPS of that run:", "",
                           "| function | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
                 names = sorted({n for prof in profiles.values() for n in prof["top"]}, key=lambda n: -max(p["inclusive"].get(n, 0) for p in profiles.values()))
+                names = [n for n in names if min(p["inclusive"].get(n, 0) for p in profiles.values()) < 0.9]  # not the event loop's frames
                 for n in names[:25]:
                     lines.append(f"| `{n}` | " + " | ".join(f"{profiles[m]['inclusive'].get(n, 0):.1%}" for m in modes) + " |")
                 lines.append("| (samples; QPS) | " + " | ".join(f"{profiles[m]['samples']}; {fmt(profiles[m]['qps'], '.0f')}" for m in modes) + " |")
