@@ -62,7 +62,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_sysbench as rs
-from run_stats_cost import cpu_seconds
+from run_sysbench import cpu_seconds
 
 import mysql.connector
 import pymysql

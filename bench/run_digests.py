@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_sysbench as rs
+from run_sysbench import cpu_seconds
 
 SHAPE = "SELECT {n} AS c{n}, 'x' AS payload_column_name, 2 AS another_column_name_for_length"
 WARM = "SELECT {n} AS warm, 'x' AS payload_column_name, 2 AS another_column_name_for_length"  # one digest
@@ -189,10 +190,6 @@ def proc_status(pid: int, key: str) -> int:
             return int(line.split()[1])  # kB
     return 0
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scrape(port: int) -> dict[str, float]:

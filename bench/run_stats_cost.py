@@ -49,6 +49,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_sysbench as rs
+from run_sysbench import cpu_seconds
 
 WORKLOADS = {
     "point-ps": ("oltp_point_select", "auto", (), "passthrough"),
@@ -88,11 +89,6 @@ def proxy_toml(port: int, cluster, mode: str) -> str:
     servers = [{"hostgroup_id": 0, "hostname": p.host, "port": p.port, "comment": "primary"}] if mode == "passthrough" else None
     return render_proxy_config(cluster, port, servers=servers)
 
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far (/proc/<pid>/stat, clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_proxy(tree: Tree, mode: str, cluster, base_dir: Path, procs: rs.Processes) -> tuple[str, int, int] | str:

@@ -44,13 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import run_sysbench as rs
+from run_sysbench import cpu_seconds
 
 TARGETS = ("direct-plain", "direct-tls", "proxy-plain", "proxy-tls")
 
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_certificates(d: Path) -> tuple[Path, Path, Path]:
