@@ -125,6 +125,7 @@ _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
 _SHOW = Kind.SHOW
 _NONE = "none"  # proxy.causal: no consistent reads
+_DDL = Kind.DDL
 _SET = Kind.SET
 _KILL_LATER = re.compile(r"; ?KILL\b")
 _PROCESSLIST = re.compile(r"SHOW (?:FULL )?PROCESSLIST\b")
@@ -385,6 +386,8 @@ class CommandLoop:
             return True
         if "information_schema.processlist" in cls.tables_read:
             return False  # the server's own threads: its CONNECTION_ID() is the one to compare with
+        if cls.kind is _DDL:
+            return False  # a definition (a column's DEFAULT, a view, a routine) stores the call, not a value
         # Inside a multi-statement ROW_COUNT() and LAST_INSERT_ID() follow its own statements, which
         # run on one connection in order: only the connection id is the proxy's there.
         self.current_sql = session_values(sql, s, only_connection_id or cls.multi_statement)

@@ -158,8 +158,9 @@ class Recovery:
         conn = loop.current
         if conn is None or loop.stat is None or self._stopping(conn):
             return False
-        post = loop.post  # (a routed COM_QUERY's: classification, decision, text)
-        rule_ms = post[1].timeout_ms if post is not None and not isinstance(post[0], int) else None
+        post = loop.post  # (a COM_QUERY's: classification, its decision or None when unrouted, text)
+        decision = None if post is None or isinstance(post[0], int) else post[1]
+        rule_ms = None if decision is None else decision.timeout_ms
         limit = rule_ms / 1000 if rule_ms else default
         if not limit or now_ns - loop.t0 < limit * 1e9:
             return False

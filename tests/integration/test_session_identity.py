@@ -247,3 +247,21 @@ def test_com_process_kill_takes_the_proxys_ids(start_proxy, cluster):
         assert one(b, "SELECT 'b lives'") == ("b lives",)
     finally:
         b.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_definition_keeps_connection_id_as_written(start_proxy, cluster, schema, mode):
+    # MariaDB's own test suite (`default`) found it: a column's DEFAULT connection_id() was stored
+    # as the proxy's session id, `DEFAULT (cast(2 as unsigned))`. A definition stores the call.
+    p = mode_proxy(start_proxy, cluster, mode)
+    c = p.connect(autocommit=True, database=schema)
+    with c.cursor() as cur:
+        cur.execute("CREATE TABLE cid (a BIGINT DEFAULT connection_id(), b INT)")
+        cur.execute("CREATE VIEW cidv AS SELECT CONNECTION_ID() AS c")
+        cur.execute("SHOW CREATE TABLE cid")
+        definition = cur.fetchone()[1]
+        cur.execute("SHOW CREATE VIEW cidv")
+        view = cur.fetchone()[1]
+    c.close()
+    assert "DEFAULT connection_id()" in definition, definition
+    assert "connection_id()" in view.lower() and "cast(" not in view.lower(), view

@@ -64,3 +64,17 @@ timeout = 300
     took, err = timed(c, "SELECT SLEEP(0.8) /* no leash */")
     assert err is None and took >= 0.8, (took, err)
     c.close()
+
+
+def test_default_query_timeout_stops_a_slow_set_in_passthrough(start_proxy, cluster):
+    # MariaDB's own test suite through the proxy found it: the timeout sweep read a passthrough
+    # SET's missing routing decision, failed ("idle sweep failed" and a traceback), and the
+    # statement ran on past its limit.
+    p = start_proxy(proxy_settings={"default_query_timeout": 0.5}, servers=[{"hostgroup_id": 0, "hostname": cluster.primary.host, "port": cluster.primary.port}])
+    c = p.connect(autocommit=True)
+    took, err = timed(c, "SET @slow = SLEEP(5) /* set timeout */")
+    assert err is not None and err[0] == 1317, err
+    assert took < 3.0, took
+    assert not running(cluster, "set timeout")
+    c.close()
+    assert "sweep failed" not in open(p.log_path).read()
