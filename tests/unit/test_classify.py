@@ -505,3 +505,23 @@ def test_a_session_function_modelled_as_a_sqlglot_class_is_still_caught() -> Non
     assert _session_name_of_class(LastInsertId) == "LAST_INSERT_ID"
     assert _session_name_of_class(FoundRows) == "FOUND_ROWS"
     assert _session_name_of_class(exp.Concat) is None
+
+
+def test_a_chain_of_joins_without_conditions_is_not_handed_to_the_parser() -> None:
+    # MariaDB's own test suite (join_optimizer) hung the proxy: sqlglot's parser takes twice as
+    # long for each JOIN without ON/USING in a row (20 took 5 s, 25 over a minute), all of it on
+    # the event loop. Past MAX_UNCONDITIONED_JOINS such a text is not parsed: fail-safe (not a read).
+    import time
+
+    from rules.classify import MAX_UNCONDITIONED_JOINS
+
+    for n in (MAX_UNCONDITIONED_JOINS + 1, 30, 200):
+        sql = "SELECT * FROM t1" + "".join(f" JOIN t1 x{i}" for i in range(n))
+        t0 = time.monotonic()
+        c = classify(sql)
+        assert time.monotonic() - t0 < 0.5
+        assert c.kind is Kind.SELECT and not c.read_only and "JOINs without ON or USING" in (c.parse_error or "")
+    joined = "SELECT * FROM t1" + "".join(f" JOIN t1 x{i} ON x{i}.a = t1.a" for i in range(200))
+    assert classify(joined).read_only  # with their conditions, long join chains are analysed as before
+    few = "SELECT * FROM t1" + "".join(f" JOIN t1 x{i}" for i in range(MAX_UNCONDITIONED_JOINS))
+    assert classify(few).read_only
