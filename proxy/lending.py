@@ -242,10 +242,14 @@ class BackendLending:
             remaining = deadline - loop.time()
             if remaining <= 0 or session.closed:
                 why = f"{last}" if last is not None else "no ONLINE server"
+                # A server that refused with ER_CON_COUNT_ERROR said what the client would hear
+                # directly: 1040 Too many connections, passed on as the server's.
+                full = getattr(last, "err", None)
                 raise HostgroupError(
                     hostgroup,
                     f"rwproxy: Max connect timeout reached while reaching hostgroup {hostgroup} after {wait * 1000:.0f}ms "
                     f"({why}); check that its servers are running and reachable, and [monitor] for their status",
+                    full if full is not None and full.code == ErrorCode.CON_COUNT_ERROR else None,
                 )
             # Nothing to try now: wait for a new snapshot (the monitor promoting a writer, a server
             # back ONLINE), or retry the same servers a little later.
