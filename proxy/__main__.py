@@ -49,9 +49,9 @@ def _explain_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, secrets: bool = True) -> Config | None:
     try:
-        return load_config(path)
+        return load_config(path, secrets)
     except ConfigError as e:
         print(f"rwproxy: configuration error: {e}", file=sys.stderr)
         return None
@@ -59,7 +59,7 @@ def _load(path: str) -> Config | None:
 
 def explain_main(argv: list[str]) -> int:
     args = _explain_parser().parse_args(argv)
-    config = _load(args.config)
+    config = _load(args.config, secrets=False)  # routing needs no passwords
     if config is None:
         return 2
     from rules.engine import SessionView

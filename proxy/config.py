@@ -15,6 +15,7 @@ server's mysql_native_password hash (``*`` + 40 hex digits; see proxy.protocol.a
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import os
 import tomllib
@@ -336,12 +337,13 @@ class _Section:
             if not path.is_absolute():
                 path = Path(self.file).parent / path
             source = f"file:{path}"
+        self.sources[prefix] = source
+        if not _READ_SECRETS.get():
+            return ""  # (a tool that routes, e.g. `rwproxy explain`, needs no passwords)
         try:
-            secret = read_secret(source)
+            return read_secret(source)
         except ValueError as e:
             raise ConfigError(self.file, self._k(key), str(e)) from None
-        self.sources[prefix] = source
-        return secret
 
     def finish(self) -> None:
         unknown = sorted(set(self.table) - self.used)
@@ -563,7 +565,21 @@ def _frontend_tls(sec: _Section) -> TLSSettings:
     return tls
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+# Whether `load_config` reads password_env / password_file secrets (False: they come out empty).
+_READ_SECRETS: contextvars.ContextVar[bool] = contextvars.ContextVar("read_secrets", default=True)
+
+
+def load_config(path: str | os.PathLike[str], secrets: bool = True) -> Config:
+    """The configuration in `path`. `secrets=False`: password_env / password_file are not read
+    (their values are empty), for tools that only route statements."""
+    token = _READ_SECRETS.set(secrets)
+    try:
+        return _load_config(path)
+    finally:
+        _READ_SECRETS.reset(token)
+
+
+def _load_config(path: str | os.PathLike[str]) -> Config:
     file = str(path)
     try:
         with open(file, "rb") as f:

@@ -137,3 +137,17 @@ def test_env_var_password_is_accepted_when_set(tmp_path, monkeypatch):
     path.write_text(GOOD.replace('password = "app_pw"', f'password_env = "{UNSET_VAR}"'))
     monkeypatch.setenv(UNSET_VAR, "from_env")
     assert load_config(path).users["app"].password == "from_env"
+
+
+def test_the_readmes_explain_command_works_as_written(monkeypatch):
+    # README: `rwproxy explain --config config/rwproxy.example.toml "SELECT ... FOR UPDATE"`. The
+    # example config takes the app's password from RWPROXY_APP_PASSWORD; routing needs no password,
+    # so explain must not require it (it exited 2 "environment variable ... is not set").
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RWPROXY_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "proxy", "explain", "--config", "config/rwproxy.example.toml", "SELECT * FROM t WHERE id = 1 FOR UPDATE"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "route to hostgroup 0" in out.stdout
