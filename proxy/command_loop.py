@@ -28,6 +28,7 @@ It never reads the client socket (the session feeds the framer) and never opens 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -40,7 +41,7 @@ from rules.model import Decision, Deny, Reads, RouteTo
 
 from .backend import BackendConnection
 from .causal import CausalReads
-from .diagnostics import after_reply, assignment_on_writer
+from .diagnostics import after_reply, assignment_on_writer, give_up
 from .interfaces import SessionCore
 from .lending import BackendLending, HostgroupError
 from .local_answers import kill, no_diagnostics, processlist, session_values, set_min_gtid
@@ -52,7 +53,7 @@ from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, PacketFramer, ProtocolError, make_packet
 from .protocol.packets import ERR, OK, make_ok
 from .protocol.results import Reply, ResultScanner, execute_reply
-from .read_choice import USUAL, WRITER, choose, counted_wait
+from .read_choice import USUAL, WRITER, choose, consulted, counted_wait
 from .router import classify_text
 from .session import PinReason
 from .recovery import Recovery
@@ -124,7 +125,6 @@ _SESSION_STATUS = int(ServerStatus.IN_TRANS | ServerStatus.AUTOCOMMIT | ServerSt
 _PREPARE_REPLY = Reply.PREPARE
 _KILL = Kind.KILL
 _SHOW = Kind.SHOW
-_NONE = "none"  # proxy.causal: no consistent reads
 _DDL = Kind.DDL
 _SET = Kind.SET
 _KILL_LATER = re.compile(r"; ?KILL\b")
@@ -149,7 +149,7 @@ class CommandLoop:
     __slots__ = (
         "session", "framer", "conns", "lending", "prepared", "_stats", "current", "post", "stat", "rule_ids", "t0",
         "current_sql", "rewrite_id", "infile", "insert_id", "row_count", "holding_insert_id", "reset_on_release",
-        "packet", "first_chunk", "diag_conn", "recovery",
+        "packet", "first_chunk", "diag_conn", "give_up_diagnostics", "recovery",
     )  # fmt: skip
 
     def __init__(self, session: CommandSession) -> None:
@@ -177,6 +177,7 @@ class CommandLoop:
         # The connection whose last statement (the session's previous one) left warnings or an
         # error: held until the next statement, so SHOW WARNINGS & co. can run where they are.
         self.diag_conn: BackendConnection | None = None
+        self.give_up_diagnostics = functools.partial(give_up, self)  # its pool may take it back (Pool.weak)
 
     # ---- dispatch -----------------------------------------------------------------------------
 
@@ -421,12 +422,8 @@ class CommandLoop:
         s.busy = True
         self.post = post
         if hostgroup != s.writer_hg:  # a read for a reader hostgroup: must it see some write?
-            causal, stat = s.causal, self.stat
-            if (
-                stat is not None
-                and (causal.mode != _NONE or causal.token or stat.fingerprint.hints or reads is not None)
-                and self._causal(hostgroup, raw, reply, reads)
-            ):
+            stat = self.stat
+            if stat is not None and consulted(s.causal, stat.fingerprint.hints, reads) and self._causal(hostgroup, raw, reply, reads):
                 return
         conn = self.conns.get(hostgroup)
         if conn is None and s.multiplexing:

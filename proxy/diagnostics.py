@@ -27,6 +27,7 @@ signed one, every other item text (as the server makes them).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .backend import BackendConnection
@@ -47,6 +48,7 @@ class Holder(Protocol):
     lending: BackendLending
     diag_conn: BackendConnection | None  # the connection holding the session's diagnostics
     current: BackendConnection | None  # the connection running the session's command, if any
+    give_up_diagnostics: Callable[[BackendConnection], bool]  # give_up bound to this loop, made once
 
     def holds(self, conn: BackendConnection) -> bool: ...
 
@@ -71,7 +73,7 @@ def after_reply(loop: Holder, scanner: ResultScanner, conn: BackendConnection, s
             if held is not conn and not loop.holds(held):
                 loop.lending.release(held)
         else:
-            pool.weak[held] = lambda c: give_up(loop, c)
+            pool.weak[held] = loop.give_up_diagnostics
 
 
 def give_up(loop: Holder, conn: BackendConnection) -> bool:

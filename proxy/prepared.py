@@ -36,14 +36,13 @@ from .protocol.constants import Command, ErrorCode, ServerStatus
 from .protocol.framing import Packet, ProtocolError, make_packet
 from .protocol.packets import ERR, OK, make_ok
 from .protocol.results import Reply, ResultScanner, execute_reply
-from .read_choice import WAIT, WRITER, choose, counted_wait
+from .read_choice import WAIT, WRITER, choose, consulted, counted_wait
 from .router import classify_text
 
 _CURSOR_EXISTS = int(ServerStatus.CURSOR_EXISTS)
 _LAST_ROW_SENT = int(ServerStatus.LAST_ROW_SENT)
 _STMT_EXECUTE = Command.STMT_EXECUTE
 _STMT_FETCH = Command.STMT_FETCH
-_NONE = "none"  # proxy.causal: no consistent reads
 _monotonic_ns = time.monotonic_ns
 
 
@@ -204,8 +203,8 @@ class PreparedStatements:
         s.busy = True
         c.post = (_STMT_EXECUTE, sid)
         if hg != s.writer_hg:  # a read for a reader hostgroup: must it see some write?
-            causal, reads = s.causal, decision.reads
-            if causal.mode != _NONE or causal.token or cls.fingerprint.hints or reads is not None:
+            reads = decision.reads
+            if consulted(s.causal, cls.fingerprint.hints, reads):
                 what, required, mode = choose(s, s.lending, hg, cls.fingerprint.hints, reads)
                 if what == WRITER:
                     hg = s.writer_hg

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .causal import FAST, NONE
 from .hostgroups import candidates
 
 if TYPE_CHECKING:
@@ -27,7 +28,12 @@ if TYPE_CHECKING:
     from .lending import BackendLending
 
 USUAL, WRITER, WAIT = 0, 1, 2
-_FAST = "fast"
+
+
+def consulted(causal: Any, hints: tuple, reads: Reads | None) -> bool:
+    """Must `choose` be asked at all? (A session with no mode and no token, a statement with no
+    hints and no rule's Reads goes on along the usual path without it.)"""
+    return causal.mode != NONE or bool(causal.token) or bool(hints) or reads is not None
 
 
 def choose(s: Any, lending: BackendLending, hostgroup: int, hints: tuple, reads: Reads | None) -> tuple[int, Position | None, str]:
@@ -58,7 +64,7 @@ def choose(s: Any, lending: BackendLending, hostgroup: int, hints: tuple, reads:
         if max_lag is not None:
             stats.lag_bounded_reads["replica"] += 1
         return USUAL, None, mode
-    if mode == _FAST or not servers:
+    if mode == FAST or not servers:
         stats.causal[(mode, "writer")] = stats.causal.get((mode, "writer"), 0) + 1
         if max_lag is not None:
             stats.lag_bounded_reads["writer"] += 1
