@@ -164,6 +164,13 @@ class Admin:
                 raise AssertionError(f"not within {timeout:g}s: {what}\nproxy log tail:\n{self.handle.log_tail(30)}")
             time.sleep(interval)
 
+    def wait_checked(self, servers: int, where: str = "read_only IS NOT NULL", timeout: float = 5) -> float:
+        """Until the monitor's health table has `servers` rows matching `where` (the checks ran)."""
+        return self.wait(
+            f"{servers} servers checked by the monitor ({where})",
+            lambda: len(self.rows(f"SELECT * FROM monitor.mysql_server_health WHERE {where}")) == servers, timeout,
+        )
+
     def close(self) -> None:
         self.conn.close()
 

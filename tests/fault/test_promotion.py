@@ -53,7 +53,7 @@ def failover(fcluster, tmp_path_factory):
     admin = Admin(proxy)
     marks: dict[str, float] = {}
     try:
-        admin.wait("all three servers checked", lambda: len(admin.rows("SELECT * FROM monitor.mysql_server_health WHERE read_only IS NOT NULL")) == 3, 5)
+        admin.wait_checked(3)
         writes = Load(connector(proxy), insert_row(), clients=4, max_seconds=60, name="writes")
         reads = Load(connector(proxy), read_server_id(), clients=2, max_seconds=60, pause=0.01, name="reads")
         with writes, reads:

@@ -55,7 +55,7 @@ def killed(fcluster, tmp_path_factory):
     admin = Admin(proxy)
     marks: dict[str, float] = {}
     try:
-        admin.wait("replicas confirmed by the monitor", lambda: len(admin.rows("SELECT * FROM monitor.mysql_server_health WHERE read_only = 1")) == 2, 5)
+        admin.wait_checked(2, "read_only = 1")
         load = Load(connector(proxy), read_server_id(READ), clients=8, max_seconds=60, name="reads")
         with load:
             time.sleep(2.0)
@@ -141,7 +141,7 @@ def frozen(fcluster, tmp_path_factory):
     admin = Admin(proxy)
     marks: dict[str, float] = {}
     try:
-        admin.wait("replicas confirmed by the monitor", lambda: len(admin.rows("SELECT * FROM monitor.mysql_server_health WHERE read_only = 1")) == 2, 5)
+        admin.wait_checked(2, "read_only = 1")
         load = Load(connector(proxy), read_server_id(READ), clients=8, max_seconds=60, name="reads")
         with load:
             time.sleep(2.0)
@@ -207,7 +207,7 @@ def test_stopped_replication_takes_the_replica_out_until_it_caught_up(fcluster, 
     proxy = fproxy(servers=servers_toml(c, max_replication_lag=5))
     admin = Admin(proxy)
     try:
-        admin.wait("replicas confirmed by the monitor", lambda: len(admin.rows("SELECT * FROM monitor.mysql_server_health WHERE repl_lag = 0")) == 2, 5)
+        admin.wait_checked(2, "repl_lag = 0")
         load = Load(connector(proxy), read_server_id("SELECT @@server_id, (SELECT COUNT(*) FROM ft.t)"), clients=4, max_seconds=30, pause=0.005, name="reads")
         with load:
             time.sleep(1.0)

@@ -60,7 +60,7 @@ def writer_down(fcluster, tmp_path_factory):
     admin = Admin(proxy)
     existing = connector(proxy)()
     try:
-        admin.wait("all three servers checked", lambda: len(admin.rows("SELECT * FROM monitor.mysql_server_health WHERE read_only IS NOT NULL")) == 3, 5)
+        admin.wait_checked(3)
         c.primary.kill()
         admin.wait("writer SHUNNED", lambda: admin.placement(c.primary.port) == [(0, "SHUNNED")], 5)
         yield proxy, existing

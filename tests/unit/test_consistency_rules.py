@@ -20,6 +20,7 @@ from rules.classify import classify
 from rules.engine import SessionView, decide
 from rules.explain import explain
 from rules.model import CAUSAL_READS, QueryRule, Reads, ReplicationHostgroup, RuleError, RuleSet, validate_rules
+from tests.unit.disklayer import older_disk_layer
 
 W, R = 0, 1
 PAIRS = (ReplicationHostgroup(W, R),)
@@ -229,21 +230,7 @@ def test_the_config_file_rule_columns_reach_the_admin_rows(tmp_path):
 
 
 def test_a_version_3_disk_layer_gets_the_rule_columns(tmp_path):
-    path = tmp_path / "rwproxy.toml"
-    path.write_text(CONFIG)
-    cf = read_config_file(path)
-    db = tmp_path / "rwproxy.db"
-    store = ConfigStore(db)
-    store.startup(cf)
-    store.save_to_disk(ALL_SECTIONS)
-    store.close()
-    # What rwproxy wrote before version 4: no consistency columns on the rules.
-    con = sqlite3.connect(db)
-    for col in ("causal_reads", "max_lag_ms"):
-        con.execute(f"ALTER TABLE mysql_query_rules DROP COLUMN {col}")
-    con.execute("PRAGMA user_version = 3")
-    con.commit()
-    con.close()
+    db, cf = older_disk_layer(tmp_path, CONFIG, 3)  # what rwproxy wrote before version 4
     store = ConfigStore(db)
     store.load_from_disk(ALL_SECTIONS)
     assert [(r["rule_id"], r["causal_reads"], r["max_lag_ms"]) for r in store.rows("mysql_query_rules")] == [(1, None, None)]

@@ -31,6 +31,7 @@ from proxy.protocol.packets import (
     parse_handshake_response,
 )
 from tests.tlsutil import make_ca, rsa_pair
+from tests.unit.disklayer import older_disk_layer
 
 BASE = {"listeners": {"data": {"port": 6033}}, "users": [{"username": "u", "password": "p"}]}
 
@@ -371,24 +372,7 @@ def test_admin_rows_show_use_ssl_and_the_servers_own_tls_keys(tmp_path):
 
 
 def test_an_older_disk_layer_gets_the_new_columns(tmp_path):
-    path = tmp_path / "rwproxy.toml"
-    path.write_text(CONFIG)
-    cf = read_config_file(path)
-    db = tmp_path / "rwproxy.db"
-    store = ConfigStore(db)
-    store.startup(cf)
-    store.save_to_disk(ALL_SECTIONS)
-    store.close()
-    # Make it what rwproxy wrote before TLS: no TLS columns, schema version 2.
-    con = sqlite3.connect(db)
-    for col in ("ssl_mode", "ssl_ca", "ssl_cert", "ssl_key", "server_public_key", "get_server_public_key"):
-        con.execute(f"ALTER TABLE mysql_servers DROP COLUMN {col}")
-    con.execute("ALTER TABLE mysql_users DROP COLUMN use_ssl")
-    for col in ("causal_reads", "max_lag_ms"):  # (version 4's)
-        con.execute(f"ALTER TABLE mysql_query_rules DROP COLUMN {col}")
-    con.execute("PRAGMA user_version = 2")
-    con.commit()
-    con.close()
+    db, cf = older_disk_layer(tmp_path, CONFIG, 2)  # what rwproxy wrote before TLS: schema version 2
     store = ConfigStore(db)
     store.load_from_disk(ALL_SECTIONS)
     assert [r["use_ssl"] for r in store.rows("mysql_users")] == [0, 0]
