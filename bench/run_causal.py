@@ -609,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
             for rn, rl in zip(runs["none"], runs["local"], strict=True):
                 per_round.append(f"{rl.qps / rn.qps:.3f}" if rn.ok and rl.ok else "—")
             waits = [r.counters.get("Causal_reads_wait_time_us", 0) / 1e6 / (args.time * args.threads) for r in runs["local"] if r.ok]
-            lines += ["", f"local: share of sysbench threads' time spent in MASTER_GTID_WAIT (Causal_reads_wait_time_us / (time × threads)) per round: "
+            lines += ["", "local: share of sysbench threads' time spent in MASTER_GTID_WAIT (Causal_reads_wait_time_us / (time × threads)) per round: "
                       + ", ".join(f"{w:.1%}" for w in waits)]
             lines += ["", f"local/none per round: {', '.join(per_round)}; loads at run start: "
                       + "; ".join(f"{m} " + ", ".join(f"{r.load:.1f}" for r in runs[m]) for m in modes), ""]

@@ -320,10 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_bound(bound, cluster, primary, args, base_dir, procs)
             results.append(r)
             print(r if isinstance(r, str) else f"  {r}", flush=True)
-        table = render(results, args, info, invocation)
-        print("\n" + table)
-        if args.out:
-            args.out.write_text(table + "\n")
+        rs.publish(render(results, args, info, invocation), args.out)
         ok = all(not isinstance(r, str) and not r.errors and r.statements == args.statements and r.entries <= r.bound for r in results)
         return 0 if ok else 1
     finally:

@@ -185,10 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if failed:
             lines += ["", "Failed runs (not in the medians): " + "; ".join(failed)]
-        table = "\n".join(lines)
-        print("\n" + table)
-        if args.out:
-            args.out.write_text(table + "\n")
+        rs.publish("\n".join(lines), args.out)
         return 0 if not failed else 1
     finally:
         rs.cleanup(procs, cluster, args, base_dir)

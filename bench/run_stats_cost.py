@@ -235,10 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 ca = statistics.median(cpu_us[(w, "after")]) if cpu_us.get((w, "after")) else None
                 lines.append(f"| {w} | {rs.fmt(f, ',.0f')} | {rs.fmt(cf, '.2f')} | {ratio3(cb, cf)} | {ratio3(ca, cf)} | "
                              f"{ratio3(med(w, 'before'), f)} | {ratio3(med(w, 'after'), f)} |")
-        table = "\n".join(lines)
-        print("\n" + table)
-        if args.out:
-            args.out.write_text(table + "\n")
+        rs.publish("\n".join(lines), args.out)
         return 0 if all(r.ok for rr in results.values() for r in rr) else 1
     finally:
         rs.cleanup(procs, cluster, args, base_dir)

@@ -531,6 +531,13 @@ def run_main(main) -> None:
 
 
 
+
+def publish(table: str, out: Path | None) -> None:
+    """Print a run's markdown table, and write it to `out` (--out) when given."""
+    print("\n" + table)
+    if out:
+        out.write_text(table + "\n")
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid` so far (/proc/<pid>/stat, clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

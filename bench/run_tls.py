@@ -183,10 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if cpu("proxy-tls") and cpu("proxy-plain"):
             lines.append(f"| proxy CPU µs/stmt proxy-tls / proxy-plain | {cpu('proxy-tls') / cpu('proxy-plain'):.2f} | "
                          + ", ".join(f"{x / y:.2f}" for x, y in zip(cpu_us['proxy-tls'], cpu_us['proxy-plain'], strict=False)) + " |")
-        table = "\n".join(lines)
-        print("\n" + table)
-        if args.out:
-            args.out.write_text(table + "\n")
+        rs.publish("\n".join(lines), args.out)
         return 0 if all(r.ok for rr in results.values() for r in rr) else 1
     finally:
         rs.cleanup(procs, cluster, args, base_dir)
